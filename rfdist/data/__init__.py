@@ -1,0 +1,1 @@
+"""Datasets: synthetic manifolds with known densities, Parquet sources, writer and readers."""

@@ -1,0 +1,129 @@
+"""The minimal contract every bijective layer in rfdist follows, and its generic layers.
+
+Direction convention: ``forward`` maps the latent side to the data side (the generative
+direction, the one :math:`g = f \\circ \\mathrm{pad}` differentiates); ``inverse`` maps data to
+latent. Both are single passes, and every layer is plain torch so that ``torch.func.jvp``,
+``vjp`` and ``vmap`` work through it without hand-written derivatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ActNorm", "Bijection", "Chain", "Permutation"]
+
+
+class Bijection(nn.Module):
+    """A bijective layer: ``forward`` (latent → data), ``inverse`` and log-determinants.
+
+    Subclasses implement :meth:`forward_and_ladj` and :meth:`inverse_and_ladj`; ``ladj`` is
+    ``log |det ∂out/∂in|`` per row (shape ``(B,)``).
+
+    Example:
+        >>> layer = ActNorm(3)
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(layer.inverse(layer(x)), x)
+        True
+    """
+
+    def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, z: Tensor) -> Tensor:  # noqa: D102 - see class docstring
+        return self.forward_and_ladj(z)[0]
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """Data side → latent side."""
+        return self.inverse_and_ladj(x)[0]
+
+
+class Chain(Bijection):
+    """Composition of bijections; ``forward`` applies them in order, ``inverse`` in reverse."""
+
+    def __init__(self, layers: Iterable[Bijection]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for layer in self.layers:
+            z, ladj = layer.forward_and_ladj(z)
+            total = total + ladj
+        return z, total
+
+    def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for layer in reversed(self.layers):
+            x, ladj = layer.inverse_and_ladj(x)
+            total = total + ladj
+        return x, total
+
+    def forward(self, z: Tensor) -> Tensor:
+        for layer in self.layers:
+            z = layer(z)
+        return z
+
+    def inverse(self, x: Tensor) -> Tensor:
+        for layer in reversed(self.layers):
+            x = layer.inverse(x)
+        return x
+
+
+class ActNorm(Bijection):
+    """Per-feature affine map ``x = z · exp(log_scale) + shift`` (Glow's actnorm, explicit init).
+
+    Starts as the identity. :meth:`initialize_` sets it from a data batch so that the latent
+    side is standardised; it is explicit (no hidden "initialised" flag), so forward passes never
+    branch on device state.
+
+    Arguments:
+        shape: feature shape, e.g. ``(D,)`` for vectors or ``(C, 1, 1)`` for per-channel images.
+    """
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(*shape))
+        self.shift = nn.Parameter(torch.zeros(*shape))
+
+    @torch.no_grad()
+    def initialize_(self, x: Tensor) -> None:
+        """Set the map so ``inverse(x)`` has zero mean and unit variance per feature."""
+        dims = [0] + [i + 1 for i, s in enumerate(self.log_scale.shape) if s == 1]
+        mean = x.mean(dim=dims, keepdim=True).squeeze(0)
+        std = x.std(dim=dims, keepdim=True).squeeze(0).clamp_min(1e-6)
+        self.shift.copy_(mean.expand_as(self.shift))
+        self.log_scale.copy_(std.log().expand_as(self.log_scale))
+
+    def _ladj(self, x: Tensor) -> Tensor:
+        return self.log_scale.expand_as(x[0]).sum().expand(x.shape[0])
+
+    def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z * self.log_scale.exp() + self.shift, self._ladj(z)
+
+    def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (x - self.shift) * torch.exp(-self.log_scale), -self._ladj(x)
+
+
+class Permutation(Bijection):
+    """A fixed permutation of the last dimension (random with a seed, or a reversal)."""
+
+    def __init__(self, features: int, *, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is None:
+            perm = torch.arange(features - 1, -1, -1)
+        else:
+            perm = torch.randperm(features, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z[..., self.perm], z.new_zeros(z.shape[0])
+
+    def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[..., self.inv_perm], x.new_zeros(x.shape[0])
