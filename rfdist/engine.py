@@ -83,9 +83,11 @@ def train_step(
     max_norm = float("inf") if grad_clip is None else grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     finite = torch.isfinite(grad_norm) & torch.isfinite(loss.detach())
-    names = list(parts) + ["grad_norm", "finite"]
-    values = torch.stack([v.detach().float().reshape(()) for v in parts.values()]
-                         + [grad_norm.detach().float(), finite.float()])
+    names = [*parts, "grad_norm", "finite"]
+    values = torch.stack(
+        [v.detach().float().reshape(()) for v in parts.values()]
+        + [grad_norm.detach().float(), finite.float()]
+    )
     metrics = dict(zip(names, values.tolist(), strict=True))  # the step's one host sync
     skipped = metrics.pop("finite") < 0.5
     if not skipped:
@@ -164,8 +166,9 @@ def fit(
     for step in range(1, steps + 1):
         start = time.perf_counter()
         weight = min(1.0, step / warmup_steps) if warmup_steps else None
-        result = train_step(model, optimizer, next(batches), options, grad_clip=grad_clip,
-                            likelihood_weight=weight)
+        result = train_step(
+            model, optimizer, next(batches), options, grad_clip=grad_clip, likelihood_weight=weight
+        )
         schedule.step()
         skips = skips + 1 if result.skipped else 0
         if skips >= max_consecutive_skips:

@@ -67,9 +67,7 @@ class RectangularFlow(nn.Module):
         self.data_dim = math.prod(self.data_shape)
         self.latent_dim = density.features
         if not 1 <= self.latent_dim < self.data_dim:
-            raise ValueError(
-                f"latent dimension d={self.latent_dim} must satisfy 1 <= d < D={self.data_dim}"
-            )
+            raise ValueError(f"latent dimension d={self.latent_dim} must satisfy 1 <= d < D={self.data_dim}")
         if latent_index is None:
             order = flow.latent_order() if hasattr(flow, "latent_order") else torch.arange(self.data_dim)
             latent_index = order[: self.latent_dim]

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 def mlp_decoder(d: int, D: int, *, hidden: int = 16, dtype=torch.float64, seed: int = 0) -> nn.Module:
     """A random smooth MLP R^d -> R^D (tanh), the test's stand-in for an injective map."""
     gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                        nn.Linear(hidden, D))
+    net = nn.Sequential(
+        nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, D)
+    )
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.8)

@@ -35,8 +35,10 @@ def _layers() -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
         "actnorm": (ActNorm(5), (5,)),
         "permutation": (Permutation(5, seed=1), (5,)),
         "chain": (vector_flow(4, layers=3, hidden=(8,), actnorm=True, permute=True), (4,)),
-        "checkerboard": (ImageAffineCoupling((2, 4, 4), "checkerboard", parity=1, hidden=4, blocks=1),
-                         (2, 4, 4)),
+        "checkerboard": (
+            ImageAffineCoupling((2, 4, 4), "checkerboard", parity=1, hidden=4, blocks=1),
+            (2, 4, 4),
+        ),
         "channel": (ImageAffineCoupling((2, 4, 4), "channel", parity=0, hidden=4, blocks=1), (2, 4, 4)),
         "multiscale": (MultiScaleFlow((1, 4, 4), scales=1, couplings=1, hidden=4, blocks=1), (1, 4, 4)),
     }
@@ -78,10 +80,12 @@ def test_jvp_vjp_and_vmap_work_through_every_layer(name: str) -> None:
     layer = _perturbed(layer)
     z = torch.randn(2, *shape, dtype=torch.float64)
     n = z[0].numel()
-    jac = torch.stack([
-        torch.autograd.functional.jacobian(lambda v: layer(v.unsqueeze(0)).flatten(), z[b]).reshape(n, n)
-        for b in range(2)
-    ])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v: layer(v.unsqueeze(0)).flatten(), z[b]).reshape(n, n)
+            for b in range(2)
+        ]
+    )
     tangents = torch.randn(3, *z.shape, dtype=torch.float64)
     _, pushed = vmap(lambda t: jvp(layer, (z,), (t,)), out_dims=(None, 0))(tangents)
     expected = torch.einsum("bij,kbj->kbi", jac, tangents.flatten(2))
@@ -139,4 +143,6 @@ def test_chain_composes_in_order() -> None:
     chain = Chain([a, b])
     z = torch.randn(4, 3, dtype=torch.float64)
     torch.testing.assert_close(chain(z), b(a(z)))
-    torch.testing.assert_close(chain.forward_and_ladj(z)[1], a.forward_and_ladj(z)[1] + b.forward_and_ladj(a(z))[1])
+    torch.testing.assert_close(
+        chain.forward_and_ladj(z)[1], a.forward_and_ladj(z)[1] + b.forward_and_ladj(a(z))[1]
+    )

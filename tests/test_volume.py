@@ -39,8 +39,15 @@ def test_logdet_exact_matches_brute_force_value_and_gradients(d: int, D: int) ->
     [
         ModelSpec(data_shape=(3,), latent_dim=2, coupling="affine", flow_layers=3, flow_hidden=(16,)),
         ModelSpec(data_shape=(5,), latent_dim=2, coupling="spline", flow_layers=3, flow_hidden=(16,)),
-        ModelSpec(data_shape=(1, 4, 4), latent_dim=3, flow="multiscale", scales=1, couplings=1,
-                  conv_hidden=4, conv_blocks=1),
+        ModelSpec(
+            data_shape=(1, 4, 4),
+            latent_dim=3,
+            flow="multiscale",
+            scales=1,
+            couplings=1,
+            conv_hidden=4,
+            conv_blocks=1,
+        ),
     ],
     ids=["affine", "spline", "multiscale"],
 )
@@ -55,8 +62,10 @@ def test_logdet_exact_matches_brute_force_on_the_models_own_g(spec: ModelSpec) -
     ours = logdet_exact(model.decode_flat, u, chunk_size=2)
     reference = brute_logdet(model.decode_flat, u, create_graph=True)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-8)
-    assert rel_err(flat(param_grads(model.flow, ours.sum())),
-                   flat(param_grads(model.flow, reference.sum()))) < 1e-5
+    assert (
+        rel_err(flat(param_grads(model.flow, ours.sum())), flat(param_grads(model.flow, reference.sum())))
+        < 1e-5
+    )
 
 
 def test_logdet_exact_chunking_gives_the_same_result() -> None:
@@ -90,12 +99,14 @@ def test_surrogate_gradient_is_unbiased(probe: str) -> None:
     (gz_exact,) = torch.autograd.grad(logdet_exact(fn, z).sum(), z)
 
     gen = torch.Generator().manual_seed(1234)
-    surrogate = logdet_surrogate(fn, z, num_samples=4000, cg_tol=1e-12, cg_max_iters=50,
-                                 probe=probe, generator=gen).sum()
+    surrogate = logdet_surrogate(
+        fn, z, num_samples=4000, cg_tol=1e-12, cg_max_iters=50, probe=probe, generator=gen
+    ).sum()
     g_est = flat(param_grads(fn, surrogate))
     gen = torch.Generator().manual_seed(1234)
-    surrogate = logdet_surrogate(fn, z, num_samples=4000, cg_tol=1e-12, cg_max_iters=50,
-                                 probe=probe, generator=gen).sum()
+    surrogate = logdet_surrogate(
+        fn, z, num_samples=4000, cg_tol=1e-12, cg_max_iters=50, probe=probe, generator=gen
+    ).sum()
     (gz_est,) = torch.autograd.grad(surrogate, z)
 
     assert rel_err(g_est, g_exact) < 0.05

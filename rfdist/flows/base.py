@@ -35,7 +35,7 @@ class Bijection(nn.Module):
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def forward(self, z: Tensor) -> Tensor:  # noqa: D102 - see class docstring
+    def forward(self, z: Tensor) -> Tensor:
         return self.forward_and_ladj(z)[0]
 
     def inverse(self, x: Tensor) -> Tensor:

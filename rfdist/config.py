@@ -1,0 +1,270 @@
+"""Typed, validated configuration: one schema for ``train``, ``sweep`` and ``eval``.
+
+Configs are YAML files plus ``--set key=value`` overrides (values parsed as YAML). Every error
+names the config key (dotted path), what was expected and what was given, e.g.
+``estimator.num_samples: must be >= 1 (got 0)``.
+
+Example:
+    >>> cfg = load_config(None, ["estimator.name=hutchinson", "train.max_steps=10"])
+    >>> cfg.estimator.name, cfg.train.max_steps
+    ('hutchinson', 10)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .builders import ModelSpec
+from .engine import LossOptions
+
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; its message is one line meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data comes from.
+
+    ``path``: a Parquet dataset folder or ``s3://bucket/prefix`` (DESIGN §6 layout).
+    ``synthetic``: generate a synthetic manifold in memory instead (``von-mises`` | ``sphere``).
+    ``features``: column names assembled into ``x`` for a user's table of numeric columns.
+    """
+
+    path: str | None = None
+    synthetic: Literal["von-mises", "sphere"] | None = None
+    features: list[str] | None = None
+    train_rows: int = Field(20_000, ge=1)
+    test_rows: int = Field(5_000, ge=1)
+    preprocess: Literal["none", "logit", "standardize"] = "none"
+    logit_lambda: float = Field(1e-6, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("set exactly one of data.path (a Parquet dataset) or data.synthetic")
+        if self.features is not None and len(self.features) == 0:
+            raise ValueError("data.features must list at least one column")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture (see :class:`rfdist.builders.ModelSpec`); ``data_shape`` comes from the data."""
+
+    latent_dim: int = Field(1, ge=1)
+    flow: Literal["coupling", "multiscale"] = "coupling"
+    coupling: Literal["affine", "spline"] = "affine"
+    flow_layers: int = Field(5, ge=1)
+    flow_hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["relu", "tanh", "elu", "silu"] = "relu"
+    actnorm: bool = False
+    permute: bool = False
+    bins: int = Field(8, ge=2)
+    bound: float = Field(5.0, gt=0)
+    scales: int = Field(2, ge=0)
+    couplings: int = Field(3, ge=1)
+    conv_hidden: int = Field(64, ge=1)
+    conv_blocks: int = Field(8, ge=1)
+    density: Literal["nsf", "maf"] = "nsf"
+    density_layers: int = Field(5, ge=1)
+    density_hidden: list[int] = Field(default_factory=lambda: [32, 32])
+
+    def spec(self, data_shape: tuple[int, ...], seed: int) -> ModelSpec:
+        """The :class:`ModelSpec` for data rows of ``data_shape``; checks ``d < D``."""
+        data_dim = math.prod(data_shape)
+        if self.latent_dim >= data_dim:
+            raise ConfigError(
+                f"model.latent_dim: must be smaller than the data dimension D={data_dim} "
+                f"(got {self.latent_dim})"
+            )
+        fields = self.model_dump()
+        return ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
+
+
+class EstimatorConfig(_Section):
+    """How the volume term's gradient is computed."""
+
+    name: Literal["exact", "hutchinson", "auto"] = "exact"
+    num_samples: int = Field(1, ge=1)
+    cg_tol: float = Field(1e-4, ge=0)
+    cg_max_iters: int | None = Field(None, ge=1)
+    probe: Literal["gaussian", "rademacher"] = "gaussian"
+    chunk_size: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Section):
+    """Optimisation and loss options."""
+
+    mode: Literal["ml", "two_step"] = "ml"
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    beta: float = Field(50.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(10.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    max_consecutive_skips: int = Field(20, ge=1)
+    log_every: int = Field(50, ge=1)
+
+
+class ScalingConfig(_Section):
+    """Ray Train workers."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class TrackingConfig(_Section):
+    """MLflow: ``uri`` overrides ``MLFLOW_TRACKING_URI`` and the embedded sqlite default."""
+
+    uri: str | None = None
+    experiment: str = "rfdist"
+
+
+class RegistryConfig(_Section):
+    """Model registry name (``None`` = do not register)."""
+
+    name: str | None = None
+
+
+class TuneConfig(_Section):
+    """Sweep settings (used by ``rfdist sweep``)."""
+
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    metric: str = "val_nll"
+    mode: Literal["min", "max"] = "min"
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class StorageConfig(_Section):
+    """Where checkpoints go (local folder or ``s3://bucket/prefix``)."""
+
+    path: str = "runs"
+    keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+
+class RunConfig(_Section):
+    """The whole configuration of a run."""
+
+    name: str = "rfdist"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=lambda: DataConfig(synthetic="von-mises"))
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    def loss_options(self) -> LossOptions:
+        """The :class:`~rfdist.engine.LossOptions` this config asks for."""
+        estimator = self.estimator.name if self.estimator.name != "auto" else "exact"
+        return LossOptions(
+            mode=self.train.mode,
+            estimator=estimator,
+            beta=self.train.beta,
+            num_samples=self.estimator.num_samples,
+            cg_tol=self.estimator.cg_tol,
+            cg_max_iters=self.estimator.cg_max_iters,
+            probe=self.estimator.probe,
+            chunk_size=self.estimator.chunk_size,
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view (for logging as parameters)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump())
+        return out
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        given = item.get("input")
+        shown = (
+            ""
+            if item["type"] in ("extra_forbidden", "missing") or isinstance(given, dict)
+            else (f" (got {given!r})")
+        )
+        problems.append(f"{key}: {message}{shown}")
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a config; raises :class:`ConfigError` with one clear line."""
+    raw: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
+        raw = loaded
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None

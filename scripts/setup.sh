@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install rfdist with everything its tests need. Idempotent.
+#   bash scripts/setup.sh            # library + CLI + test tools
+# torch is pinned to the 2.13.0 CPU wheel first: a bare `torch` requirement can pull a multi-GB
+# CUDA build. On a GPU machine install the matching CUDA wheel of torch 2.13.0 instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import rfdist, torch, ray, mlflow; print('rfdist', rfdist.__version__, '| torch', torch.__version__, '| ray', ray.__version__, '| mlflow', mlflow.__version__)"
+if [ -f scripts/install_datasets.sh ]; then
+  bash scripts/install_datasets.sh
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the test suite (the README's test command). pytest's "no tests collected" (exit 5) fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check rfdist tests bench jobs || exit 1
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
