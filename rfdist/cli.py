@@ -34,33 +34,109 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
-def train(
-    config: ConfigArg = None,
-    set_: SetOpt = None,
-    local: Annotated[bool, typer.Option("--local", help="Train in this process, without Ray.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
-) -> None:
-    """Train a rectangular flow from CONFIG and print its test metrics."""
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
-    from .runner import run_local
-
-    try:
-        _, metrics = run_local(cfg)
-    except (ConfigError, FloatingPointError) as exc:
-        fail(str(exc))
-    except Exception as exc:  # data-layer errors carry their own clear message
-        if type(exc).__name__ == "DataError":
-            fail(str(exc))
-        raise
+def _print_metrics(metrics: dict[str, float], json_out: Path | None) -> None:
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         typer.echo(f"{key:<{width}}  {value:.6g}")
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2))
+
+
+def _user_error(exc: Exception) -> bool:
+    """Errors whose message is meant for the user (no traceback)."""
+    from .train import TrainingError
+
+    return isinstance(exc, ConfigError | FloatingPointError | TrainingError | FileNotFoundError) or (
+        type(exc).__name__ == "DataError"
+    )
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Train in this process, without Ray/MLflow.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+) -> None:
+    """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow."""
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        if local:
+            from .runner import run_local
+
+            _, metrics = run_local(cfg)
+            _print_metrics(metrics, json_out)
+            return
+        from .tracking import redact_uri
+        from .train import run_training
+
+        result = run_training(cfg, address=address)
+    except Exception as exc:
+        if _user_error(exc):
+            fail(str(exc))
+        raise
+    metrics = dict(result.metrics)
+    _print_metrics(metrics, json_out)
+    typer.echo(f"mlflow run       {result.run_id} ({redact_uri(result.tracking_uri)})")
+    typer.echo(f"checkpoint       {result.checkpoint_path}")
+    if result.model_version:
+        typer.echo(f"registered       {cfg.registry.name} v{result.model_version} "
+                   f"(aliases: {', '.join(result.aliases)})")
+
+
+models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+TrackingOpt = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: env, else ./mlflow.db).")
+]
+
+
+@models_app.command("list")
+def models_list(tracking_uri: TrackingOpt = None) -> None:
+    """Registered models, their version counts and aliases."""
+    from .tracking import list_models
+
+    rows = list_models(tracking_uri=tracking_uri)
+    if not rows:
+        typer.echo("no registered models")
+    for row in rows:
+        aliases = ", ".join(f"{k}->v{v}" for k, v in sorted(row["aliases"].items()))
+        typer.echo(f"{row['name']}  versions={row['versions']}  latest=v{row['latest_version']}  {aliases}")
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """One model version: its run, source and metrics, as JSON."""
+    from .tracking import get_model_record
+
+    try:
+        record = get_model_record(ref, tracking_uri=tracking_uri)
+    except Exception as exc:
+        fail(f"cannot find model {ref!r}: {str(exc).splitlines()[0]}")
+    typer.echo(json.dumps(record.as_dict(), indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str, version: str, alias: str, tracking_uri: TrackingOpt = None
+) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    from .tracking import promote
+
+    try:
+        promote(name, version, alias, tracking_uri=tracking_uri)
+    except Exception as exc:
+        fail(f"cannot promote {name} v{version} to {alias!r}: {str(exc).splitlines()[0]}")
+    typer.echo(f"{name}@{alias} -> v{version}")
 
 
 @app.command("config")

@@ -39,6 +39,8 @@ class DataConfig(_Section):
     ``path``: a Parquet dataset folder or ``s3://bucket/prefix`` (DESIGN §6 layout).
     ``synthetic``: generate a synthetic manifold in memory instead (``von-mises`` | ``sphere``).
     ``features``: column names assembled into ``x`` for a user's table of numeric columns.
+    ``materialize``: hold the splits in Ray's object store before training (``auto``: when they
+    take under 256 MiB) — re-streaming small Parquet files every epoch costs more than a step.
     """
 
     path: str | None = None
@@ -47,6 +49,7 @@ class DataConfig(_Section):
     train_rows: int = Field(20_000, ge=1)
     test_rows: int = Field(5_000, ge=1)
     preprocess: Literal["none", "logit", "standardize"] = "none"
+    materialize: Literal["auto", "always", "never"] = "auto"
     logit_lambda: float = Field(1e-6, gt=0, lt=0.5)
 
     @model_validator(mode="after")
@@ -160,6 +163,12 @@ class StorageConfig(_Section):
     max_failures: int = Field(1, ge=0)
 
 
+class DebugConfig(_Section):
+    """Testing hooks. ``fail_at_step``: the last worker crashes once at that step (fault tests)."""
+
+    fail_at_step: int | None = Field(None, ge=1)
+
+
 class RunConfig(_Section):
     """The whole configuration of a run."""
 
@@ -174,6 +183,7 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
 
     def loss_options(self) -> LossOptions:
         """The :class:`~rfdist.engine.LossOptions` this config asks for."""

@@ -1,0 +1,218 @@
+"""The Parquet dataset layout, and an atomic writer for it.
+
+Layout (DESIGN §6)::
+
+    URI/_MANIFEST.json            written last: the dataset is complete iff it exists
+    URI/train/part-<ver>-00000.parquet, …   column ``x`` fixed_size_list<float32>[D],
+    URI/val/…   URI/test/…                  optional ``label`` int64; image shape in the
+                                            schema metadata key ``rfdist.shape`` ("1,28,28")
+
+Atomicity without renames (S3 has none): ``make`` first writes ``_IN_PROGRESS`` (unless a
+previous manifest exists), then shards whose names carry a fresh version id, then the
+manifest listing exactly those files (one PUT on S3; tmp + rename locally), then removes
+the marker and the previous version's files. Readers use the manifest's file list, so a
+re-run never mixes old and new shards, and an interrupted first ``make`` leaves
+``_IN_PROGRESS`` behind, which readers and ``validate`` refuse. A folder without either
+file is read as a user's own plain layout (``split/*.parquet``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import DataError
+from .fs import describe_s3_error, join, resolve
+
+__all__ = [
+    "IN_PROGRESS",
+    "MANIFEST",
+    "SHAPE_KEY",
+    "SPLITS",
+    "Layout",
+    "list_layout",
+    "vectors_table",
+    "write_dataset",
+]
+
+MANIFEST = "_MANIFEST.json"
+IN_PROGRESS = "_IN_PROGRESS"
+SHAPE_KEY = b"rfdist.shape"
+SPLITS = ("train", "val", "test")
+
+
+def vectors_table(x: np.ndarray, label: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> pa.Table:
+    """An Arrow table in rfdist's schema from rows ``x`` (N, D or N, *shape) and optional labels."""
+    x = np.asarray(x, dtype=np.float32)
+    rows = x.shape[0]
+    flat = x.reshape(rows, -1)
+    dim = flat.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), dim)
+    arrays = {"x": column}
+    if label is not None:
+        arrays["label"] = pa.array(np.asarray(label, dtype=np.int64))
+    table = pa.table(arrays)
+    shape = tuple(shape) if shape is not None else (tuple(x.shape[1:]) if x.ndim > 2 else (dim,))
+    return table.replace_schema_metadata({SHAPE_KEY: ",".join(str(s) for s in shape).encode()})
+
+
+def _write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    else:  # object stores: a single PUT is atomic
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_dataset(
+    uri: str,
+    splits: Mapping[str, Mapping[str, Any]],
+    *,
+    shape: tuple[int, ...] | None = None,
+    shard_rows: int = 50_000,
+    storage_options: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write ``{split: {"x": array, "label": array | None}}`` to ``uri`` atomically.
+
+    Returns the manifest. ``extra`` (e.g. feature statistics) is stored in it.
+
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> manifest = write_dataset(out, {"train": {"x": np.zeros((5, 3))}})
+        >>> manifest["splits"]["train"]["rows"]
+        5
+    """
+    if shard_rows < 1:
+        raise DataError(f"--shard-rows must be >= 1 (got {shard_rows})")
+    fs, root = resolve(uri, storage_options)
+    version = uuid.uuid4().hex[:12]
+    try:
+        fs.create_dir(root, recursive=True)
+        previous = _read_manifest(fs, root, uri) if _exists(fs, join(root, MANIFEST)) else None
+        if previous is None:
+            _write_bytes_atomic(fs, join(root, IN_PROGRESS), version.encode())
+        manifest: dict[str, Any] = {"format": "rfdist-parquet-v1", "version": version, "splits": {}}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(len(s["x"]) for s in splits.values()), desc="write", unit="row")
+        for split, content in splits.items():
+            x = np.asarray(content["x"])
+            label = content.get("label")
+            split_shape = shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
+            fs.create_dir(join(root, split), recursive=True)
+            files = []
+            for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
+                stop = min(start + shard_rows, len(x))
+                table = vectors_table(x[start:stop], None if label is None else label[start:stop], split_shape)
+                name = f"{split}/part-{version}-{index:05d}.parquet"
+                pq.write_table(table, join(root, name), filesystem=fs)
+                files.append(name)
+                if bar is not None:
+                    bar.update(stop - start)
+            manifest["splits"][split] = {
+                "rows": len(x),
+                "files": files,
+                "data_dim": int(np.prod(split_shape)),
+                "shape": list(split_shape),
+                "has_label": label is not None,
+            }
+        if bar is not None:
+            bar.close()
+        if extra:
+            manifest.update(extra)
+        _write_bytes_atomic(fs, join(root, MANIFEST), json.dumps(manifest, indent=1).encode())
+        if _exists(fs, join(root, IN_PROGRESS)):
+            fs.delete_file(join(root, IN_PROGRESS))
+        if previous is not None:  # drop the superseded version's shards (best effort)
+            for entry in previous["splits"].values():
+                for name in entry["files"]:
+                    try:
+                        fs.delete_file(join(root, name))
+                    except OSError:
+                        pass
+    except DataError:
+        raise
+    except OSError as exc:
+        if uri.startswith("s3://"):
+            raise DataError(describe_s3_error(uri, exc)) from None
+        raise DataError(f"{uri}: cannot write the dataset: {exc}") from None
+    return manifest
+
+
+def _read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any]:
+    with fs.open_input_stream(join(root, MANIFEST)) as handle:
+        try:
+            manifest = json.loads(handle.read())
+        except json.JSONDecodeError:
+            raise DataError(f"{uri}/{MANIFEST}: not valid JSON") from None
+    if manifest.get("format") != "rfdist-parquet-v1" or "splits" not in manifest:
+        raise DataError(f"{uri}/{MANIFEST}: not an rfdist dataset manifest")
+    return manifest
+
+
+@dataclass
+class Layout:
+    """Where a dataset's shards are: ``files[split]`` are paths on ``filesystem``."""
+
+    uri: str
+    filesystem: pafs.FileSystem
+    root: str
+    files: dict[str, list[str]]
+    manifest: dict[str, Any] | None
+
+
+def list_layout(uri: str, storage_options: dict[str, Any] | None = None) -> Layout:
+    """Find the shards of every split (manifest first, else the plain ``split/*.parquet`` layout)."""
+    fs, root = resolve(uri, storage_options)
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{uri}: dataset not found (no such folder or prefix)")
+        if _exists(fs, join(root, MANIFEST)):
+            manifest = _read_manifest(fs, root, uri)
+            files = {s: [join(root, f) for f in e["files"]] for s, e in manifest["splits"].items()}
+            return Layout(uri, fs, root, files, manifest)
+        if _exists(fs, join(root, IN_PROGRESS)):
+            raise DataError(
+                f"{uri}: incomplete dataset ({IN_PROGRESS} present: an interrupted `rfdist data make`); "
+                "re-run the make"
+            )
+        files = {}
+        for entry in fs.get_file_info(pafs.FileSelector(root)):
+            if entry.type == pafs.FileType.Directory:
+                shards = sorted(
+                    f.path
+                    for f in fs.get_file_info(pafs.FileSelector(entry.path))
+                    if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                )
+                if shards:
+                    files[entry.base_name] = shards
+        if not files:
+            raise DataError(f"{uri}: no Parquet shards found (expected {uri}/train/*.parquet)")
+        return Layout(uri, fs, root, files, None)
+    except DataError:
+        raise
+    except OSError as exc:
+        if uri.startswith("s3://"):
+            raise DataError(describe_s3_error(uri, exc)) from None
+        raise DataError(f"{uri}: cannot read: {exc}") from None

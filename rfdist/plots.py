@@ -1,0 +1,82 @@
+"""Pictures of a trained flow: the learned manifold with its density (2-D/3-D) or a sample grid.
+
+Written with matplotlib's Agg backend to PNG files that runs log to MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .model import RectangularFlow
+
+__all__ = ["plot_model"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@torch.no_grad()
+def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, samples: int = 1000) -> Path:
+    """Save a picture of ``model`` next to ``data`` (rows in data space) as a PNG at ``path``.
+
+    - ``D = 2``: data, samples, and the learned curve coloured by its density.
+    - ``D = 3``: data and samples in 3-D, samples coloured by log-density.
+    - images: a grid of samples (on the model's scale) beside a grid of data.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    dtype = next(model.parameters()).dtype
+    data = data[:samples].to(dtype)
+    drawn = model.sample(samples)
+    if len(model.data_shape) == 1 and model.data_dim == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(data[:, 0], data[:, 1], s=3, alpha=0.3, color="grey", label="data")
+        ax.scatter(drawn[:, 0], drawn[:, 1], s=3, alpha=0.3, color="tab:orange", label="samples")
+        u = torch.linspace(-4, 4, 800, dtype=dtype).unsqueeze(1)
+        curve = model.decode(u)
+        density = model.log_prob(curve).exp()
+        points = ax.scatter(curve[:, 0], curve[:, 1], c=density, s=4, cmap="viridis", label="manifold")
+        fig.colorbar(points, ax=ax, label="density on the manifold")
+        ax.set_aspect("equal")
+        ax.legend(loc="lower left", markerscale=3)
+    elif len(model.data_shape) == 1 and model.data_dim == 3:
+        fig = plt.figure(figsize=(10, 5))
+        ax = fig.add_subplot(1, 2, 1, projection="3d")
+        ax.scatter(data[:, 0], data[:, 1], data[:, 2], s=2, alpha=0.3, color="grey")
+        ax.set_title("data")
+        ax = fig.add_subplot(1, 2, 2, projection="3d")
+        density = model.log_prob(drawn)
+        ax.scatter(drawn[:, 0], drawn[:, 1], drawn[:, 2], s=2, c=density, cmap="viridis")
+        ax.set_title("samples (colour: log-density)")
+    elif len(model.data_shape) == 3:
+        count = min(36, samples)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+        for ax, images, title in ((axes[0], drawn[:count], "samples"), (axes[1], data[:count], "data")):
+            c, h, w = model.data_shape
+            side = int(count**0.5)
+            grid = images[: side * side].reshape(side, side, c, h, w).permute(0, 3, 1, 4, 2)
+            grid = grid.reshape(side * h, side * w, c).squeeze(-1)
+            ax.imshow(grid.float(), cmap="gray")
+            ax.set_title(title)
+            ax.axis("off")
+    else:  # high-dimensional vectors: first two coordinates
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(data[:, 0], data[:, 1], s=3, alpha=0.3, color="grey", label="data")
+        ax.scatter(drawn[:, 0], drawn[:, 1], s=3, alpha=0.3, color="tab:orange", label="samples")
+        ax.set_xlabel("x0")
+        ax.set_ylabel("x1")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,452 @@
+"""Data-parallel training on Ray Train (``TorchTrainer``, DDP), tracked in MLflow.
+
+The driver (:func:`run_training`) validates everything before any worker starts (config, data
+layout, ``d < D``), opens — or, for a re-run with the same name, reopens — one MLflow run, and
+builds a ``TorchTrainer`` whose workers run :func:`train_loop_per_worker`: the core
+:func:`rfdist.engine.train_step` on a DDP-wrapped model (gloo on CPU, nccl on GPU), each worker
+computing the volume term on its own device and streaming its shard of the Parquet data.
+Rank 0 writes checkpoints (``state.pt``, ``torch.load(weights_only=True)``) and per-step
+metrics; after ``fit`` the driver logs the final model, registers it and sets aliases.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .builders import ModelSpec, build_model
+from .checkpoint import TrainingState, load_state, save_state
+from .config import ConfigError, RunConfig
+from .engine import train_step
+
+__all__ = ["TrainingError", "TrainingResult", "run_training", "train_loop_per_worker"]
+
+
+MATERIALIZE_BYTES = 256 * 1024**2
+
+
+class TrainingError(RuntimeError):
+    """Training failed; the message says why (the last good checkpoint is kept)."""
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`run_training` returns."""
+
+    run_id: str
+    tracking_uri: str
+    checkpoint_path: str | None
+    metrics: dict[str, float]
+    model_version: str | None
+    aliases: list[str]
+
+
+# ----------------------------------------------------------------------------------- worker
+def _cosine(total: int):
+    return lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / max(total, 1)))
+
+
+def _preprocess_fn(cfg: RunConfig, shape: tuple[int, ...], stats: dict | None):
+    """Per-batch preprocessing on the worker's device (rows → model input)."""
+    if cfg.data.preprocess == "logit":
+        from .data.preprocess import dequantize_logit
+
+        def prep(x: torch.Tensor) -> torch.Tensor:
+            return dequantize_logit(x.reshape(x.shape[0], *shape), lam=cfg.data.logit_lambda)[0]
+
+        return prep
+    if cfg.data.preprocess == "standardize":
+        if not stats:
+            raise ConfigError("data.preprocess=standardize needs feature statistics beside the dataset")
+        mean = torch.tensor(stats["mean"], dtype=torch.float32)
+        std = torch.tensor(stats["std"], dtype=torch.float32)
+
+        def prep(x: torch.Tensor) -> torch.Tensor:
+            return ((x - mean.to(x.device)) / std.to(x.device)).reshape(x.shape[0], *shape)
+
+        return prep
+    return lambda x: x.reshape(x.shape[0], *shape)
+
+
+def _mlflow_logger(tracking_uri: str, run_id: str):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        if batch:
+            client.log_batch(run_id, metrics=batch, synchronous=True)
+
+    return log
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: restore, stream batches, step, validate, checkpoint, report."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = RunConfig.model_validate(loop_config["config"])
+    spec = ModelSpec.from_dict(loop_config["spec"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + 1000 * rank)
+
+    model = build_model(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
+    step = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = load_state(directory, map_location=device)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        step = state.step
+        if state.rng is not None:
+            torch.set_rng_state(state.rng)
+        if rank == 0:
+            print(f"[rfdist] resumed from checkpoint at step {step}", flush=True)
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    shape = tuple(spec.data_shape)
+    prep = _preprocess_fn(cfg, shape, loop_config.get("stats"))
+    options = cfg.loss_options()
+    per_worker_batch = max(1, cfg.train.batch_size // world)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    log = _mlflow_logger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+
+    def batches():
+        while True:
+            for batch in train_shard.iter_torch_batches(
+                batch_size=per_worker_batch, device=device, drop_last=True, dtypes=torch.float32
+            ):
+                yield prep(batch["x"])
+
+    def validate() -> float:
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        model.eval()
+        with torch.no_grad():
+            for batch in val_shard.iter_torch_batches(batch_size=1000, device=device, dtypes=torch.float32):
+                x = prep(batch["x"])
+                total[0] -= model.log_prob(x).double().sum()
+                total[1] += x.shape[0]
+        model.train()
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        return float(total[0] / total[1].clamp_min(1))
+
+    fail_at = cfg.debug.fail_at_step
+    marker = Path(loop_config["fault_marker"])
+    consecutive_skips = skipped_total = 0
+    window: list[dict[str, float]] = []
+    started = time.perf_counter()
+    first_step = step
+    examples = 0
+    model.train()
+    stream = batches()
+    while step < cfg.train.max_steps:
+        waiting = time.perf_counter()
+        x = next(stream)
+        data_wait = time.perf_counter() - waiting
+        step += 1
+        if fail_at is not None and step == fail_at and rank == world - 1 and not marker.exists():
+            marker.write_text("failed once")
+            print(f"[rfdist] injected failure on rank {rank} at step {step}", flush=True)
+            os._exit(1)
+        tick = time.perf_counter()
+        warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else None
+        result = train_step(ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip,
+                            likelihood_weight=warm)
+        scheduler.step()
+        examples += x.shape[0] * world
+        if result.skipped:
+            consecutive_skips += 1
+            skipped_total += 1
+            if consecutive_skips >= cfg.train.max_consecutive_skips:
+                raise FloatingPointError(
+                    f"{consecutive_skips} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {step}); the last good checkpoint is kept"
+                )
+        else:
+            consecutive_skips = 0
+        metrics = dict(result.metrics)
+        metrics["step_s"] = time.perf_counter() - tick
+        metrics["data_wait_s"] = data_wait
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics["skipped_steps"] = float(skipped_total)
+        window.append(metrics)
+
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+            elapsed = time.perf_counter() - started
+            mean = {k: sum(m[k] for m in window if k in m) / len(window) for k in window[-1]}
+            mean["examples_per_s"] = examples / max(elapsed, 1e-9)
+            log(mean, step)
+            eta = (cfg.train.max_steps - step) * elapsed / max(step - first_step, 1)
+            print(
+                f"[rfdist] step {step}/{cfg.train.max_steps}  loss {mean['loss']:.4f}  "
+                f"{mean['examples_per_s']:.0f} ex/s  step {mean['step_s']*1000:.0f} ms  "
+                f"data wait {mean['data_wait_s']*1000:.0f} ms  eta {eta:.0f}s",
+                flush=True,
+            )
+            window.clear()
+
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+            val_nll = validate()
+            report = {"step": step, "val_nll": val_nll, "skipped_steps": float(skipped_total)}
+            healthy = math.isfinite(val_nll) and all(
+                bool(torch.isfinite(p).all()) for p in model.parameters()
+            )
+            if rank == 0:
+                log({"val_nll": val_nll}, step)
+                print(f"[rfdist] step {step}  val_nll {val_nll:.4f}", flush=True)
+            if rank == 0 and healthy:
+                with tempfile.TemporaryDirectory() as directory:
+                    save_state(directory, TrainingState(
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        step=step,
+                        rng=torch.get_rng_state(),
+                        config=loop_config["config"],
+                        spec=loop_config["spec"],
+                        metrics=report,
+                    ))
+                    ray.train.report(report, checkpoint=Checkpoint.from_directory(directory))
+            else:
+                ray.train.report(report)
+            if not healthy:
+                raise FloatingPointError(f"validation NLL is not finite at step {step}; "
+                                         "the last good checkpoint is kept")
+
+
+# ----------------------------------------------------------------------------------- driver
+def _init_ray(cfg: RunConfig, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
+    # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
+    num_cpus = max(4, math.ceil(workers_cpu) + 2)
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=768 * 1024**2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+        logging_level="WARNING",
+    )
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _storage(path: str) -> tuple[str, Any]:
+    """``(storage_path, filesystem)`` for RunConfig: S3 paths go without the scheme."""
+    if path.startswith("s3://"):
+        import pyarrow.fs
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            kwargs["region"] = region
+        return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+    return str(Path(path).resolve()), None
+
+
+def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> str:
+    """Write the synthetic dataset a config names to Parquet once (cached by name/seed/rows)."""
+    import numpy as np
+
+    from .data.parquet import write_dataset
+    from .data.synthetic import make_synthetic
+
+    name = cfg.data.synthetic
+    target = Path(root).resolve() / f"{name}-seed{cfg.seed}-{cfg.data.train_rows}-{cfg.data.test_rows}"
+    if (target / "_MANIFEST.json").exists() or (target / "_SUCCESS").exists():
+        return str(target)
+    source = make_synthetic(name)
+    val_rows = max(1, cfg.data.test_rows // 2)
+    splits = {}
+    for offset, (split, rows) in enumerate(
+        (("train", cfg.data.train_rows), ("val", val_rows), ("test", cfg.data.test_rows))
+    ):
+        gen = torch.Generator().manual_seed(cfg.seed + offset)
+        splits[split] = {"x": source.sample(rows, generator=gen).numpy().astype(np.float32), "label": None}
+    write_dataset(str(target), splits)
+    return str(target)
+
+
+def _open_run(mlflow, cfg: RunConfig, storage_path: str) -> str:
+    """The MLflow run of this training job: a re-run with the same name continues its run."""
+    from mlflow.entities import ViewType
+
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`rfdist.run_name` = '{cfg.name}' and tags.`rfdist.storage` = '{storage_path}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if runs and runs[0].info.status != "FINISHED":
+        return runs[0].info.run_id
+    run = mlflow.MlflowClient().create_run(
+        experiment.experiment_id,
+        run_name=cfg.name,
+        tags={"rfdist.run_name": cfg.name, "rfdist.storage": storage_path},
+    )
+    return run.info.run_id
+
+
+def _log_params(mlflow, run_id: str, cfg: RunConfig) -> None:
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient()
+    existing = client.get_run(run_id).data.params
+    params = [Param(k, str(v)[:500]) for k, v in cfg.flat().items() if k not in existing]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+
+
+def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResult:
+    """Train per ``cfg`` on Ray Train; log, register and return the result."""
+    import mlflow
+
+    from .data.reader import open_dataset, ray_dataset
+    from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
+
+    # 1. Everything that can be checked before a worker starts.
+    data_path = cfg.data.path or materialize_synthetic(cfg)
+    info = open_dataset(data_path, features=cfg.data.features)
+    spec = cfg.model.spec(tuple(info.shape), cfg.seed)
+    for split in ("train", "val"):
+        if split not in info.splits:
+            raise ConfigError(f"data.path: dataset {data_path} has no {split!r} split")
+    storage_path, filesystem = _storage(cfg.storage.path)
+
+    # 2. Tracking.
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    run_id = _open_run(mlflow, cfg, cfg.storage.path)
+    _log_params(mlflow, run_id, cfg)
+    print(f"[rfdist] MLflow run {run_id} at {redact_uri(tracking_uri)}", flush=True)
+
+    # 3. Ray.
+    _init_ray(cfg, address)
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
+    if cfg.data.materialize != "never":
+        size = sum(ds.count() for ds in datasets.values()) * spec.data_dim * 4
+        if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
+            datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "spec": spec.to_dict(),
+            "run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "stats": getattr(info, "stats", None),
+            "fault_marker": str(Path(tempfile.gettempdir()) / f"rfdist-fault-{uuid.uuid4().hex}"),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.storage.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.storage.keep,
+                checkpoint_score_attribute="val_nll",
+                checkpoint_score_order="min",
+            ),
+        ),
+        datasets=datasets,
+    )
+    client = mlflow.MlflowClient()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        client.set_terminated(run_id, status="FAILED")
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise TrainingError(f"training run {cfg.name!r} failed: {type(cause).__name__}: {cause}") from exc
+
+    # 4. The final model: from the latest checkpoint.
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        client.set_terminated(run_id, status="FAILED")
+        raise TrainingError(f"training run {cfg.name!r} produced no checkpoint")
+    with checkpoint.as_directory() as directory:
+        state = load_state(directory)
+        model = build_model(spec)
+        model.load_state_dict(state.model)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(Path(directory) / "state.pt"), artifact_path="checkpoint")
+            mlflow.log_dict(cfg.model_dump(mode="json"), "config.yaml")
+            from .data.reader import load_split
+            from .plots import plot_model
+
+            with tempfile.TemporaryDirectory() as tmp:
+                sample_data = load_split(info, "val")[:1000]
+                prep = _preprocess_fn(cfg, tuple(spec.data_shape), getattr(info, "stats", None))
+                plot_model(model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png")
+                mlflow.log_artifact(str(Path(tmp) / "model.png"), artifact_path="plots")
+            val_nll = float(state.metrics.get("val_nll", float("nan")))
+            mlflow.log_metric("final_val_nll", val_nll, step=state.step)
+            version, aliases = None, []
+            if math.isfinite(val_nll):
+                logged = log_flow_model(model, spec, registered_model_name=cfg.registry.name)
+                if cfg.registry.name:
+                    version = str(logged.registered_model_version)
+                    aliases = register_with_aliases(
+                        cfg.registry.name, version, metric="final_val_nll", value=val_nll,
+                        tracking_uri=tracking_uri,
+                    )
+        checkpoint_path = checkpoint.path
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainingResult(
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        checkpoint_path=checkpoint_path,
+        metrics={"val_nll": val_nll, "step": float(state.step)},
+        model_version=version,
+        aliases=aliases,
+    )
