@@ -58,7 +58,9 @@ def train(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
-    local: Annotated[bool, typer.Option("--local", help="Train in this process, without Ray/MLflow.")] = False,
+    local: Annotated[
+        bool, typer.Option("--local", help="Train in this process, without Ray/MLflow.")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
 ) -> None:
     """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow."""
@@ -86,8 +88,10 @@ def train(
     typer.echo(f"mlflow run       {result.run_id} ({redact_uri(result.tracking_uri)})")
     typer.echo(f"checkpoint       {result.checkpoint_path}")
     if result.model_version:
-        typer.echo(f"registered       {cfg.registry.name} v{result.model_version} "
-                   f"(aliases: {', '.join(result.aliases)})")
+        typer.echo(
+            f"registered       {cfg.registry.name} v{result.model_version} "
+            f"(aliases: {', '.join(result.aliases)})"
+        )
 
 
 models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
@@ -126,9 +130,7 @@ def models_show(
 
 
 @models_app.command("promote")
-def models_promote(
-    name: str, version: str, alias: str, tracking_uri: TrackingOpt = None
-) -> None:
+def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOpt = None) -> None:
     """Point ALIAS of model NAME at VERSION."""
     from .tracking import promote
 

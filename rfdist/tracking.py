@@ -54,7 +54,7 @@ def resolve_tracking_uri(configured: str | None = None, *, workdir: str | Path |
     if not uri:
         return f"sqlite:///{base / DEFAULT_DB}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{(base / uri[len('sqlite:///') :]).resolve()}"
     if "://" not in uri:  # a bare path: treat as a sqlite file
         return f"sqlite:///{(base / uri).resolve()}"
     return uri
@@ -114,7 +114,11 @@ def _requirements() -> list[str]:
 
     from . import __version__
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"zuko=={zuko.__version__}", f"rfdist=={__version__}"]
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"zuko=={zuko.__version__}",
+        f"rfdist=={__version__}",
+    ]
 
 
 def log_flow_model(
@@ -249,12 +253,14 @@ def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
         aliases = {}
         for alias, version in (getattr(model, "aliases", None) or {}).items():
             aliases[alias] = str(version)
-        out.append({
-            "name": model.name,
-            "versions": len(versions),
-            "latest_version": max((int(v.version) for v in versions), default=0),
-            "aliases": aliases,
-        })
+        out.append(
+            {
+                "name": model.name,
+                "versions": len(versions),
+                "latest_version": max((int(v.version) for v in versions), default=0),
+                "aliases": aliases,
+            }
+        )
     return out
 
 

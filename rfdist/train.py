@@ -170,8 +170,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             os._exit(1)
         tick = time.perf_counter()
         warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else None
-        result = train_step(ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip,
-                            likelihood_weight=warm)
+        result = train_step(
+            ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip, likelihood_weight=warm
+        )
         scheduler.step()
         examples += x.shape[0] * world
         if result.skipped:
@@ -199,8 +200,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             eta = (cfg.train.max_steps - step) * elapsed / max(step - first_step, 1)
             print(
                 f"[rfdist] step {step}/{cfg.train.max_steps}  loss {mean['loss']:.4f}  "
-                f"{mean['examples_per_s']:.0f} ex/s  step {mean['step_s']*1000:.0f} ms  "
-                f"data wait {mean['data_wait_s']*1000:.0f} ms  eta {eta:.0f}s",
+                f"{mean['examples_per_s']:.0f} ex/s  step {mean['step_s'] * 1000:.0f} ms  "
+                f"data wait {mean['data_wait_s'] * 1000:.0f} ms  eta {eta:.0f}s",
                 flush=True,
             )
             window.clear()
@@ -216,22 +217,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"[rfdist] step {step}  val_nll {val_nll:.4f}", flush=True)
             if rank == 0 and healthy:
                 with tempfile.TemporaryDirectory() as directory:
-                    save_state(directory, TrainingState(
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        step=step,
-                        rng=torch.get_rng_state(),
-                        config=loop_config["config"],
-                        spec=loop_config["spec"],
-                        metrics=report,
-                    ))
+                    save_state(
+                        directory,
+                        TrainingState(
+                            model=model.state_dict(),
+                            optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(),
+                            step=step,
+                            rng=torch.get_rng_state(),
+                            config=loop_config["config"],
+                            spec=loop_config["spec"],
+                            metrics=report,
+                        ),
+                    )
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(directory))
             else:
                 ray.train.report(report)
             if not healthy:
-                raise FloatingPointError(f"validation NLL is not finite at step {step}; "
-                                         "the last good checkpoint is kept")
+                raise FloatingPointError(
+                    f"validation NLL is not finite at step {step}; the last good checkpoint is kept"
+                )
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -276,7 +281,7 @@ def _storage(path: str) -> tuple[str, Any]:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             kwargs["region"] = region
-        return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+        return path[len("s3://") :].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
     return str(Path(path).resolve()), None
 
 
@@ -427,7 +432,9 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
             with tempfile.TemporaryDirectory() as tmp:
                 sample_data = load_split(info, "val")[:1000]
                 prep = _preprocess_fn(cfg, tuple(spec.data_shape), getattr(info, "stats", None))
-                plot_model(model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png")
+                plot_model(
+                    model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png"
+                )
                 mlflow.log_artifact(str(Path(tmp) / "model.png"), artifact_path="plots")
             val_nll = float(state.metrics.get("val_nll", float("nan")))
             mlflow.log_metric("final_val_nll", val_nll, step=state.step)
@@ -437,7 +444,10 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
                 if cfg.registry.name:
                     version = str(logged.registered_model_version)
                     aliases = register_with_aliases(
-                        cfg.registry.name, version, metric="final_val_nll", value=val_nll,
+                        cfg.registry.name,
+                        version,
+                        metric="final_val_nll",
+                        value=val_nll,
                         tracking_uri=tracking_uri,
                     )
         checkpoint_path = checkpoint.path

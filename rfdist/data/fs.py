@@ -24,7 +24,7 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pa
     """``(filesystem, path)`` for ``uri``; S3 paths are returned as ``bucket/prefix``."""
     options = dict(storage_options or {})
     if uri.startswith("s3://"):
-        path = uri[len("s3://"):].rstrip("/")
+        path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise DataError(f"{uri}: an S3 URI needs a bucket, e.g. s3://bucket/prefix")
         endpoint = (
@@ -35,7 +35,9 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pa
         kwargs: dict[str, Any] = {
             "connect_timeout": float(options.get("connect_timeout", 3.0)),
             "request_timeout": float(options.get("request_timeout", 10.0)),
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(options.get("max_attempts", 2))),
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+                max_attempts=int(options.get("max_attempts", 2))
+            ),
         }
         if endpoint:
             scheme, sep, host = endpoint.partition("://")
@@ -65,8 +67,11 @@ def describe_s3_error(uri: str, exc: Exception) -> str:
     """One line for an S3 failure, classifying the common causes."""
     text = str(exc)
     lowered = text.lower()
-    if "access denied" in lowered or "invalidaccesskeyid" in lowered or "signature" in lowered or (
-        "403" in text
+    if (
+        "access denied" in lowered
+        or "invalidaccesskeyid" in lowered
+        or "signature" in lowered
+        or ("403" in text)
     ):
         return f"{uri}: S3 refused the credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
     if "curl" in lowered or "connect" in lowered or "resolve" in lowered or "timeout" in lowered:

@@ -18,6 +18,7 @@ file is read as a user's own plain layout (``split/*.parquet``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -49,7 +50,9 @@ SHAPE_KEY = b"rfdist.shape"
 SPLITS = ("train", "val", "test")
 
 
-def vectors_table(x: np.ndarray, label: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> pa.Table:
+def vectors_table(
+    x: np.ndarray, label: np.ndarray | None = None, shape: tuple[int, ...] | None = None
+) -> pa.Table:
     """An Arrow table in rfdist's schema from rows ``x`` (N, D or N, *shape) and optional labels."""
     x = np.asarray(x, dtype=np.float32)
     rows = x.shape[0]
@@ -123,7 +126,9 @@ def write_dataset(
             files = []
             for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
                 stop = min(start + shard_rows, len(x))
-                table = vectors_table(x[start:stop], None if label is None else label[start:stop], split_shape)
+                table = vectors_table(
+                    x[start:stop], None if label is None else label[start:stop], split_shape
+                )
                 name = f"{split}/part-{version}-{index:05d}.parquet"
                 pq.write_table(table, join(root, name), filesystem=fs)
                 files.append(name)
@@ -146,10 +151,8 @@ def write_dataset(
         if previous is not None:  # drop the superseded version's shards (best effort)
             for entry in previous["splits"].values():
                 for name in entry["files"]:
-                    try:
+                    with contextlib.suppress(OSError):
                         fs.delete_file(join(root, name))
-                    except OSError:
-                        pass
     except DataError:
         raise
     except OSError as exc:

@@ -56,7 +56,9 @@ def _schema(fs: pafs.FileSystem, path: str, uri: str) -> pa.Schema:
     try:
         return pq.read_schema(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{uri}: {_short(path, uri)} is not a readable Parquet file ({str(exc)[:120]})") from None
+        raise DataError(
+            f"{uri}: {_short(path, uri)} is not a readable Parquet file ({str(exc)[:120]})"
+        ) from None
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -83,7 +85,9 @@ def open_dataset(
             )
         for name in features:
             if not _is_numeric(schema.field(name).type):
-                raise DataError(f"{where}: column {name!r} has type {schema.field(name).type}, expected a number")
+                raise DataError(
+                    f"{where}: column {name!r} has type {schema.field(name).type}, expected a number"
+                )
         dim, shape = len(features), (len(features),)
     else:
         if "x" not in schema.names:
@@ -110,9 +114,16 @@ def open_dataset(
 def arrow_to_numpy(table: pa.Table | pa.RecordBatch, features: list[str] | None, dim: int) -> np.ndarray:
     """Rows ``(N, D)`` float32 from column ``x`` (fixed-size lists) or from feature columns."""
     if features:
-        return np.column_stack(
-            [np.asarray(table.column(f).to_numpy(zero_copy_only=False), dtype=np.float32) for f in features]
-        ) if table.num_rows else np.zeros((0, dim), np.float32)
+        return (
+            np.column_stack(
+                [
+                    np.asarray(table.column(f).to_numpy(zero_copy_only=False), dtype=np.float32)
+                    for f in features
+                ]
+            )
+            if table.num_rows
+            else np.zeros((0, dim), np.float32)
+        )
     column = table.column("x")
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -168,6 +179,10 @@ def load_split(info: DatasetInfo, split: str, *, labels: bool = False):
     table = pa.concat_tables(tables)
     x = torch.from_numpy(arrow_to_numpy(table, info.features, info.data_dim)).reshape(-1, *info.shape)
     if labels:
-        y = torch.from_numpy(np.asarray(table.column("label").to_numpy(), dtype=np.int64)) if info.has_label else None
+        y = (
+            torch.from_numpy(np.asarray(table.column("label").to_numpy(), dtype=np.int64))
+            if info.has_label
+            else None
+        )
         return x, y
     return x
