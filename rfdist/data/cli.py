@@ -1,7 +1,69 @@
-"""`rfdist data …` commands (placeholder until the data layer lands)."""
+"""``rfdist data make|validate``: write datasets atomically, check them, one-line errors."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from .errors import DataError
+
 data_app = typer.Typer(help="Make and validate Parquet datasets.", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command("make")
+def make(
+    name: Annotated[
+        str, typer.Argument(help="von-mises | sphere | digits | mnist | fashion-mnist | *-shape")
+    ],
+    out: Annotated[str, typer.Option("--out", help="Folder or s3://bucket/prefix to write.")],
+    rows: Annotated[int | None, typer.Option(help="Training rows (synthetic) / cap (real data).")] = None,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per Parquet shard.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write the train/val/test shards of dataset NAME to --out (atomically)."""
+    import numpy as np
+
+    from .parquet import write_dataset
+    from .sources import generate
+
+    try:
+        generated = generate(name, rows=rows, seed=seed)
+        train = generated.splits["train"]["x"].reshape(len(generated.splits["train"]["x"]), -1)
+        stats = {"mean": train.mean(0).tolist(), "std": np.maximum(train.std(0), 1e-6).tolist()}
+        manifest = write_dataset(
+            out,
+            generated.splits,
+            shape=generated.shape,
+            shard_rows=shard_rows,
+            extra={"name": name, "seed": seed, "stats": stats},
+            progress=True,
+        )
+    except DataError as exc:
+        _fail(str(exc))
+    counts = ", ".join(f"{s}={e['rows']}" for s, e in manifest["splits"].items())
+    typer.echo(f"wrote {name} to {out}: {counts}; shape {generated.shape}")
+
+
+@data_app.command("validate")
+def validate(
+    uri: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix.")],
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated feature columns (a user's table).")
+    ] = None,
+) -> None:
+    """Check a dataset; exit 0 only when it is usable."""
+    from .validate import validate_dataset
+
+    report = validate_dataset(uri, features=features.split(",") if features else None)
+    if not report.ok:
+        for problem in report.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    rows = ", ".join(f"{s}={n}" for s, n in report.rows.items())
+    typer.echo(f"ok: {uri}  rows {rows}  D={report.data_dim}  shape={report.shape}  bytes={report.bytes}")

@@ -144,7 +144,7 @@ def ray_dataset(info: DatasetInfo, split: str):
 
     if split not in info.splits:
         raise DataError(f"{info.uri}: no {split!r} split (found {sorted(info.splits)})")
-    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem, columns=info.columns())
+    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(info.columns())
     return ds.map_batches(
         _to_rows,
         batch_format="pyarrow",

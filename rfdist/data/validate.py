@@ -1,0 +1,178 @@
+"""``rfdist data validate``: is a dataset usable? One clear line per problem, or a summary.
+
+Checks: layout (manifest or plain ``split/*.parquet``; no interrupted make), a non-empty
+``train`` split and no empty split, every shard readable (truncated files), column ``x`` (or the
+named feature columns) present with the right type, one vector length across all shards and
+rows, shape metadata consistent with it, ``label`` integral, and no NaN/inf values (the first
+bad row of each shard is named).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import DataError
+from .parquet import SHAPE_KEY, list_layout
+
+__all__ = ["ValidationReport", "validate_dataset"]
+
+
+@dataclass
+class ValidationReport:
+    """Problems found (empty = usable) and a summary of what was read."""
+
+    uri: str
+    problems: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    data_dim: int | None = None
+    shape: tuple[int, ...] | None = None
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "rows": self.rows,
+            "D": self.data_dim,
+            "shape": self.shape,
+            "bytes": self.bytes,
+        }
+
+
+def _name(path: str) -> str:
+    return "/".join(path.rsplit("/", 2)[-2:])
+
+
+def _first_bad_row(values: np.ndarray, row_len: int) -> int | None:
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    return int(np.argmax(bad) // row_len)
+
+
+def validate_dataset(
+    uri: str, *, features: list[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> ValidationReport:
+    """Check the dataset at ``uri``; never raises for data problems (they go in the report)."""
+    report = ValidationReport(uri)
+    try:
+        layout = list_layout(uri, storage_options)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    fs = layout.filesystem
+    if "train" not in layout.files:
+        report.problems.append(f"{uri}: no 'train' split (found {sorted(layout.files)})")
+    expected_dim: int | None = None
+    for split, paths in sorted(layout.files.items()):
+        report.rows[split] = 0
+        for path in paths:
+            where = f"{uri}: {_name(path)}"
+            try:
+                report.bytes += fs.get_file_info(path).size or 0
+                table = pq.read_table(path, filesystem=fs)
+            except (pa.ArrowInvalid, OSError) as exc:
+                report.problems.append(
+                    f"{where}: not a readable Parquet file ({str(exc).splitlines()[0][:100]})"
+                )
+                continue
+            report.rows[split] += table.num_rows
+            if features:
+                missing = [f for f in features if f not in table.column_names]
+                if missing:
+                    report.problems.append(
+                        f"{where}: column {missing[0]!r} not found; columns are {table.column_names}"
+                    )
+                    continue
+                dim = len(features)
+                for name in features:
+                    column = table.column(name)
+                    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+                        report.problems.append(
+                            f"{where}: column {name!r} has type {column.type}, expected a number"
+                        )
+                        continue
+                    values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+                    row = _first_bad_row(values, 1)
+                    if row is not None:
+                        report.problems.append(f"{where}: column {name!r} row {row}: NaN or inf")
+            else:
+                if "x" not in table.column_names:
+                    report.problems.append(
+                        f"{where}: no column 'x' (columns are {table.column_names}); "
+                        "name numeric feature columns with --features"
+                    )
+                    continue
+                column = table.column("x").combine_chunks()
+                if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+                    if len(lengths) and (lengths != lengths[0]).any():
+                        row = int(np.argmax(lengths != lengths[0]))
+                        report.problems.append(
+                            f"{where}: column 'x' has mixed vector lengths (row 0: {lengths[0]}, "
+                            f"row {row}: {lengths[row]}); expected fixed_size_list<float32>[D]"
+                        )
+                    else:
+                        report.problems.append(
+                            f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
+                        )
+                    continue
+                if not pa.types.is_fixed_size_list(column.type) or not pa.types.is_floating(
+                    column.type.value_type
+                ):
+                    report.problems.append(
+                        f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
+                    )
+                    continue
+                dim = column.type.list_size
+                values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+                row = _first_bad_row(values, dim)
+                if row is not None:
+                    report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
+                meta = (table.schema.metadata or {}).get(SHAPE_KEY)
+                if meta:
+                    try:
+                        shape = tuple(int(s) for s in meta.decode().split(","))
+                    except ValueError:
+                        report.problems.append(
+                            f"{where}: metadata rfdist.shape={meta!r} is not a shape like 1,28,28"
+                        )
+                        shape = None
+                    if shape is not None:
+                        if math.prod(shape) != dim:
+                            report.problems.append(
+                                f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}"
+                            )
+                        report.shape = report.shape or shape
+            if "label" in table.column_names and not pa.types.is_integer(table.column("label").type):
+                report.problems.append(
+                    f"{where}: column 'label' has type {table.column('label').type}, expected int64"
+                )
+            if expected_dim is None:
+                expected_dim = dim
+            elif dim != expected_dim:
+                report.problems.append(
+                    f"{where}: vector length {dim} differs from {expected_dim} in other shards"
+                )
+        if report.rows[split] == 0:
+            report.problems.append(f"{uri}: split {split!r} is empty")
+    if layout.manifest is not None:
+        for split, entry in layout.manifest["splits"].items():
+            if split in report.rows and report.rows[split] != entry["rows"]:
+                report.problems.append(
+                    f"{uri}: split {split!r} has {report.rows[split]} rows, the manifest says {entry['rows']}"
+                )
+    report.data_dim = expected_dim
+    if report.shape is None and expected_dim is not None:
+        report.shape = (expected_dim,)
+    return report
