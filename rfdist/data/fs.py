@@ -69,6 +69,7 @@ def describe_s3_error(uri: str, exc: Exception) -> str:
     lowered = text.lower()
     if (
         "access denied" in lowered
+        or "access_denied" in lowered
         or "invalidaccesskeyid" in lowered
         or "signature" in lowered
         or ("403" in text)
