@@ -62,9 +62,13 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Architecture (see :class:`rfdist.builders.ModelSpec`); ``data_shape`` comes from the data."""
+    """Architecture (see :class:`rfdist.builders.ModelSpec`); ``data_shape`` comes from the data.
+
+    ``data_dim``, when set, states the D the model is meant for; a dataset of another D is refused.
+    """
 
     latent_dim: int = Field(1, ge=1)
+    data_dim: int | None = Field(None, ge=2)
     flow: Literal["coupling", "multiscale"] = "coupling"
     coupling: Literal["affine", "spline"] = "affine"
     flow_layers: int = Field(5, ge=1)
@@ -85,12 +89,16 @@ class ModelConfig(_Section):
     def spec(self, data_shape: tuple[int, ...], seed: int) -> ModelSpec:
         """The :class:`ModelSpec` for data rows of ``data_shape``; checks ``d < D``."""
         data_dim = math.prod(data_shape)
+        if self.data_dim is not None and self.data_dim != data_dim:
+            raise ConfigError(
+                f"model.data_dim: the model expects D={self.data_dim} but the dataset has D={data_dim}"
+            )
         if self.latent_dim >= data_dim:
             raise ConfigError(
                 f"model.latent_dim: must be smaller than the data dimension D={data_dim} "
                 f"(got {self.latent_dim})"
             )
-        fields = self.model_dump()
+        fields = self.model_dump(exclude={"data_dim"})
         return ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
 
 

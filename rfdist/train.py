@@ -349,6 +349,10 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
     from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
 
     # 1. Everything that can be checked before a worker starts.
+    if cfg.data.synthetic is not None:  # D is known before anything is written
+        from .data.synthetic import make_synthetic
+
+        cfg.model.spec((make_synthetic(cfg.data.synthetic).data_dim,), cfg.seed)
     data_path = cfg.data.path or materialize_synthetic(cfg)
     info = open_dataset(data_path, features=cfg.data.features)
     spec = cfg.model.spec(tuple(info.shape), cfg.seed)

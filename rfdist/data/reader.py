@@ -128,7 +128,7 @@ def arrow_to_numpy(table: pa.Table | pa.RecordBatch, features: list[str] | None,
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+    return np.array(values, dtype=np.float32).reshape(-1, dim)
 
 
 def _to_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: bool) -> dict[str, np.ndarray]:

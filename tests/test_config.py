@@ -1,0 +1,71 @@
+"""Bad configs: one clear line before anything starts, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rfdist.config import ConfigError, load_config
+
+PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "von-mises.yaml"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("estimator.bogus=1", "estimator.bogus: unknown key"),
+        ("train.max_steps=many", "train.max_steps"),
+        ("estimator.num_samples=0", "estimator.num_samples"),
+        ("estimator.cg_tol=-0.1", "estimator.cg_tol"),
+        ("estimator.name=magic", "estimator.name"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load_config(PRESET, [override])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rfdist.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["foo=1"], "foo: unknown key"),
+        (["train.lr=fast"], "train.lr"),
+        (["model.latent_dim=2"], "model.latent_dim: must be smaller than the data dimension D=2"),
+        (["estimator.num_samples=0"], "estimator.num_samples"),
+        (["estimator.cg_tol=-1"], "estimator.cg_tol"),
+        (["model.data_dim=3"], "model expects D=3 but the dataset has D=2"),
+    ],
+)
+def test_train_refuses_bad_configs_before_any_worker_starts(tmp_path: Path, overrides, expected) -> None:
+    args = ["train", str(PRESET)]
+    for item in overrides:
+        args += ["--set", item]
+    args += [
+        "--set",
+        f"storage.path={tmp_path / 'runs'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'db'}",
+    ]
+    start = time.monotonic()
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started or written
+    assert time.monotonic() - start < 90
+
+
+def test_missing_config_file() -> None:
+    proc = _cli("train", "/nonexistent.yaml")
+    assert proc.returncode == 2 and "config file not found: /nonexistent.yaml" in proc.stderr

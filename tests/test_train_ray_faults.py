@@ -1,0 +1,92 @@
+"""Ray Train resilience: a killed worker resumes from its checkpoint; a re-run resumes the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from rfdist.train import run_training
+
+from .ray_training import PRESET, make_data, small_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ray():
+    yield
+    ray.shutdown()
+
+
+def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd) -> None:
+    data = make_data(str(tmp_path / "vm"))
+    cfg = small_config(tmp_path, data, "debug.fail_at_step=130", "storage.max_failures=1", name="vm-fault")
+    result = run_training(cfg)
+    output = capfd.readouterr()
+    text = output.out + output.err
+    assert "injected failure on rank 1 at step 130" in text
+    assert "resumed from checkpoint at step 100" in text  # at most one checkpoint interval lost
+    assert result.metrics["step"] == 300
+    assert result.metrics["val_nll"] < 2.5
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val_nll")
+    steps = [m.step for m in history]
+    assert steps.count(100) == 1 and 300 in steps and 150 in steps
+
+
+def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
+    data = make_data(str(tmp_path / "vm"))
+    args = [
+        sys.executable,
+        "-m",
+        "rfdist.cli",
+        "train",
+        str(PRESET),
+        "--set",
+        "name=vm-resume",
+        "--set",
+        f"data.path={data}",
+        "--set",
+        "data.synthetic=null",
+        "--set",
+        "train.max_steps=400",
+        "--set",
+        "train.batch_size=500",
+        "--set",
+        "train.checkpoint_every=50",
+        "--set",
+        "scaling.num_workers=1",
+        "--set",
+        f"storage.path={tmp_path / 'runs'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set",
+        "registry.name=vm-resume",
+    ]
+    first = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    runs = tmp_path / "runs" / "vm-resume"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(runs.glob("checkpoint_*/state.pt")):
+        time.sleep(1)
+    assert list(runs.glob("checkpoint_*/state.pt")), "no checkpoint appeared"
+    os.killpg(first.pid, signal.SIGINT)  # the user stops the driver (Ctrl-C)
+    first.communicate(timeout=120)
+    ray.shutdown()
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    text = second.stdout + second.stderr
+    assert "resumed from checkpoint at step" in text
+    resumed_at = int(text.split("resumed from checkpoint at step ")[1].split()[0])
+    assert resumed_at >= 50
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs_found = client.search_runs(client.get_experiment_by_name("rfdist").experiment_id)
+    assert len(runs_found) == 1 and runs_found[0].info.status == "FINISHED"  # the same MLflow run continued
