@@ -345,6 +345,7 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
     """Train per ``cfg`` on Ray Train; log, register and return the result."""
     import mlflow
 
+    from .data.errors import DataError
     from .data.reader import open_dataset, ray_dataset
     from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
 
@@ -354,7 +355,11 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
 
         cfg.model.spec((make_synthetic(cfg.data.synthetic).data_dim,), cfg.seed)
     data_path = cfg.data.path or materialize_synthetic(cfg)
-    info = open_dataset(data_path, features=cfg.data.features)
+    try:
+        info = open_dataset(data_path, features=cfg.data.features)
+    except DataError as exc:
+        hint = " (make it with `rfdist data make NAME --out PATH`)" if "not found" in str(exc) else ""
+        raise DataError(f"data.path: {exc}{hint}") from None
     spec = cfg.model.spec(tuple(info.shape), cfg.seed)
     for split in ("train", "val"):
         if split not in info.splits:
