@@ -26,7 +26,9 @@ def make(root: Path, gb: float) -> int:
     from rfdist.data.parquet import MANIFEST, write_dataset
 
     rows = int(gb * 1e9 / ROW_BYTES)
-    if (root / MANIFEST).exists() and json.loads((root / MANIFEST).read_text())["splits"]["train"]["rows"] == rows:
+    if (root / MANIFEST).exists() and json.loads((root / MANIFEST).read_text())["splits"]["train"][
+        "rows"
+    ] == rows:
         return rows
     rng = np.random.default_rng(0)
     chunk = 50_000
@@ -84,8 +86,12 @@ def main() -> None:
     records = []
     raw_rows, raw_s = bench_pyarrow(info, args.batch_size)
     records.append({"path": "pyarrow.dataset", "rows": raw_rows, "seconds": raw_s})
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, logging_level="ERROR",
-             object_store_memory=1024**3)
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        logging_level="ERROR",
+        object_store_memory=1024**3,
+    )
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -99,7 +105,9 @@ def main() -> None:
     records[1]["ratio_vs_pyarrow"] = records[1]["rows_per_s"] / records[0]["rows_per_s"]
     print(f"{'path':<30} {'rows':>10} {'seconds':>9} {'rows/s':>12} {'MB/s':>9}")
     for r in records:
-        print(f"{r['path']:<30} {r['rows']:>10} {r['seconds']:>9.2f} {r['rows_per_s']:>12.0f} {r['mb_per_s']:>9.1f}")
+        print(
+            f"{r['path']:<30} {r['rows']:>10} {r['seconds']:>9.2f} {r['rows_per_s']:>12.0f} {r['mb_per_s']:>9.1f}"
+        )
     print(f"ratio Ray / pyarrow: {records[1]['ratio_vs_pyarrow']:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -39,11 +39,18 @@ def load_arrays(cfg: RunConfig) -> LoadedData:
         train = source.sample(cfg.data.train_rows, generator=torch.Generator().manual_seed(cfg.seed))
         test = source.sample(cfg.data.test_rows, generator=torch.Generator().manual_seed(cfg.seed + 1))
         return LoadedData(train, test, (source.data_dim,), source)
+    from .data.preprocess import batch_preprocessor
     from .data.reader import load_split, open_dataset  # the Parquet layer
 
     info = open_dataset(cfg.data.path, features=cfg.data.features)
-    train = load_split(info, "train")
-    test = load_split(info, "test") if "test" in info.splits else load_split(info, "val")
+    try:
+        prep = batch_preprocessor(
+            cfg.data.preprocess, tuple(info.shape), lam=cfg.data.logit_lambda, stats=info.stats
+        )
+    except ValueError as exc:
+        raise ConfigError(f"data.preprocess: {exc}") from None
+    train = prep(load_split(info, "train"))
+    test = prep(load_split(info, "test") if "test" in info.splits else load_split(info, "val"))
     return LoadedData(train, test, tuple(info.shape))
 
 

@@ -55,25 +55,13 @@ def _cosine(total: int):
 
 
 def _preprocess_fn(cfg: RunConfig, shape: tuple[int, ...], stats: dict | None):
-    """Per-batch preprocessing on the worker's device (rows → model input)."""
-    if cfg.data.preprocess == "logit":
-        from .data.preprocess import dequantize_logit
+    """Per-batch preprocessing on the worker's device (flat rows → model input)."""
+    from .data.preprocess import batch_preprocessor
 
-        def prep(x: torch.Tensor) -> torch.Tensor:
-            return dequantize_logit(x.reshape(x.shape[0], *shape), lam=cfg.data.logit_lambda)[0]
-
-        return prep
-    if cfg.data.preprocess == "standardize":
-        if not stats:
-            raise ConfigError("data.preprocess=standardize needs feature statistics beside the dataset")
-        mean = torch.tensor(stats["mean"], dtype=torch.float32)
-        std = torch.tensor(stats["std"], dtype=torch.float32)
-
-        def prep(x: torch.Tensor) -> torch.Tensor:
-            return ((x - mean.to(x.device)) / std.to(x.device)).reshape(x.shape[0], *shape)
-
-        return prep
-    return lambda x: x.reshape(x.shape[0], *shape)
+    try:
+        return batch_preprocessor(cfg.data.preprocess, shape, lam=cfg.data.logit_lambda, stats=stats)
+    except ValueError as exc:
+        raise ConfigError(f"data.preprocess: {exc}") from None
 
 
 def _mlflow_logger(tracking_uri: str, run_id: str):

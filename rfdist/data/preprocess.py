@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["dequantize_logit", "logit_inverse", "logit_logdet", "standardize"]
+__all__ = ["batch_preprocessor", "dequantize_logit", "logit_inverse", "logit_logdet", "standardize"]
 
 
 def logit_logdet(p: Tensor, lam: float) -> Tensor:
@@ -52,3 +52,19 @@ def standardize(x: Tensor, stats: dict) -> Tensor:
     mean = torch.as_tensor(stats["mean"], dtype=x.dtype, device=x.device)
     std = torch.as_tensor(stats["std"], dtype=x.dtype, device=x.device)
     return (x - mean) / std
+
+
+def batch_preprocessor(kind: str, shape: tuple[int, ...], *, lam: float = 1e-6, stats: dict | None = None):
+    """A function mapping a batch of flat rows ``(n, D)`` to model input ``(n, *shape)``.
+
+    ``kind``: ``none``, ``logit`` (dequantise + logit, images) or ``standardize`` (needs ``stats``).
+    """
+    if kind == "logit":
+        return lambda x: dequantize_logit(x.reshape(x.shape[0], *shape), lam=lam)[0]
+    if kind == "standardize":
+        if not stats:
+            raise ValueError("data.preprocess=standardize needs feature statistics beside the dataset")
+        return lambda x: standardize(x.reshape(x.shape[0], -1), stats).reshape(x.shape[0], *shape)
+    if kind != "none":
+        raise ValueError(f"unknown preprocessing {kind!r}")
+    return lambda x: x.reshape(x.shape[0], *shape)
