@@ -369,7 +369,8 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
 
     datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
     if cfg.data.materialize != "never":
-        size = sum(ds.count() for ds in datasets.values()) * spec.data_dim * 4
+        rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
+        size = sum(rows) * spec.data_dim * 4
         if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
             datasets = {split: ds.materialize() for split, ds in datasets.items()}
     resources = {"CPU": cfg.scaling.cpus_per_worker}
