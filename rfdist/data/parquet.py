@@ -78,6 +78,13 @@ def _write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             out.write(data)
 
 
+def _storage_error(uri: str, exc: OSError, action: str) -> DataError:
+    """A one-line DataError for a storage failure (S3 failures classified)."""
+    if uri.startswith("s3://"):
+        return DataError(describe_s3_error(uri, exc))
+    return DataError(f"{uri}: cannot {action}: {exc}")
+
+
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -153,12 +160,8 @@ def write_dataset(
                 for name in entry["files"]:
                     with contextlib.suppress(OSError):
                         fs.delete_file(join(root, name))
-    except DataError:
-        raise
     except OSError as exc:
-        if uri.startswith("s3://"):
-            raise DataError(describe_s3_error(uri, exc)) from None
-        raise DataError(f"{uri}: cannot write the dataset: {exc}") from None
+        raise _storage_error(uri, exc, "write the dataset") from None
     return manifest
 
 
@@ -213,9 +216,5 @@ def list_layout(uri: str, storage_options: dict[str, Any] | None = None) -> Layo
         if not files:
             raise DataError(f"{uri}: no Parquet shards found (expected {uri}/train/*.parquet)")
         return Layout(uri, fs, root, files, None)
-    except DataError:
-        raise
     except OSError as exc:
-        if uri.startswith("s3://"):
-            raise DataError(describe_s3_error(uri, exc)) from None
-        raise DataError(f"{uri}: cannot read: {exc}") from None
+        raise _storage_error(uri, exc, "read") from None
