@@ -1,6 +1,7 @@
 """MLflow: where runs are tracked, how a RectangularFlow is logged, registered and loaded back.
 
-The model is logged as an MLflow *pyfunc* that rebuilds the flow from its ``ModelSpec`` (JSON)
+The model is logged as an MLflow *pyfunc* "model from code" (:mod:`rfdist.mlflow_model`, no
+pickled Python objects) that rebuilds the flow from its ``ModelSpec`` (JSON)
 and a ``state_dict`` read with ``torch.load(weights_only=True)`` — no pickled code — because
 MLflow 3's default ``torch.export`` format keeps only ``forward`` and a flow needs
 ``log_prob``/``sample``/``encode``. ``predict`` returns per-row log-densities.
@@ -23,13 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
-from .builders import ModelSpec, build_model
+from .builders import ModelSpec
 from .model import RectangularFlow
 
 __all__ = [
     "DEFAULT_DB",
     "ModelRecord",
-    "RectangularFlowPyfunc",
     "get_model_record",
     "list_models",
     "load_model",
@@ -77,38 +77,6 @@ def _mlflow():
     return mlflow
 
 
-class RectangularFlowPyfunc:  # subclassed from mlflow.pyfunc.PythonModel lazily (see _pyfunc_class)
-    """Placeholder; the real class is created by :func:`_pyfunc_class`."""
-
-
-def _pyfunc_class():
-    mlflow = _mlflow()
-
-    class _RectangularFlowPyfunc(mlflow.pyfunc.PythonModel):
-        """Rebuilds a RectangularFlow from ``spec.json`` + ``state.pt``; predicts log p(x)."""
-
-        def load_context(self, context) -> None:
-            spec = json.loads(Path(context.artifacts["spec"]).read_text())
-            state = torch.load(context.artifacts["state"], map_location="cpu", weights_only=True)
-            model = build_model(ModelSpec.from_dict(spec))
-            model.load_state_dict(state)
-            self.model = model.eval()
-
-        def predict(self, context, model_input, params=None):
-            import numpy as np
-
-            values = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
-            x = torch.as_tensor(np.asarray(values, dtype=np.float32))
-            x = x.reshape(x.shape[0], *self.model.data_shape)
-            with torch.no_grad():
-                return self.model.log_prob(x).numpy()
-
-    _RectangularFlowPyfunc.__name__ = "RectangularFlowPyfunc"
-    _RectangularFlowPyfunc.__qualname__ = "RectangularFlowPyfunc"
-    _RectangularFlowPyfunc.__module__ = __name__
-    return _RectangularFlowPyfunc
-
-
 def _requirements() -> list[str]:
     import zuko
 
@@ -143,7 +111,7 @@ def log_flow_model(
         spec_path.write_text(json.dumps(spec.to_dict()))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=_pyfunc_class()(),
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"state": str(state_path), "spec": str(spec_path)},
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
