@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .builders import ModelSpec
+from .builders import ModelSpec, build_model
 from .engine import LossOptions
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
@@ -98,8 +98,22 @@ class ModelConfig(_Section):
                 f"model.latent_dim: must be smaller than the data dimension D={data_dim} "
                 f"(got {self.latent_dim})"
             )
+        if self.flow == "coupling" and len(data_shape) != 1:
+            raise ConfigError(
+                f"model.flow: 'coupling' needs vector rows but the dataset has image shape {data_shape}; "
+                "use flow: multiscale"
+            )
+        if self.flow == "multiscale" and len(data_shape) != 3:
+            raise ConfigError(
+                f"model.flow: 'multiscale' needs image rows (C, H, W) but the dataset has shape {data_shape}"
+            )
         fields = self.model_dump(exclude={"data_dim"})
-        return ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
+        spec = ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
+        try:  # catch architecture/shape mismatches here, not inside a remote worker
+            build_model(spec)
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
+        return spec
 
 
 class EstimatorConfig(_Section):

@@ -44,6 +44,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["estimator.num_samples=0"], "estimator.num_samples"),
         (["estimator.cg_tol=-1"], "estimator.cg_tol"),
         (["model.data_dim=3"], "model expects D=3 but the dataset has D=2"),
+        (["model.flow=multiscale"], "model.flow: 'multiscale' needs image rows"),
     ],
 )
 def test_train_refuses_bad_configs_before_any_worker_starts(tmp_path: Path, overrides, expected) -> None:
