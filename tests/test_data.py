@@ -34,13 +34,20 @@ def cli(*args: str):
 def ray_local():
     import ray
 
-    ray.init(
-        num_cpus=2,
-        object_store_memory=256 * 1024**2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        ignore_reinit_error=True,
-    )
+    for attempt in range(2):  # Ray's 30 s raylet start limit is hard-coded; a loaded box can miss it
+        try:
+            ray.init(
+                num_cpus=2,
+                object_store_memory=256 * 1024**2,
+                include_dashboard=False,
+                logging_level="ERROR",
+                ignore_reinit_error=True,
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt:
+                raise
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
