@@ -153,6 +153,45 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
+@app.command("eval")
+def eval_model(
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model.")
+    ],
+    data: Annotated[str, typer.Option("--data", help="Dataset folder, s3:// prefix, or synthetic:NAME.")],
+    ood_data: Annotated[str | None, typer.Option("--ood-data", help="Out-of-distribution dataset.")] = None,
+    features: Annotated[
+        str, typer.Option(help="Fréchet features: auto | raw | lenet | inception:PATH.")
+    ] = "auto",
+    max_rows: Annotated[int | None, typer.Option(help="Score at most this many test rows.")] = None,
+    ood_train_rows: Annotated[int, typer.Option(help="Train rows per dataset for the OOD threshold.")] = 1000,
+    fd_samples: Annotated[int, typer.Option(help="Samples for the Fréchet distance.")] = 5000,
+    preprocess: Annotated[
+        str | None, typer.Option(help="none | logit | standardize (default: the run's).")
+    ] = None,
+    seed: int = 0,
+    tracking_uri: TrackingOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+) -> None:
+    """Evaluate a logged model: exact log-likelihoods, reconstruction, Fréchet distance, OOD."""
+    from .eval_run import EvalOptions, run_eval
+
+    opts = EvalOptions(
+        data=data, ood_data=ood_data, features=features, max_rows=max_rows, ood_train_rows=ood_train_rows,
+        fd_samples=fd_samples, preprocess=preprocess, seed=seed,
+    )  # fmt: skip
+    try:
+        result, run_id = run_eval(model_uri, opts, tracking_uri=tracking_uri, json_out=json_out)
+    except Exception as exc:
+        if _user_error(exc) or isinstance(exc, ValueError | RuntimeError | LookupError):
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if type(exc).__module__.startswith("mlflow"):
+            fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}")
+        raise
+    _print_metrics(result.metrics, None)
+    typer.echo(f"mlflow run       {run_id}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
