@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("plan", type=Path, help="jobs/configs/paper/cpu.yaml or gpu.yaml")
     parser.add_argument("--only", action="append", help="run only these experiments (repeatable)")
+    parser.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the plan's)")
     parser.add_argument(
         "--set", action="append", default=[], help="extra override for every run (smoke tests)"
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else exp.get("seeds", plan["seeds"])
             for variant, overrides in exp["variants"].items():
+                if args.variant and variant not in args.variant:
+                    continue
                 for seed in seeds:
                     sets = [
                         *exp.get("set", []),
