@@ -181,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
                     with runs_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
-    rows = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+    rows, seen = [], set()
+    for line in runs_path.read_text().splitlines() if runs_path.exists() else []:
+        record = json.loads(line) if line.strip() else None
+        key = record and (record["experiment"], record["variant"], record["seed"])
+        if record and key not in seen:  # the first record of a run wins; re-runs append duplicates
+            seen.add(key)
+            rows.append(record)
     print(report(plan, rows, args.out, command))
     return 0
 
