@@ -199,6 +199,7 @@ def get_extractor(
                 f"the lenet features need image rows (C, H, W), got {tuple(train_images.shape[1:])}"
             )
         net = train_lenet(train_images, train_labels, cache=cache, progress=progress)
+        net.requires_grad_(False)
         return FeatureExtractor("lenet", _batched(lambda x: net.features(x / 255.0)))
     if spec.startswith("inception:"):
         return FeatureExtractor("inception", _batched(_inception(spec.split(":", 1)[1]), batch_size=32))

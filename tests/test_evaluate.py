@@ -246,3 +246,24 @@ def test_cli_eval_bad_data_path_is_one_error_line(logged_model, tmp_path) -> Non
     assert result.exit_code == 2
     lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(missing) in lines[0], result.output
+
+
+def test_lenet_features_are_trained_once_and_cached(tmp_path) -> None:
+    from rfdist.features import get_extractor
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (96,), generator=gen)
+    images = labels.view(-1, 1, 1, 1).float() * 80 + torch.rand(96, 1, 8, 8, generator=gen) * 40
+    first = get_extractor("lenet", train_images=images, train_labels=labels, cache=tmp_path)
+    cached = list(tmp_path.glob("lenet-*.pt"))
+    assert len(cached) == 1 and not list(tmp_path.glob("*.tmp"))
+    again = get_extractor("lenet", train_images=images, train_labels=labels, cache=tmp_path)
+    assert first.name == "lenet" and first(images).shape == (96, 84)
+    assert np.allclose(first(images), again(images))
+
+
+def test_inception_features_never_download(tmp_path) -> None:
+    from rfdist.features import get_extractor
+
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        get_extractor(f"inception:{tmp_path / 'missing.pth'}")
