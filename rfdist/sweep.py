@@ -333,12 +333,27 @@ def _open_parent(mlflow, cfg: RunConfig) -> str:
     return run.info.run_id
 
 
+#: Trials the scheduler stopped early in this process, ``{trial_id: step}``. Tune reports them
+#: only as TERMINATED, like trials stopped by Ctrl-C, so the scheduler records its own decisions.
+_STOPPED_BY_SCHEDULER: dict[str, int] = {}
+
+
 def _scheduler(cfg: RunConfig):
     if cfg.tune.scheduler == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    return ASHAScheduler(
+    class RecordingASHA(ASHAScheduler):
+        """ASHA (``time_attr="step"``) that records which trials it stopped early."""
+
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            step = int(result.get("step", 0) or 0)
+            if decision == TrialScheduler.STOP and step < self._max_t:
+                _STOPPED_BY_SCHEDULER[trial.trial_id] = step
+            return decision
+
+    return RecordingASHA(
         time_attr="step",
         max_t=cfg.tune.max_steps or cfg.train.max_steps,
         grace_period=cfg.tune.grace_period,
@@ -359,7 +374,10 @@ def _search_alg(cfg: RunConfig, concurrency: int):
     return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
 
 
-def _summaries(result_grid, max_steps: int, child_runs: dict[str, str]) -> list[TrialSummary]:
+def _summaries(
+    result_grid, max_steps: int, child_runs: dict[str, str], earlier: dict[str, str]
+) -> list[TrialSummary]:
+    """One row per trial. ``earlier``: stop reasons recorded in MLflow by an earlier session."""
     trials = []
     for trial in result_grid._experiment_analysis.trials:
         last = trial.last_result or {}
@@ -368,10 +386,12 @@ def _summaries(result_grid, max_steps: int, child_runs: dict[str, str]) -> list[
             status = "failed"
         elif steps >= max_steps:
             status = "completed"
-        elif trial.status == "TERMINATED":
-            status = f"stopped early by the scheduler at step {steps}"
+        elif trial.trial_id in _STOPPED_BY_SCHEDULER:
+            status = f"stopped early by the scheduler at step {_STOPPED_BY_SCHEDULER[trial.trial_id]}"
+        elif earlier.get(trial.trial_id, "").startswith("stopped early"):
+            status = earlier[trial.trial_id]
         else:
-            status = trial.status.lower()
+            status = "interrupted"
         history = (getattr(trial, "metric_analysis", None) or {}).get("val_nll", {})
         nan = float("nan")
         trials.append(
@@ -433,11 +453,19 @@ def _write_csv(trials: list[TrialSummary], path: Path) -> None:
     tmp.replace(path)
 
 
-def _child_runs(client, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+def _child_runs(client, experiment_id: str, parent_run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``({trial_id: run_id}, {trial_id: stop_reason})`` of the sweep's child runs."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000
     )
-    return {r.data.tags["rfdist.trial_id"]: r.info.run_id for r in runs if "rfdist.trial_id" in r.data.tags}
+    ids, reasons = {}, {}
+    for run in runs:
+        trial = run.data.tags.get("rfdist.trial_id")
+        if trial:
+            ids[trial] = run.info.run_id
+            if "rfdist.stop_reason" in run.data.tags:
+                reasons[trial] = run.data.tags["rfdist.stop_reason"]
+    return ids, reasons
 
 
 def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
@@ -534,16 +562,10 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
 
     # 4. Outcome per trial, into the child runs and a summary on the parent.
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    children = _child_runs(client, experiment_id, parent_run_id)
-    trials = _summaries(result_grid, max_steps, children)
-    unfinished = [t for t in trials if t.status not in ("completed", "failed") and not t.status.startswith("stopped")]
-    if unfinished:
-        raise SweepInterrupted(
-            f"sweep {cfg.name!r} was interrupted with {len(unfinished)} trial(s) unfinished; "
-            "run the same command again to resume it"
-        )
+    children, earlier = _child_runs(client, experiment_id, parent_run_id)
+    trials = _summaries(result_grid, max_steps, children, earlier)
     for t in trials:
-        if t.run_id is None:
+        if t.run_id is None or t.status == "interrupted":
             continue
         client.set_tag(t.run_id, "rfdist.stop_reason", t.status)
         for key in ("s_per_step", "matvecs_per_step", "tangent_passes_per_step", "peak_mem_mb", "train_time_s"):
@@ -553,8 +575,14 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
         status = client.get_run(t.run_id).info.status
         if t.status == "failed" and status != "FAILED":
             client.set_terminated(t.run_id, status="FAILED")
-        elif t.status.startswith("stopped") and status == "RUNNING":
+        elif t.status.startswith("stopped") and status != "KILLED":
             client.set_terminated(t.run_id, status="KILLED")
+    unfinished = [t for t in trials if t.status == "interrupted"]
+    if unfinished:
+        raise SweepInterrupted(
+            f"sweep {cfg.name!r} was interrupted with {len(unfinished)} trial(s) unfinished; "
+            "run the same command again to resume it"
+        )
 
     outdir = Path(tempfile.mkdtemp(prefix="rfdist-sweep-"))
     summary_csv = outdir / "summary.csv"
@@ -581,7 +609,8 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     client.log_metric(parent_run_id, "trials_stopped_early", float(stopped))
     client.log_metric(parent_run_id, "sweep_wall_s", elapsed)
     if best is not None:
-        registered = mlflow.register_model(f"runs:/{best.run_id}/model", model_name)
+        model_uri = client.get_run(best.run_id).data.tags.get("rfdist.model_uri", f"runs:/{best.run_id}/model")
+        registered = mlflow.register_model(model_uri, model_name)
         version = str(registered.version)
         client.set_registered_model_alias(model_name, "sweep-best", version)
         aliases = ["sweep-best"]

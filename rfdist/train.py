@@ -573,6 +573,7 @@ def run_training(
             if math.isfinite(val_nll):
                 registered_name = cfg.registry.name if register else None
                 logged = log_flow_model(model, spec, registered_model_name=registered_name)
+                mlflow.set_tag("rfdist.model_uri", logged.model_uri)  # MLflow 3: not under runs:/ID
                 if registered_name:
                     version = str(logged.registered_model_version)
                     aliases = register_with_aliases(
