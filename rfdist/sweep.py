@@ -358,6 +358,7 @@ def _scheduler(cfg: RunConfig):
         max_t=cfg.tune.max_steps or cfg.train.max_steps,
         grace_period=cfg.tune.grace_period,
         reduction_factor=cfg.tune.reduction_factor,
+        stop_last_trials=False,  # a trial that reaches max_t finishes itself: logs its model, closes its run
     )
 
 

@@ -70,7 +70,8 @@ def test_bad_search_space_fails_before_any_trial(tmp_path: Path, space: str, exp
 
 
 def _runs(tmp: Path, name: str):
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry
     experiment = client.get_experiment_by_name("rfdist")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("rfdist.sweep_name") == name]
