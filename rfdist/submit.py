@@ -261,6 +261,7 @@ def build_job(
     env = job_env(environ, forward_credentials=forward_credentials)
     notes: list[str] = []
     name = kind
+    tracking: str | None = None  # the config's tracking.uri, when known
     if kind in ("train", "sweep"):
         config = Path(target).expanduser()
         if validate:
@@ -269,6 +270,8 @@ def build_job(
             cfg = load_config(config, overrides)  # ConfigError: the caller prints it
             name = cfg.name
             overrides, notes = _pin_local_paths(cfg, overrides, Path.cwd())
+            tracking = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
+            tracking = tracking or cfg.tracking.uri
             if not is_loopback(address) and any(
                 _is_local_path(v) for v in (cfg.storage.path, cfg.data.path)
             ):
@@ -285,10 +288,15 @@ def build_job(
             notes.append(f"{config} is not in the uploaded project: its text travels with the job")
     else:
         config_arg = target
-    if not is_loopback(address):
-        uri = env.get("MLFLOW_TRACKING_URI", "")
-        if uri.startswith("sqlite:") or not uri:
-            notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")
+    effective = tracking or env.get("MLFLOW_TRACKING_URI")
+    if not effective:
+        # As `rfdist train` here: this folder's mlflow.db, not one inside the job's temporary copy.
+        from .tracking import resolve_tracking_uri
+
+        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None, workdir=Path.cwd())
+        notes.append(f"MLflow tracking: {effective}")
+    if not is_loopback(address) and effective.startswith("sqlite:"):
+        notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")
     argv = ["python", ENTRYPOINTS[kind], config_arg]
     for item in overrides:
         argv += ["--set", item]

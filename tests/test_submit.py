@@ -80,6 +80,15 @@ def test_train_job_runs_the_entry_point_with_the_config_relative_to_the_project(
     assert f"storage.path={Path.cwd().resolve() / 'runs'}" in spec.entrypoint
     assert SECRET not in json.dumps(spec.runtime_env) and INLINE_CONFIG_ENV not in spec.runtime_env["env_vars"]
     assert spec.submission_id.startswith("rfdist-train-von-mises-")
+    # No tracking configured anywhere: this folder's mlflow.db, as `rfdist train` would use.
+    assert spec.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    remote = build_job("train", str(PRESET), working_dir=ROOT, address="http://10.0.0.5:8265", environ={})
+    assert any("MLflow server" in note for note in remote.notes) and any("s3://" in n for n in remote.notes)
+    served = build_job(
+        "train", str(PRESET), overrides=["tracking.uri=http://mlflow:5000", "storage.path=s3://b/runs",
+        "data.synthetic=null", "data.path=s3://b/vm"], working_dir=ROOT, address="http://10.0.0.5:8265", environ={},
+    )  # fmt: skip
+    assert served.notes == [] and "MLFLOW_TRACKING_URI" not in served.runtime_env["env_vars"]
     deps = build_job("train", str(PRESET), working_dir=ROOT, install_deps=True, address="http://127.0.0.1:1")
     assert any(dep.startswith("ray[") for dep in deps.runtime_env["pip"])
 
