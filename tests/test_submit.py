@@ -325,9 +325,11 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
 def test_a_bad_config_fails_on_the_cluster_with_its_error_in_the_logs(head, tmp_path: Path) -> None:
     env = _cli_env(head["tmp"], token_file=head["token_file"])
     job_id = f"bad-config-{uuid.uuid4().hex[:6]}"
+    outside = tmp_path / "outside.yaml"  # not in the uploaded project: travels inline
+    outside.write_text(PRESET.read_text())
     result = _rfdist(
         [
-            "submit", "train", str(PRESET), "--address", head["dashboard_url"], "--wait", "--no-validate",
+            "submit", "train", str(outside), "--address", head["dashboard_url"], "--wait", "--no-validate",
             "--job-id", job_id, "--set", "estimator.num_samples=0",
         ],
         env,
@@ -335,11 +337,15 @@ def test_a_bad_config_fails_on_the_cluster_with_its_error_in_the_logs(head, tmp_
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"job {job_id} FAILED" in result.stdout
+    assert "entrypoint  python jobs/train.py @inline:outside.yaml --set estimator.num_samples=0" in result.stdout
     logs = _rfdist(["jobs", "logs", job_id, "--address", head["dashboard_url"]], env)
     assert logs.returncode == 0, logs.stderr
     errors = [line for line in logs.stdout.splitlines() if line.startswith("error: ")]
     assert errors and "estimator.num_samples" in errors[-1], logs.stdout[-3000:]
+    assert "outside.yaml" in errors[-1]  # the inline config came back under its own name
     assert "Traceback" not in logs.stdout
+    followed = _rfdist(["jobs", "logs", job_id, "--follow", "--address", head["dashboard_url"]], env)
+    assert followed.returncode == 1 and f"job {job_id} FAILED" in followed.stdout
     status = _rfdist(["jobs", "status", job_id, "--address", head["dashboard_url"]], env)
     assert status.returncode == 1 and status.stdout.strip() == "FAILED"
     stop = _rfdist(["jobs", "stop", job_id, "--address", head["dashboard_url"]], env)
