@@ -4,8 +4,9 @@ The same sweep as ``rfdist sweep``; inside a Ray job, ``RAY_ADDRESS`` points at 
 """
 
 from rfdist.cli import app
+from rfdist.submit import job_argv
 
 if __name__ == "__main__":
     import sys
 
-    app(["sweep", *sys.argv[1:]])
+    app(["sweep", *job_argv(sys.argv[1:])])

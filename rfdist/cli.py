@@ -192,6 +192,13 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
+# --- jobs on a Ray cluster (issue 6): `rfdist submit`, `rfdist jobs list|logs|stop|status`
+from .jobs_cli import SUBMIT_CONTEXT, jobs_app, submit  # noqa: E402
+
+app.command("submit", context_settings=SUBMIT_CONTEXT)(submit)
+app.add_typer(jobs_app, name="jobs")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
