@@ -161,4 +161,4 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
     assert len(children) == 2  # one per trial, not one per attempt
     assert all(c.data.tags["rfdist.stop_reason"] == "completed" for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
-    assert client.get_model_version_by_alias("sweep-resume", "sweep-best").version == "1"
+    assert str(client.get_model_version_by_alias("sweep-resume", "sweep-best").version) == "1"
