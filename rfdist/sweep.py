@@ -585,7 +585,10 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
             "run the same command again to resume it"
         )
 
-    outdir = Path(tempfile.mkdtemp(prefix="rfdist-sweep-"))
+    # The summary sits beside Tune's experiment state when that is local (else a temp folder);
+    # MLflow holds the copies that matter.
+    local_dir = Path(storage_path) / cfg.name if filesystem is None else None
+    outdir = local_dir if local_dir is not None and local_dir.is_dir() else Path(tempfile.mkdtemp(prefix="rfdist-sweep-"))
     summary_csv = outdir / "summary.csv"
     _write_csv(trials, summary_csv)
     client.log_artifact(parent_run_id, str(summary_csv), "sweep")
