@@ -1,6 +1,6 @@
 """Ray job entry point: ``ray job submit -- python jobs/evaluate.py MODEL_URI --data URI [--ood-data URI]``.
 
-The same as ``rfdist eval``.
+The same evaluation as ``rfdist eval``; inside a Ray job, ``RAY_ADDRESS`` points at the cluster.
 """
 
 from rfdist.cli import app

@@ -1,11 +1,14 @@
 """Ray job entry point: ``ray job submit -- python jobs/train.py CONFIG [--set key=value …]``.
 
 The same run as ``rfdist train``; inside a Ray job, ``RAY_ADDRESS`` points at the cluster.
+``rfdist submit`` may pass ``@inline:NAME`` for a config that is not in the uploaded project
+(see :func:`rfdist.submit.job_argv`).
 """
 
 from rfdist.cli import app
+from rfdist.submit import job_argv
 
 if __name__ == "__main__":
     import sys
 
-    app(["train", *sys.argv[1:]])
+    app(["train", *job_argv(sys.argv[1:])])

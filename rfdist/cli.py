@@ -94,6 +94,45 @@ def train(
         )
 
 
+@app.command()
+def sweep(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+) -> None:
+    """Sweep CONFIG's ``tune.space`` on Ray Tune (each trial a Ray Train run), tracked in MLflow.
+
+    Prints a table of every trial (NLL, cost, why it stopped), registers the best trial's model
+    with alias ``sweep-best``. Re-running the same command resumes an interrupted sweep.
+    """
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        fail(str(exc))
+    from .sweep import SweepInterrupted, run_sweep
+    from .tracking import redact_uri
+
+    try:
+        result = run_sweep(cfg, address=address)
+    except SweepInterrupted as exc:
+        fail(str(exc), code=130)
+    except Exception as exc:
+        if _user_error(exc):
+            fail(str(exc))
+        raise
+    typer.echo(f"mlflow parent run  {result.parent_run_id} ({redact_uri(result.tracking_uri)})")
+    typer.echo(f"summary            {result.summary_csv}")
+    if result.best is None:
+        fail("no trial completed; see the table above and the child runs in MLflow", code=1)
+    typer.echo(
+        f"best trial         {result.best.trial}  val_nll {result.best.val_nll:.4f}  "
+        f"{result.best.s_per_step * 1000:.0f} ms/step"
+    )
+    typer.echo(f"registered         {result.model_name} v{result.model_version} (alias: sweep-best)")
+
+
 models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 TrackingOpt = Annotated[
@@ -151,6 +190,13 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+# --- jobs on a Ray cluster (issue 6): `rfdist submit`, `rfdist jobs list|logs|stop|status`
+from .jobs_cli import SUBMIT_CONTEXT, jobs_app, submit  # noqa: E402
+
+app.command("submit", context_settings=SUBMIT_CONTEXT)(submit)
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.command("eval")

@@ -165,16 +165,32 @@ class RegistryConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """Sweep settings (used by ``rfdist sweep``)."""
+    """Sweep settings (used by ``rfdist sweep``; see :mod:`rfdist.sweep`).
+
+    ``space`` maps dotted config keys to a distribution, e.g.
+    ``{"estimator.num_samples": {"choice": [1, 4]}, "train.lr": {"loguniform": [1e-3, 1e-2]}}``
+    (also ``grid``, ``uniform``, ``randint``; a bare list is a ``choice``). ``grace_period`` and
+    ``max_steps`` are in training steps (ASHA's ``time_attr`` is ``step``; ``max_steps`` defaults
+    to ``train.max_steps``). ``max_concurrent_trials: auto`` fits trials to the CPUs/GPUs.
+    ``num_samples`` is the number of trials (with ``search: grid``, repeats of the whole grid).
+    """
 
     num_samples: int = Field(4, ge=1)
-    max_concurrent_trials: int = Field(1, ge=1)
+    max_concurrent_trials: int | Literal["auto"] = "auto"
     search: Literal["random", "grid", "optuna"] = "random"
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    metric: str = "val_nll"
+    grace_period: int = Field(100, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+    max_steps: int | None = Field(None, ge=1)
+    metric: Literal["val_nll", "s_per_step", "train_time_s", "matvecs_per_step", "peak_mem_mb"] = "val_nll"
     mode: Literal["min", "max"] = "min"
     space: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _positive_concurrency(self) -> TuneConfig:
+        if isinstance(self.max_concurrent_trials, int) and self.max_concurrent_trials < 1:
+            raise ValueError("tune.max_concurrent_trials must be >= 1 or 'auto'")
+        return self
 
 
 class StorageConfig(_Section):

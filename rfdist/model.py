@@ -171,6 +171,7 @@ class RectangularFlow(nn.Module):
                 parts["matvecs"] = u.new_tensor(float(stats.matvecs))
             else:
                 raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
+            parts["tangent_passes"] = u.new_tensor(float(stats.tangent_passes))
             reconstruction = (x_flat - recon_x).pow(2).sum(-1)
             loss = (-likelihood_weight * (log_pu - 0.5 * logdet) + beta * reconstruction).mean()
         parts["loss"] = loss.detach()

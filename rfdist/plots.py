@@ -11,7 +11,7 @@ import torch
 
 from .model import RectangularFlow
 
-__all__ = ["plot_model"]
+__all__ = ["pareto_front", "plot_model", "plot_pareto"]
 
 
 def _pyplot():
@@ -80,3 +80,63 @@ def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both lower-is-better).
+
+    >>> pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (4.0, 1.0)])
+    [0, 1, 3]
+    """
+    front = []
+    for i, (cost_i, value_i) in enumerate(points):
+        dominated = any(
+            cost_j <= cost_i and value_j <= value_i and (cost_j, value_j) != (cost_i, value_i)
+            for j, (cost_j, value_j) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_pareto(trials, path: str | Path, *, metric: str = "val_nll") -> Path:
+    """Save the sweep's trade-off: validation NLL against seconds per step, Pareto front marked.
+
+    ``trials``: :class:`rfdist.sweep.TrialSummary` rows. Trials stopped early by the scheduler
+    are drawn hollow at their last NLL; each point is labelled with its trial id.
+    """
+    import math
+
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    usable = [t for t in trials if math.isfinite(t.val_nll) and math.isfinite(t.s_per_step)]
+    done = [t for t in usable if t.status == "completed"]
+    early = [t for t in usable if t.status != "completed"]
+    if done:
+        ax.scatter([t.s_per_step for t in done], [t.val_nll for t in done], label="completed", color="C0")
+    if early:
+        ax.scatter(
+            [t.s_per_step for t in early],
+            [t.val_nll for t in early],
+            label="stopped early",
+            facecolors="none",
+            edgecolors="C1",
+        )
+    front = [done[i] for i in pareto_front([(t.s_per_step, t.val_nll) for t in done])]
+    front.sort(key=lambda t: t.s_per_step)
+    if front:
+        ax.plot([t.s_per_step for t in front], [t.val_nll for t in front], "--", color="C2", label="Pareto front")
+    for t in usable:
+        ax.annotate(t.trial[-5:], (t.s_per_step, t.val_nll), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("seconds per training step")
+    ax.set_ylabel("validation NLL (exact)")
+    ax.set_title(f"Sweep trade-off ({metric})")
+    if usable:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+

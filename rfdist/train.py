@@ -27,7 +27,15 @@ from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
 from .engine import train_step
 
-__all__ = ["TrainingError", "TrainingResult", "run_training", "train_loop_per_worker"]
+__all__ = [
+    "PreparedData",
+    "TrainingError",
+    "TrainingResult",
+    "prepare_data",
+    "ray_datasets",
+    "run_training",
+    "train_loop_per_worker",
+]
 
 
 MATERIALIZE_BYTES = 256 * 1024**2
@@ -77,6 +85,48 @@ def _mlflow_logger(tracking_uri: str, run_id: str):
             client.log_batch(run_id, metrics=batch, synchronous=True)
 
     return log
+
+
+class _CostMeter:
+    """What a run's steps cost: compute seconds, volume-term passes and peak memory.
+
+    Reported at every checkpoint (and so to Ray Tune), carried across resumes through the
+    checkpoint's metrics. ``tangent_passes`` counts forward-mode passes through the decoder
+    (``d`` per step for the exact estimator, CG matvecs + 2 for Hutchinson). Peak memory is
+    the device allocator's high-water mark on CUDA and the worker process's peak RSS on CPU.
+    """
+
+    def __init__(self, device: torch.device, previous: dict | None = None) -> None:
+        self.device = device
+        previous = previous or {}
+        self.steps = int(previous.get("cost_steps", 0))
+        self.seconds = float(previous.get("train_time_s", 0.0))
+        self.matvecs = float(previous.get("matvecs_per_step", 0.0)) * self.steps
+        self.passes = float(previous.get("tangent_passes_per_step", 0.0)) * self.steps
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        self.seconds += metrics["step_s"]
+        self.matvecs += metrics.get("matvecs", 0.0)
+        self.passes += metrics.get("tangent_passes", 0.0)
+
+    def peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    def summary(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        return {
+            "cost_steps": float(self.steps),
+            "train_time_s": self.seconds,
+            "s_per_step": self.seconds / steps,
+            "matvecs_per_step": self.matvecs / steps,
+            "tangent_passes_per_step": self.passes / steps,
+            "peak_mem_mb": self.peak_memory_mb(),
+        }
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -145,6 +195,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     first_step = step
     examples = 0
+    cost = _CostMeter(device, previous=state.metrics if restored is not None else None)
     model.train()
     stream = batches()
     while step < cfg.train.max_steps:
@@ -175,6 +226,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             consecutive_skips = 0
         metrics = dict(result.metrics)
         metrics["step_s"] = time.perf_counter() - tick
+        cost.add(metrics)
         metrics["data_wait_s"] = data_wait
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["skipped_steps"] = float(skipped_total)
@@ -196,7 +248,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
             val_nll = validate()
-            report = {"step": step, "val_nll": val_nll, "skipped_steps": float(skipped_total)}
+            report = {
+                "step": step,
+                "val_nll": val_nll,
+                "skipped_steps": float(skipped_total),
+                **cost.summary(),
+            }
             healthy = math.isfinite(val_nll) and all(
                 bool(torch.isfinite(p).all()) for p in model.parameters()
             )
@@ -228,6 +285,58 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------- driver
+def _loopback_only() -> None:
+    """Keep a local Ray instance's servers on 127.0.0.1 (unless the user set Ray's switch).
+
+    Ray maps a loopback node address to the machine's external IP, so GCS, raylet and the
+    agents of a plain ``ray.init()`` listen on every interface; its single-machine mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps them on
+    loopback. A local instance serves this process only, so nothing needs to reach it.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("0", "false"):
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """Start a local Ray with ``num_cpus`` logical CPUs, its dashboard on 127.0.0.1.
+
+    Every process of this instance gets ``RAY_API_SERVER_ADDRESS`` (its own dashboard):
+    Ray Train's placement-group cleaner otherwise auto-detects the cluster by scanning the
+    machine's processes and fails when a second Ray instance runs there (another test, a
+    ``ray start`` head), leaving the placement groups of stopped trials behind.
+    """
+    import ray
+
+    _loopback_only()
+    dashboard_port = _free_port()
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=768 * 1024**2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}},
+        log_to_driver=True,
+        logging_level="WARNING",
+    )
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
 def _init_ray(cfg: RunConfig, address: str | None) -> None:
     import ray
 
@@ -240,20 +349,7 @@ def _init_ray(cfg: RunConfig, address: str | None) -> None:
     workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
     # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
-    num_cpus = max(4, math.ceil(workers_cpu) + 2)
-    ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=768 * 1024**2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-        logging_level="WARNING",
-    )
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    start_local_ray(max(4, math.ceil(workers_cpu) + 2))
 
 
 def _storage(path: str) -> tuple[str, Any]:
@@ -296,7 +392,7 @@ def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> 
     return str(target)
 
 
-def _open_run(mlflow, cfg: RunConfig, storage_path: str) -> str:
+def _open_run(mlflow, cfg: RunConfig, storage_path: str, tags: dict[str, str] | None = None) -> str:
     """The MLflow run of this training job: a re-run with the same name continues its run."""
     from mlflow.entities import ViewType
 
@@ -314,7 +410,7 @@ def _open_run(mlflow, cfg: RunConfig, storage_path: str) -> str:
     run = mlflow.MlflowClient().create_run(
         experiment.experiment_id,
         run_name=cfg.name,
-        tags={"rfdist.run_name": cfg.name, "rfdist.storage": storage_path},
+        tags={"rfdist.run_name": cfg.name, "rfdist.storage": storage_path, **(tags or {})},
     )
     return run.info.run_id
 
@@ -329,15 +425,23 @@ def _log_params(mlflow, run_id: str, cfg: RunConfig) -> None:
         client.log_batch(run_id, params=params[start : start + 100])
 
 
-def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResult:
-    """Train per ``cfg`` on Ray Train; log, register and return the result."""
-    import mlflow
+@dataclass
+class PreparedData:
+    """A run's dataset, opened and checked against its config on the driver."""
 
+    path: str
+    info: Any
+    spec: ModelSpec
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Check config against data before any worker starts; materialise synthetic data once.
+
+    Raises :class:`ConfigError` / ``DataError`` with one line naming the key or file.
+    """
     from .data.errors import DataError
-    from .data.reader import open_dataset, ray_dataset
-    from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
+    from .data.reader import open_dataset
 
-    # 1. Everything that can be checked before a worker starts.
     if cfg.data.synthetic is not None:  # D is known before anything is written
         from .data.synthetic import make_synthetic
 
@@ -352,13 +456,61 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
     for split in ("train", "val"):
         if split not in info.splits:
             raise ConfigError(f"data.path: dataset {data_path} has no {split!r} split")
+    return PreparedData(path=data_path, info=info, spec=spec)
+
+
+def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
+    """The ``train``/``val`` Ray Datasets; held in the object store when small (``data.materialize``).
+
+    Re-streaming a small Parquet dataset every epoch costs more than a training step, so
+    datasets under :data:`MATERIALIZE_BYTES` are read once (a sweep reads once for all trials).
+    """
+    from .data.reader import ray_dataset
+
+    info = prepared.info
+    datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
+    if cfg.data.materialize != "never":
+        rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
+        size = sum(rows) * prepared.spec.data_dim * 4
+        if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
+            datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    return datasets
+
+
+def run_training(
+    cfg: RunConfig,
+    *,
+    address: str | None = None,
+    datasets: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    register: bool = True,
+) -> TrainingResult:
+    """Train per ``cfg`` on Ray Train; log, register and return the result.
+
+    ``datasets``: ready ``train``/``val`` Ray Datasets (a sweep reads them once for all trials);
+    ``callbacks`` go to the trainer's ``RunConfig`` (a sweep passes Tune's report callback);
+    ``parent_run_id`` makes the MLflow run a child (one per sweep trial); ``register=False``
+    logs the model without registering it.
+    """
+    import mlflow
+
+    from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
+
+    # 1. Everything that can be checked before a worker starts.
+    prepared = prepare_data(cfg)
+    info, spec = prepared.info, prepared.spec
     storage_path, filesystem = _storage(cfg.storage.path)
 
     # 2. Tracking.
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    run_id = _open_run(mlflow, cfg, cfg.storage.path)
+    run_tags = dict(tags or {})
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run_id = _open_run(mlflow, cfg, cfg.storage.path, run_tags)
     _log_params(mlflow, run_id, cfg)
     print(f"[rfdist] MLflow run {run_id} at {redact_uri(tracking_uri)}", flush=True)
 
@@ -367,12 +519,8 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
-    if cfg.data.materialize != "never":
-        rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
-        size = sum(rows) * spec.data_dim * 4
-        if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
-            datasets = {split: ds.materialize() for split, ds in datasets.items()}
+    if datasets is None:
+        datasets = ray_datasets(cfg, prepared)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
@@ -394,6 +542,7 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.storage.max_failures),
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.storage.keep,
                 checkpoint_score_attribute="val_nll",
@@ -438,8 +587,10 @@ def run_training(cfg: RunConfig, *, address: str | None = None) -> TrainingResul
             mlflow.log_metric("final_val_nll", val_nll, step=state.step)
             version, aliases = None, []
             if math.isfinite(val_nll):
-                logged = log_flow_model(model, spec, registered_model_name=cfg.registry.name)
-                if cfg.registry.name:
+                registered_name = cfg.registry.name if register else None
+                logged = log_flow_model(model, spec, registered_model_name=registered_name)
+                mlflow.set_tag("rfdist.model_uri", logged.model_uri)  # MLflow 3: not under runs:/ID
+                if registered_name:
                     version = str(logged.registered_model_version)
                     aliases = register_with_aliases(
                         cfg.registry.name,

@@ -1,0 +1,164 @@
+"""Sweeps: Ray Tune over the estimator's hyperparameters, each trial a Ray Train run, in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rfdist.cli import app
+from rfdist.tracking import load_model
+
+from .ray_training import PRESET, make_data
+
+SPACE = "tune.space={estimator: {grid: [{name: exact}, {name: hutchinson, num_samples: 1}]}, train.lr: [5.0e-3, 1.0e-6]}"
+
+
+def sweep_args(tmp: Path, data: str, name: str, *extra: str) -> list[str]:
+    return [
+        "sweep",
+        str(PRESET),
+        "--set", f"name={name}",
+        "--set", f"data.path={data}",
+        "--set", "data.synthetic=null",
+        "--set", "train.max_steps=100",
+        "--set", "train.batch_size=500",
+        "--set", "train.checkpoint_every=20",
+        "--set", "train.log_every=20",
+        "--set", f"storage.path={tmp / 'runs'}",
+        "--set", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "--set", f"registry.name={name}",
+        "--set", "tune.search=grid",
+        "--set", "tune.num_samples=1",
+        "--set", "tune.grace_period=20",
+        "--set", "tune.reduction_factor=2",
+        "--set", "tune.max_concurrent_trials=1",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ("{estimator.bogus: [1, 2]}", "tune.space.estimator.bogus: unknown config key"),
+        ("{estimator.num_samples: {choice: []}}", "tune.space.estimator.num_samples: choice needs a non-empty"),
+        ("{train.lr: {loguniform: [1.0e-2, 1.0e-4]}}", "tune.space.train.lr: loguniform needs low <= high"),
+        ("{estimator.num_samples: [0, 4]}", "tune.space.estimator.num_samples: value 0 is not valid"),
+        ("{estimator.num_samples: {randint: [0, 4]}}", "tune.space.estimator.num_samples: value 0"),
+        ("{model.latent_dim: [1, 2]}", "tune.space.model.latent_dim: value 2"),
+        ("{storage.path: [a, b]}", "tune.space.storage.path: 'storage' settings cannot be swept"),
+        ("{train.lr: {normal: [0, 1]}}", "tune.space.train.lr: expected one of"),
+    ],
+)
+def test_bad_search_space_fails_before_any_trial(tmp_path: Path, space: str, expected: str) -> None:
+    data = make_data(str(tmp_path / "data"), rows=500)
+    args = sweep_args(tmp_path, data, "bad-space", "--set", f"tune.space={space}")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"error: {expected}" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # no trial started, nothing stored
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _runs(tmp: Path, name: str):
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry
+    experiment = client.get_experiment_by_name("rfdist")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("rfdist.sweep_name") == name]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children
+
+
+@pytest.mark.slow
+def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) -> None:
+    data = make_data(str(tmp_path / "data"), rows=4000)
+    result = CliRunner().invoke(app, sweep_args(tmp_path, data, "sweep-asha", "--set", SPACE))
+    assert result.exit_code == 0, result.output
+    client, parent, children = _runs(tmp_path, "sweep-asha")
+
+    # One parent, one child per trial, each with its params, metrics and why it stopped.
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4
+    reasons = [c.data.tags["rfdist.stop_reason"] for c in children]
+    assert any(r.startswith("stopped early by the scheduler") for r in reasons), reasons
+    assert "completed" in reasons
+    for child in children:
+        assert child.data.params["estimator.name"] in ("exact", "hutchinson")
+        assert float(child.data.params["train.lr"]) in (5e-3, 1e-6)
+        assert "val_nll" in child.data.metrics and "s_per_step" in child.data.metrics
+        assert child.data.metrics["peak_mem_mb"] > 0
+    hutchinson = [c for c in children if c.data.params["estimator.name"] == "hutchinson"]
+    assert all(c.data.metrics["matvecs_per_step"] >= 1 for c in hutchinson)
+    exact = [c for c in children if c.data.params["estimator.name"] == "exact"]
+    assert all(c.data.metrics["tangent_passes_per_step"] == 1 for c in exact)  # d = 1 jvp per step
+
+    # The summary table and the Pareto plot live on the parent.
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert "sweep/summary.csv" in artifacts
+    assert any(a.path == "plots/pareto.png" for a in client.list_artifacts(parent.info.run_id, "plots"))
+    assert parent.data.metrics["trials"] == 4
+    assert parent.data.metrics["trials_stopped_early"] >= 1
+
+    # The best completed trial is registered with alias sweep-best and loads back.
+    version = client.get_model_version_by_alias("sweep-asha", "sweep-best")
+    best = client.get_run(version.run_id)
+    completed = [c for c in children if c.data.tags["rfdist.stop_reason"] == "completed"]
+    assert best.data.metrics["val_nll"] == min(c.data.metrics["val_nll"] for c in completed)
+    assert parent.data.tags["rfdist.best_run_id"] == version.run_id
+    model = load_model("models:/sweep-asha@sweep-best", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert torch.isfinite(model.log_prob(x)).all()
+    assert "registered         sweep-asha v1 (alias: sweep-best)" in result.output
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
+    data = make_data(str(tmp_path / "data"), rows=4000)
+    space = "tune.space={estimator.num_samples: [1, 2]}"
+    args = [
+        *sweep_args(tmp_path, data, "sweep-resume", "--set", space),
+        "--set", "estimator.name=hutchinson",
+        "--set", "tune.scheduler=none",
+        "--set", "train.max_steps=160",
+    ]
+    command = [sys.executable, "-m", "rfdist.cli", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        deadline = time.time() + 400
+        while time.time() < deadline and "val_nll" not in log.read_text():
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        assert "val_nll" in log.read_text(), log.read_text()[-3000:]
+        first.send_signal(signal.SIGINT)
+        code = first.wait(timeout=300)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "run the same command again to resume it" in text
+    _, parent, children = _runs(tmp_path, "sweep-resume")
+    assert parent.info.status == "RUNNING"
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-3000:]
+    assert "resuming sweep 'sweep-resume'" in output
+    assert "resumed from checkpoint at step" in output  # the interrupted trial continued
+    client, parent_after, children = _runs(tmp_path, "sweep-resume")
+    assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
+    assert len(children) == 2  # one per trial, not one per attempt
+    assert all(c.data.tags["rfdist.stop_reason"] == "completed" for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert str(client.get_model_version_by_alias("sweep-resume", "sweep-best").version) == "1"
