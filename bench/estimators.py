@@ -107,13 +107,13 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _options(estimator: str, variant: str, k: int, d: int, iters: int):
+def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None):
     from rfdist.engine import LossOptions
 
     if estimator == "two_step":
         return LossOptions(mode="two_step")
     if estimator == "exact":
-        return LossOptions(estimator="exact")
+        return LossOptions(estimator="exact", chunk_size=chunk)
     extra = REFERENCE if variant == "reference" else {**FAST, "cg_max_iters": min(iters, d)}
     return LossOptions(estimator="hutchinson", num_samples=k, **extra)
 
@@ -186,7 +186,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     device = job["device"]
     model, x = _build(job["case"], device)
     d = model.latent_dim
-    opts = _options(job["estimator"], job["variant"], job["num_samples"], d, job["iters"])
+    opts = _options(job["estimator"], job["variant"], job["num_samples"], d, job["iters"], job.get("chunk"))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     record: dict[str, Any] = {}
     if job.get("grad_error"):
@@ -237,14 +237,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--draws", type=int, default=3, help="probe draws for the gradient error")
+    parser.add_argument("--draws", type=int, default=2, help="probe draws for the gradient error")
     parser.add_argument("--iters", type=int, default=4, help="rfdist's CG budget (preconditioned)")
     parser.add_argument("--image-arch", choices=sorted(IMAGE_ARCH), default=None)
     parser.add_argument("--shapes", default=None, help="comma-separated subset of shape names")
     parser.add_argument("--sweep", default="2,5,10,20,40")
-    parser.add_argument("--exact-chunk", type=int, default=None, help="chunk_size for exact (mnist)")
+    parser.add_argument(
+        "--exact-chunk", type=int, default=4, help="chunk_size of the chunked exact row (mnist)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -254,20 +256,25 @@ def main() -> None:
     arch = args.image_arch or ("paper" if args.device == "cuda" else "cpu")
     all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d])
     wanted = args.shapes.split(",") if args.shapes else list(all_shapes)
-    plan = [
-        ("two_step", "-", 1),
-        ("exact", "-", 1),
-        ("hutchinson", "rfdist", 1),
-        ("hutchinson", "reference", 1),
-        ("hutchinson", "rfdist", 4),
-        ("hutchinson", "reference", 4),
+    paper_plan = [
+        ("two_step", "-", 1, None),
+        ("exact", "-", 1, None),
+        ("exact", "chunked", 1, args.exact_chunk),
+        ("hutchinson", "rfdist", 1, None),
+        ("hutchinson", "reference", 1, None),
+        ("hutchinson", "rfdist", 4, None),
     ]
+    sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
     records = []
     started = time.perf_counter()
     for name in wanted:
         case = all_shapes[name]
-        for estimator, variant, k in plan:
+        plan = sweep_plan if name.startswith("d-sweep") else paper_plan
+        for estimator, variant, k, chunk in plan:
+            if variant == "chunked" and (name != "mnist" or not chunk):
+                continue
             job = {
+                "chunk": chunk,
                 "shape": name,
                 "case": case,
                 "estimator": estimator,
@@ -298,11 +305,11 @@ def main() -> None:
             }
             records.append(rec)
             print(_row(rec, records), flush=True)
+            if args.json:  # after every case, so an interrupted run keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(records, indent=2))
     print(f"# total {time.perf_counter() - started:.0f} s")
     print(table(records))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=2))
 
 
 def _prod(shape: list[int]) -> int:
