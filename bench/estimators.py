@@ -114,7 +114,10 @@ def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: in
         return LossOptions(mode="two_step")
     if estimator == "exact":
         return LossOptions(estimator="exact", chunk_size=chunk)
-    extra = REFERENCE if variant == "reference" else {**FAST, "cg_max_iters": min(iters, d)}
+    if variant == "reference":  # the paper's code: min(11, d) iterations + 2 products ≈ 13 at d≈20
+        extra = {**REFERENCE, "cg_max_iters": min(REFERENCE["cg_max_iters"], d)}
+    else:
+        extra = {**FAST, "cg_max_iters": min(iters, d)}
     return LossOptions(estimator="hutchinson", num_samples=k, **extra)
 
 
@@ -176,8 +179,26 @@ def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
     return {f"grad_err_{k}": statistics.fmean(v) for k, v in out.items()}
 
 
-def run_case(job: dict[str, Any]) -> dict[str, Any]:
-    """One case in this (fresh) process: time ``steps`` train steps, measure peak memory."""
+def _variant_opts(v: dict[str, Any], d: int, job: dict[str, Any]):
+    return _options(v["estimator"], v["variant"], v["num_samples"], d, job["iters"], v.get("chunk"))
+
+
+def _matvec_record(metrics: dict[str, float], k: int, batch: int) -> dict[str, float]:
+    rows = metrics.get("precond_tangent_rows", 0.0)
+    cg = metrics["matvecs"]
+    # the preconditioner's d·rows tangent rows, in units of one JᵀJv on all K·B rows (~2 passes)
+    pre = rows / (2 * k * batch)
+    return {"cg_matvecs": cg, "precond_matvecs": pre, "matvecs": cg + pre, "extra_products": 2}
+
+
+def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """All variants of one shape in this process, steps interleaved round by round.
+
+    The machine is shared, so load changes between rounds; every round runs each variant once,
+    and ``x_ts`` is the median over rounds of (variant step / two-step step in that round).
+    """
+    import copy
+
     import torch
 
     from rfdist.engine import train_step
@@ -186,37 +207,55 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     device = job["device"]
     model, x = _build(job["case"], device)
     d = model.latent_dim
-    opts = _options(job["estimator"], job["variant"], job["num_samples"], d, job["iters"], job.get("chunk"))
+    variants = job["variants"]
+    models = [copy.deepcopy(model) for _ in variants]
+    opts = [_variant_opts(v, d, job) for v in variants]
+    optims = [torch.optim.Adam(m.parameters(), lr=1e-5) for m in models]
+    times: list[list[float]] = [[] for _ in variants]
+    last: list[dict[str, float]] = [{} for _ in variants]
+    for round_ in range(job["warmup"] + job["steps"]):
+        for i in range(len(variants)):
+            start = time.perf_counter()
+            last[i] = train_step(models[i], optims[i], x, opts[i]).metrics
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_ >= job["warmup"]:
+                times[i].append(time.perf_counter() - start)
+    base = times[0]  # variants[0] is two_step
+    out = []
+    for v, o, t, metrics in zip(variants, opts, times, last, strict=True):
+        rec: dict[str, Any] = {
+            "step_s": statistics.median(t),
+            "x_ts": statistics.median(a / b for a, b in zip(t, base, strict=True)),
+        }
+        if v["estimator"] == "hutchinson":
+            rec.update(_matvec_record(metrics, v["num_samples"], x.shape[0]))
+            if v["variant"] == "rfdist" and v["num_samples"] == 1 and job["draws"] and d >= 5:
+                ref = _options("hutchinson", "reference", 1, d, job["iters"])
+                rec.update(_grad_error(model, x, o, ref, job["draws"]))
+        out.append(rec)
+    return out
+
+
+def run_memory(job: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of one step of one variant, in this (fresh) process."""
+    import torch
+
+    from rfdist.engine import train_step
+
+    torch.manual_seed(0)
+    device = job["device"]
+    model, x = _build(job["case"], device)
+    opts = _variant_opts(job["variant"], model.latent_dim, job)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-    record: dict[str, Any] = {}
-    if job.get("grad_error"):
-        ref = _options("hutchinson", "reference", job["num_samples"], d, job["iters"])
-        record.update(_grad_error(model, x, opts, ref, job["draws"]))
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base = _rss_mb()
-    times, metrics = [], {}
-    for i in range(job["warmup"] + job["steps"]):
-        start = time.perf_counter()
-        metrics = train_step(model, optimizer, x, opts).metrics
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= job["warmup"]:
-            times.append(time.perf_counter() - start)
+    train_step(model, optimizer, x, opts)
     if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-    record.update(step_s=statistics.median(times), peak_mb=peak)
-    if job["estimator"] == "hutchinson":
-        rows = metrics.get("precond_tangent_rows", 0.0)
-        record["cg_matvecs"] = metrics["matvecs"]
-        # the preconditioner's d·rows tangent rows, in units of one JᵀJv on all K·B rows (~2 passes)
-        record["precond_matvecs"] = rows / (2 * job["num_samples"] * x.shape[0])
-        record["matvecs"] = record["cg_matvecs"] + record["precond_matvecs"]
-        record["extra_products"] = 2
-    return record
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_mb": max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)}
 
 
 def _spawn(job: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +268,7 @@ def _spawn(job: dict[str, Any]) -> dict[str, Any]:
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"case {job['shape']}/{job['estimator']} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"case {job['shape']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -247,22 +286,24 @@ def main() -> None:
     parser.add_argument(
         "--exact-chunk", type=int, default=4, help="chunk_size of the chunked exact row (mnist)"
     )
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory runs")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_case(json.loads(args.worker))))
+        job = json.loads(args.worker)
+        print(json.dumps(run_memory(job) if job["kind"] == "memory" else run_timing(job)))
         return
 
     arch = args.image_arch or ("paper" if args.device == "cuda" else "cpu")
     all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d])
     wanted = args.shapes.split(",") if args.shapes else list(all_shapes)
-    paper_plan = [
+    paper_plan = [  # cheapest and most telling first: an interrupted run keeps the ratios
         ("two_step", "-", 1, None),
-        ("exact", "-", 1, None),
-        ("exact", "chunked", 1, args.exact_chunk),
         ("hutchinson", "rfdist", 1, None),
         ("hutchinson", "reference", 1, None),
         ("hutchinson", "rfdist", 4, None),
+        ("exact", "-", 1, None),
+        ("exact", "chunked", 1, args.exact_chunk),
     ]
     sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
     records = []
@@ -270,32 +311,30 @@ def main() -> None:
     for name in wanted:
         case = all_shapes[name]
         plan = sweep_plan if name.startswith("d-sweep") else paper_plan
-        for estimator, variant, k, chunk in plan:
-            if variant == "chunked" and (name != "mnist" or not chunk):
-                continue
-            job = {
-                "chunk": chunk,
-                "shape": name,
-                "case": case,
-                "estimator": estimator,
-                "variant": variant,
-                "num_samples": k,
-                "device": args.device,
-                "steps": args.steps,
-                "warmup": args.warmup,
-                "iters": args.iters,
-                "draws": args.draws,
-                "grad_error": estimator == "hutchinson"
-                and variant == "rfdist"
-                and k == 1
-                and case["spec"]["latent_dim"] >= 5,
-            }
-            result = _spawn(job)
+        variants = [
+            {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
+            for e, v, k, c in plan
+            if v != "chunked" or (name == "mnist" and c)
+        ]
+        common = {
+            "shape": name,
+            "case": case,
+            "device": args.device,
+            "iters": args.iters,
+            "draws": args.draws,
+            "steps": args.steps,
+            "warmup": args.warmup,
+        }
+        timing = _spawn({**common, "kind": "timing", "variants": variants})
+        for v, result in zip(variants, timing, strict=True):
+            if args.memory:
+                result.update(_spawn({**common, "kind": "memory", "variant": v}))
             rec = {
                 "shape": name,
-                "estimator": estimator,
-                "variant": variant,
-                "num_samples": k,
+                "estimator": v["estimator"],
+                "variant": v["variant"],
+                "num_samples": v["num_samples"],
+                "chunk_size": v["chunk"],
                 "batch": case["batch"],
                 "D": _prod(case["spec"]["data_shape"]),
                 "d": case["spec"]["latent_dim"],
@@ -320,8 +359,8 @@ def _prod(shape: list[int]) -> int:
 
 
 def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    base = next((b for b in records if b["shape"] == r["shape"] and b["estimator"] == "two_step"), None)
-    ratio = r["step_s"] / base["step_s"] if base else float("nan")
+    ratio = r["x_ts"]
+    peak = r.get("peak_mb", float("nan"))
     mv = f"{r['matvecs']:.1f}" if "matvecs" in r else "-"
     err = (
         f"{r['grad_err_ours']:.3f}/{r['grad_err_ref']:.3f} {r['grad_err_ours_solve']:.3f}/"
@@ -331,7 +370,7 @@ def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
     )
     return (
         f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
-        f"{r['batch']:>4} | {r['step_s'] * 1000:>9.1f} | {ratio:>6.2f} | {r['peak_mb']:>8.0f} | "
+        f"{r['batch']:>4} | {r['step_s'] * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
         f"{mv:>6} | {err:<25} |"
     )
 
