@@ -9,11 +9,12 @@ multi-scale conv flow) — and a d-sweep d ∈ {2, 5, 10, 20, 40} at D=64. For e
 with K=1 and K=4 in two variants: ``reference`` (forward-mode jvp matvecs, 13 plain zero-start
 CG iterations, as the paper's code spends at d≈20) and ``rfdist`` (the configured fast path).
 
-Every case runs in a fresh subprocess, so its peak memory is honest: on CUDA
-``torch.cuda.max_memory_allocated``; on CPU the process's RSS high-water mark
-(``ru_maxrss``) minus its RSS just before the first step (model, data and imports excluded).
-Step time is the median of ``--steps`` steps after ``--warmup``. Timings on a shared machine
-are noisy: compare ratios within one run. Gradient error (hutchinson rows): the relative error
+Timing: all variants of a shape run in one process, interleaved round by round (``--warmup``
+rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the median over
+rounds of (variant step / two-step step of the same round), robust to a shared machine's load
+changing between rounds. Peak memory: one step per variant in a fresh process — on CUDA
+``torch.cuda.max_memory_allocated``; on CPU the RSS high-water mark (``ru_maxrss``) minus the
+RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these). Gradient error (hutchinson rows): the relative error
 of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
 ``--draws`` probe draws with the same seeds for both variants; ``solve_err`` is the part due
 to the CG truncation alone (vs a converged solve with the same probes).
