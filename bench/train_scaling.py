@@ -2,11 +2,16 @@
 over the single-process loop on the same config, in one run.
 
     python bench/train_scaling.py [--steps 300] [--json bench/results/train_scaling.json]
+    python bench/train_scaling.py --mnist-wait [--steps 20] [--json bench/results/data_wait.json]
 
 Runs von-mises (synthetic, exact estimator) and digits (real 8×8 images, hutchinson K=1)
 for ``--steps`` steps each: single process (``rfdist.runner.run_local``), Ray with 1 worker and
 Ray with 2 workers (DDP, gloo). Step time is the worker's median per-step compute time as logged
 to MLflow (rank 0); examples/s is global throughput over the whole loop (incl. data wait).
+
+``--mnist-wait``: only the data-side question of issue 8 — real MNIST Parquet (D=784), the CPU
+MNIST preset (hutchinson, batch 50), Ray with 2 workers; reports the share of each step a worker
+waits for data, ``data_wait_s / (data_wait_s + step_s)`` (medians over the steps after 5).
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--mnist-wait", action="store_true", help="only the MNIST data-wait case")
     args = parser.parse_args()
+    if args.mnist_wait:
+        mnist_wait(args.steps, args.json)
+        return
 
     import mlflow
     import ray
@@ -109,6 +118,65 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=2))
+
+
+def mnist_wait(steps: int, json_path: str | None) -> None:
+    """Data wait share at the MNIST shape, Ray Train with 2 workers."""
+    import mlflow
+    import ray
+    from typer.testing import CliRunner
+
+    from rfdist.cli import app
+    from rfdist.config import load_config
+    from rfdist.train import run_training
+
+    tmp = Path(tempfile.mkdtemp(prefix="rfdist-wait-"))
+    made = CliRunner().invoke(app, ["data", "make", "mnist", "--out", str(tmp / "mnist")])
+    if made.exit_code != 0:
+        raise SystemExit(f"rfdist data make mnist failed: {made.output}")
+    cfg = load_config(
+        ROOT / "jobs" / "configs" / "mnist-cpu.yaml",
+        [
+            f"data.path={tmp / 'mnist'}",
+            f"train.max_steps={steps}",
+            f"train.checkpoint_every={steps}",
+            f"train.eval_every={steps}",
+            "train.log_every=1",
+            "scaling.num_workers=2",
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"storage.path={tmp / 'runs'}",
+            "registry.name=null",
+            "name=mnist-wait-w2",
+        ],
+    )
+    start = time.perf_counter()
+    result = run_training(cfg)
+    wall = time.perf_counter() - start
+    ray.shutdown()
+    client = mlflow.MlflowClient(result.tracking_uri)
+    step_s = [m.value for m in client.get_metric_history(result.run_id, "step_s")]
+    waits = [m.value for m in client.get_metric_history(result.run_id, "data_wait_s")]
+    skip = min(5, max(len(step_s) - 1, 0))
+    step, wait = statistics.median(step_s[skip:]), statistics.median(waits[skip:])
+    record = {
+        "dataset": "mnist",
+        "mode": "ray",
+        "workers": 2,
+        "batch": cfg.train.batch_size,
+        "steps": steps,
+        "step_s": step,
+        "data_wait_s": wait,
+        "mean_data_wait_s": statistics.fmean(waits[skip:]),
+        "data_wait_share": wait / (wait + step),
+        "mean_data_wait_share": statistics.fmean(waits[skip:])
+        / (statistics.fmean(waits[skip:]) + statistics.fmean(step_s[skip:])),
+        "wall_s": wall,
+    }
+    print(f"{'dataset':<8} {'workers':>7} {'step ms':>9} {'wait ms':>8} {'wait share':>10}")
+    print(f"mnist    {2:>7} {step * 1000:>9.1f} {wait * 1000:>8.1f} {record['data_wait_share']:>10.2%}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps([record], indent=2))
 
 
 if __name__ == "__main__":

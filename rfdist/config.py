@@ -117,7 +117,16 @@ class ModelConfig(_Section):
 
 
 class EstimatorConfig(_Section):
-    """How the volume term's gradient is computed."""
+    """How the volume term's gradient is computed.
+
+    ``auto`` picks exact or hutchinson from :func:`rfdist.costmodel.choose_estimator` (the
+    manifold dimension ``d``, ``num_samples``, the CG budget and the device). ``matvec``:
+    ``vjp`` (reverse-mode products, cheaper on CPU) or ``jvp`` (forward mode);
+    ``preconditioner``: ``gram`` (mean exact JᵀJ of ``precond_rows`` rows) or ``none``;
+    ``check_every``: CG iterations between host-synchronising convergence checks (0 = a fixed
+    budget of ``cg_max_iters``, no host sync at all). ``chunk_size`` (exact) bounds memory:
+    chunks are recomputed in backward.
+    """
 
     name: Literal["exact", "hutchinson", "auto"] = "exact"
     num_samples: int = Field(1, ge=1)
@@ -125,6 +134,10 @@ class EstimatorConfig(_Section):
     cg_max_iters: int | None = Field(None, ge=1)
     probe: Literal["gaussian", "rademacher"] = "gaussian"
     chunk_size: int | None = Field(None, ge=1)
+    matvec: Literal["jvp", "vjp"] = "vjp"
+    preconditioner: Literal["none", "gram"] = "gram"
+    precond_rows: int = Field(8, ge=1)
+    check_every: int = Field(4, ge=0)
 
 
 class TrainConfig(_Section):
@@ -224,8 +237,17 @@ class RunConfig(_Section):
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     def loss_options(self) -> LossOptions:
-        """The :class:`~rfdist.engine.LossOptions` this config asks for."""
-        estimator = self.estimator.name if self.estimator.name != "auto" else "exact"
+        """The :class:`~rfdist.engine.LossOptions` this config asks for (``auto`` resolved)."""
+        from .costmodel import choose_estimator
+
+        estimator = self.estimator.name
+        if estimator == "auto":
+            estimator = choose_estimator(
+                self.model.latent_dim,
+                num_samples=self.estimator.num_samples,
+                matvecs=self.estimator.cg_max_iters or min(self.model.latent_dim, 10),
+                device="cuda" if self.scaling.use_gpu else "cpu",
+            )
         return LossOptions(
             mode=self.train.mode,
             estimator=estimator,
@@ -235,6 +257,10 @@ class RunConfig(_Section):
             cg_max_iters=self.estimator.cg_max_iters,
             probe=self.estimator.probe,
             chunk_size=self.estimator.chunk_size,
+            matvec=self.estimator.matvec,
+            preconditioner=self.estimator.preconditioner,
+            precond_rows=self.estimator.precond_rows,
+            check_every=self.estimator.check_every,
         )
 
     def flat(self) -> dict[str, Any]:

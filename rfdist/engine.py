@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .model import Estimator, Mode
-from .volume import Probe
+from .volume import MatvecMode, PreconditionerKind, Probe
 
 __all__ = ["LossOptions", "StepResult", "fit", "iterate_minibatches", "train_step"]
 
@@ -34,6 +34,10 @@ class LossOptions:
     cg_max_iters: int | None = None
     probe: Probe = "gaussian"
     chunk_size: int | None = None
+    matvec: MatvecMode = "jvp"
+    preconditioner: PreconditionerKind = "none"
+    precond_rows: int = 8
+    check_every: int = 4
 
     def kwargs(self) -> dict:
         return asdict(self)

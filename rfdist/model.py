@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .density import LatentDensity
 from .flows.base import Bijection
-from .volume import Probe, VolumeStats, logdet_exact, logdet_surrogate
+from .volume import MatvecMode, PreconditionerKind, Probe, VolumeStats, logdet_exact, logdet_surrogate
 
 __all__ = ["RectangularFlow"]
 
@@ -122,6 +122,10 @@ class RectangularFlow(nn.Module):
         cg_max_iters: int | None = None,
         probe: Probe = "gaussian",
         chunk_size: int | None = None,
+        matvec: MatvecMode = "jvp",
+        preconditioner: PreconditionerKind = "none",
+        precond_rows: int = 8,
+        check_every: int = 4,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""Mean training loss over the batch and its detached parts.
 
@@ -129,6 +133,8 @@ class RectangularFlow(nn.Module):
         with the volume term from ``estimator`` (``exact`` or ``hutchinson``; the latter's
         value is a gradient surrogate, reported as ``logdet_surrogate``, never as an NLL).
         ``mode="two_step"``: :math:`\beta\|x-g(u)\|^2 - \log p_U(\mathrm{sg}(u))` (no volume).
+        ``matvec``, ``preconditioner``, ``precond_rows``, ``check_every``: CG options of
+        :func:`~rfdist.volume.logdet_surrogate` (hutchinson only).
 
         Returns:
             ``(loss, parts)``; ``parts`` holds 0-dim detached tensors: ``loss``, ``log_pu``,
@@ -164,11 +170,17 @@ class RectangularFlow(nn.Module):
                     probe=probe,
                     stats=stats,
                     return_output=True,
+                    matvec=matvec,
+                    preconditioner=preconditioner,
+                    precond_rows=precond_rows,
+                    check_every=check_every,
                 )
                 parts["logdet_surrogate"] = logdet.detach().mean()
                 parts["cg_iterations"] = stats.cg_iterations
                 parts["cg_residual"] = stats.cg_residual
                 parts["matvecs"] = u.new_tensor(float(stats.matvecs))
+                if "precond_tangent_rows" in stats.extra:
+                    parts["precond_tangent_rows"] = stats.extra["precond_tangent_rows"]
             else:
                 raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
             parts["tangent_passes"] = u.new_tensor(float(stats.tangent_passes))

@@ -1,0 +1,391 @@
+"""Volume-term estimators: per-step time, peak memory, matvecs and gradient error, in one run.
+
+    python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda]
+
+Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=21, B=400:
+10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]), mnist (D=784, d=20, B=50,
+multi-scale conv flow) — and a d-sweep d ∈ {2, 5, 10, 20, 40} at D=64. For each: a
+``train_step`` with the two-step loss (no volume term), the exact estimator, and hutchinson
+with K=1 and K=4 in two variants: ``reference`` (forward-mode jvp matvecs, 13 plain zero-start
+CG iterations, as the paper's code spends at d≈20) and ``rfdist`` (the configured fast path).
+
+Timing: all variants of a shape run in one process, interleaved round by round (``--warmup``
+rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the median over
+rounds of (variant step / two-step step of the same round), robust to a shared machine's load
+changing between rounds. Peak memory: one step per variant in a fresh process — on CUDA
+``torch.cuda.max_memory_allocated``; on CPU the RSS high-water mark (``ru_maxrss``) minus the
+RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these). Gradient error (hutchinson rows): the relative error
+of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
+``--draws`` probe draws with the same seeds for both variants; ``solve_err`` is the part due
+to the CG truncation alone (vs a converged solve with the same probes).
+
+On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
+16 channels × 1 block) so the whole run fits in ~20 minutes; ``--image-arch paper`` (2 scales,
+3 couplings, 64 channels × 8 blocks) is the GPU setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IMAGE_ARCH = {
+    "cpu": {"scales": 1, "couplings": 2, "conv_hidden": 16, "conv_blocks": 1},
+    "paper": {"scales": 2, "couplings": 3, "conv_hidden": 64, "conv_blocks": 8},
+}
+
+# The configured fast path (kept after measuring; see README "Performance").
+FAST = {"matvec": "vjp", "preconditioner": "gram", "precond_rows": 8, "cg_tol": 0.0, "check_every": 0}
+REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_iters": 13, "check_every": 0}
+
+
+def shapes(image_arch: str, sweep_ds: list[int]) -> dict[str, dict[str, Any]]:
+    """Model spec (as a dict) and batch size per named shape."""
+    out: dict[str, dict[str, Any]] = {
+        "von-mises": {
+            "spec": {
+                "data_shape": [2],
+                "latent_dim": 1,
+                "flow_layers": 5,
+                "flow_hidden": [10, 10],
+                "density_layers": 2,
+                "density_hidden": [16, 16],
+            },
+            "batch": 1000,
+        },
+        "miniboone": {
+            "spec": {
+                "data_shape": [43],
+                "latent_dim": 21,
+                "flow_layers": 10,
+                "flow_hidden": [128] * 4,
+                "activation": "tanh",
+                "density_layers": 5,
+                "density_hidden": [32, 32],
+            },
+            "batch": 400,
+        },
+        "mnist": {
+            "spec": {
+                "data_shape": [1, 28, 28],
+                "latent_dim": 20,
+                "flow": "multiscale",
+                **IMAGE_ARCH[image_arch],
+                "density_layers": 5,
+                "density_hidden": [64, 64],
+            },
+            "batch": 50,
+        },
+    }
+    for d in sweep_ds:
+        out[f"d-sweep-D64-d{d}"] = {
+            "spec": {
+                "data_shape": [64],
+                "latent_dim": d,
+                "flow_layers": 5,
+                "flow_hidden": [64, 64],
+                "activation": "tanh",
+                "density_layers": 2,
+                "density_hidden": [32, 32],
+            },
+            "batch": 100,
+        }
+    return out
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None):
+    from rfdist.engine import LossOptions
+
+    if estimator == "two_step":
+        return LossOptions(mode="two_step")
+    if estimator == "exact":
+        return LossOptions(estimator="exact", chunk_size=chunk)
+    if variant == "reference":  # the paper's code: min(11, d) iterations + 2 products ≈ 13 at d≈20
+        extra = {**REFERENCE, "cg_max_iters": min(REFERENCE["cg_max_iters"], d)}
+    else:
+        extra = {**FAST, "cg_max_iters": min(iters, d)}
+    return LossOptions(estimator="hutchinson", num_samples=k, **extra)
+
+
+def _build(case: dict[str, Any], device: str):
+    import torch
+
+    from rfdist import ModelSpec, build_model
+
+    spec = ModelSpec.from_dict(case["spec"])
+    model = build_model(spec).to(device)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # leave the identity initialisation: J^T J = I would flatter CG
+        for p in model.flow.parameters():
+            p.add_(case.get("perturb", 0.05) * torch.randn(p.shape, generator=gen).to(device))
+    x = model.sample(case["batch"]).detach()
+    x = x + 0.05 * torch.randn(x.shape, generator=gen).to(device)
+    return model, x
+
+
+def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
+    """Volume-term gradient error vs exact, for two hutchinson variants with the same probes."""
+    import torch
+
+    from rfdist.volume import logdet_exact, logdet_surrogate
+
+    params = [p for p in model.flow.parameters() if p.requires_grad]
+    u = model.encode(x).detach()
+
+    def grad(value):
+        gs = torch.autograd.grad(value.sum(), params, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, gs)])
+
+    g_exact = grad(logdet_exact(model.decode_flat, u))
+    d = u.shape[1]
+
+    def hutch(opts, seed, **over):
+        kw = {
+            "num_samples": opts.num_samples,
+            "cg_tol": opts.cg_tol,
+            "cg_max_iters": opts.cg_max_iters,
+            "matvec": opts.matvec,
+            "preconditioner": opts.preconditioner,
+            "precond_rows": opts.precond_rows,
+            "check_every": opts.check_every,
+            **over,
+        }
+        gen = torch.Generator(device=u.device).manual_seed(seed)
+        return grad(logdet_surrogate(model.decode_flat, u, generator=gen, **kw))
+
+    out: dict[str, list[float]] = {"ours": [], "ref": [], "ours_solve": [], "ref_solve": []}
+    norm = g_exact.norm()
+    for seed in range(draws):
+        solved = hutch(opts_ours, seed, preconditioner="gram", cg_tol=0.0, cg_max_iters=3 * d)
+        g_ours, g_ref = hutch(opts_ours, seed), hutch(opts_ref, seed)
+        out["ours"].append(float((g_ours - g_exact).norm() / norm))
+        out["ref"].append(float((g_ref - g_exact).norm() / norm))
+        out["ours_solve"].append(float((g_ours - solved).norm() / norm))
+        out["ref_solve"].append(float((g_ref - solved).norm() / norm))
+    return {f"grad_err_{k}": statistics.fmean(v) for k, v in out.items()}
+
+
+def _variant_opts(v: dict[str, Any], d: int, job: dict[str, Any]):
+    return _options(v["estimator"], v["variant"], v["num_samples"], d, job["iters"], v.get("chunk"))
+
+
+def _matvec_record(metrics: dict[str, float], k: int, batch: int) -> dict[str, float]:
+    rows = metrics.get("precond_tangent_rows", 0.0)
+    cg = metrics["matvecs"]
+    # the preconditioner's d·rows tangent rows, in units of one JᵀJv on all K·B rows (~2 passes)
+    pre = rows / (2 * k * batch)
+    return {"cg_matvecs": cg, "precond_matvecs": pre, "matvecs": cg + pre, "extra_products": 2}
+
+
+def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """All variants of one shape in this process, steps interleaved round by round.
+
+    The machine is shared, so load changes between rounds; every round runs each variant once,
+    and ``x_ts`` is the median over rounds of (variant step / two-step step in that round).
+    """
+    import copy
+
+    import torch
+
+    from rfdist.engine import train_step
+
+    torch.manual_seed(0)
+    device = job["device"]
+    model, x = _build(job["case"], device)
+    d = model.latent_dim
+    variants = job["variants"]
+    models = [copy.deepcopy(model) for _ in variants]
+    opts = [_variant_opts(v, d, job) for v in variants]
+    optims = [torch.optim.Adam(m.parameters(), lr=1e-5) for m in models]
+    times: list[list[float]] = [[] for _ in variants]
+    last: list[dict[str, float]] = [{} for _ in variants]
+    for round_ in range(job["warmup"] + job["steps"]):
+        for i in range(len(variants)):
+            start = time.perf_counter()
+            last[i] = train_step(models[i], optims[i], x, opts[i]).metrics
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_ >= job["warmup"]:
+                times[i].append(time.perf_counter() - start)
+    base = times[0]  # variants[0] is two_step
+    out = []
+    for v, o, t, metrics in zip(variants, opts, times, last, strict=True):
+        rec: dict[str, Any] = {
+            "step_s": statistics.median(t),
+            "x_ts": statistics.median(a / b for a, b in zip(t, base, strict=True)),
+        }
+        if v["estimator"] == "hutchinson":
+            rec.update(_matvec_record(metrics, v["num_samples"], x.shape[0]))
+            if v["variant"] == "rfdist" and v["num_samples"] == 1 and job["draws"] and d >= 5:
+                ref = _options("hutchinson", "reference", 1, d, job["iters"])
+                rec.update(_grad_error(model, x, o, ref, job["draws"]))
+        out.append(rec)
+    return out
+
+
+def run_memory(job: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of one step of one variant, in this (fresh) process."""
+    import torch
+
+    from rfdist.engine import train_step
+
+    torch.manual_seed(0)
+    device = job["device"]
+    model, x = _build(job["case"], device)
+    opts = _variant_opts(job["variant"], model.latent_dim, job)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    train_step(model, optimizer, x, opts)
+    if device == "cuda":
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_mb": max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)}
+
+
+def _spawn(job: dict[str, Any]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {job['shape']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--draws", type=int, default=2, help="probe draws for the gradient error")
+    parser.add_argument("--iters", type=int, default=4, help="rfdist's CG budget (preconditioned)")
+    parser.add_argument("--image-arch", choices=sorted(IMAGE_ARCH), default=None)
+    parser.add_argument("--shapes", default=None, help="comma-separated subset of shape names")
+    parser.add_argument("--sweep", default="2,5,10,20,40")
+    parser.add_argument(
+        "--exact-chunk", type=int, default=4, help="chunk_size of the chunked exact row (mnist)"
+    )
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory runs")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(run_memory(job) if job["kind"] == "memory" else run_timing(job)))
+        return
+
+    arch = args.image_arch or ("paper" if args.device == "cuda" else "cpu")
+    all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d])
+    wanted = args.shapes.split(",") if args.shapes else list(all_shapes)
+    paper_plan = [  # cheapest and most telling first: an interrupted run keeps the ratios
+        ("two_step", "-", 1, None),
+        ("hutchinson", "rfdist", 1, None),
+        ("hutchinson", "reference", 1, None),
+        ("hutchinson", "rfdist", 4, None),
+        ("exact", "-", 1, None),
+        ("exact", "chunked", 1, args.exact_chunk),
+    ]
+    sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
+    records = []
+    started = time.perf_counter()
+    for name in wanted:
+        case = all_shapes[name]
+        plan = sweep_plan if name.startswith("d-sweep") else paper_plan
+        variants = [
+            {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
+            for e, v, k, c in plan
+            if v != "chunked" or (name == "mnist" and c)
+        ]
+        common = {
+            "shape": name,
+            "case": case,
+            "device": args.device,
+            "iters": args.iters,
+            "draws": args.draws,
+            "steps": args.steps,
+            "warmup": args.warmup,
+        }
+        timing = _spawn({**common, "kind": "timing", "variants": variants})
+        for v, result in zip(variants, timing, strict=True):
+            if args.memory:
+                result.update(_spawn({**common, "kind": "memory", "variant": v}))
+            rec = {
+                "shape": name,
+                "estimator": v["estimator"],
+                "variant": v["variant"],
+                "num_samples": v["num_samples"],
+                "chunk_size": v["chunk"],
+                "batch": case["batch"],
+                "D": _prod(case["spec"]["data_shape"]),
+                "d": case["spec"]["latent_dim"],
+                "device": args.device,
+                "arch": arch if name == "mnist" else "tabular",
+                **result,
+            }
+            records.append(rec)
+            print(_row(rec, records), flush=True)
+            if args.json:  # after every case, so an interrupted run keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(records, indent=2))
+    print(f"# total {time.perf_counter() - started:.0f} s")
+    print(table(records))
+
+
+def _prod(shape: list[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    ratio = r["x_ts"]
+    peak = r.get("peak_mb", float("nan"))
+    mv = f"{r['matvecs']:.1f}" if "matvecs" in r else "-"
+    err = (
+        f"{r['grad_err_ours']:.3f}/{r['grad_err_ref']:.3f} {r['grad_err_ours_solve']:.3f}/"
+        f"{r['grad_err_ref_solve']:.3f}"
+        if "grad_err_ours" in r
+        else "-"
+    )
+    return (
+        f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
+        f"{r['batch']:>4} | {r['step_s'] * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
+        f"{mv:>6} | {err:<25} |"
+    )
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown table; ``× TS`` is the step time over the same shape's two-step step."""
+    head = (
+        "| shape            | estimator  | variant   | K |    B |   step ms |   × TS |  peak MB | "
+        "matvec | grad err ours/ref, solve  |\n"
+        "|------------------|------------|-----------|---|------|-----------|--------|----------|"
+        "--------|---------------------------|"
+    )
+    return "\n".join([head, *(_row(r, records) for r in records)])
+
+
+if __name__ == "__main__":
+    main()
