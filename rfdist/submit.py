@@ -293,7 +293,7 @@ def build_job(
         # As `rfdist train` here: this folder's mlflow.db, not one inside the job's temporary copy.
         from .tracking import resolve_tracking_uri
 
-        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(None, workdir=Path.cwd())
+        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri("sqlite:///mlflow.db", workdir=Path.cwd())
         notes.append(f"MLflow tracking: {effective}")
     if not is_loopback(address) and effective.startswith("sqlite:"):
         notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")

@@ -298,7 +298,7 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
     assert f"job {job_id} SUCCEEDED" in result.stdout
     assert SECRET not in output and "AWS_SECRET_ACCESS_KEY" not in output
 
-    client = mlflow.MlflowClient(tracking)
+    client = mlflow.MlflowClient(tracking, registry_uri=tracking)  # not the process-wide registry
     experiment = client.get_experiment_by_name("rfdist")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`rfdist.run_name` = '{name}'")
     assert len(runs) == 1
