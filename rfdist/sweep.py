@@ -295,18 +295,10 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
     Each trial needs one CPU for its driver plus its workers, and Ray Data needs CPUs left
     over for its read tasks: without them a 2-core machine hangs silently.
     """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    from .train import start_local_ray
+    from .train import connect_or_start_ray
 
     per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
-    start_local_ray(math.ceil(concurrency * per_trial) + 2)
+    connect_or_start_ray(address, math.ceil(concurrency * per_trial) + 2)
 
 
 def _open_parent(mlflow, cfg: RunConfig) -> str:

@@ -338,7 +338,8 @@ def start_local_ray(num_cpus: int) -> None:
     context.print_on_execution_start = False
 
 
-def _init_ray(cfg: RunConfig, address: str | None) -> None:
+def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
+    """Join ``address`` (else ``RAY_ADDRESS``) or start a local Ray with ``local_cpus`` logical CPUs."""
     import ray
 
     if ray.is_initialized():
@@ -347,10 +348,14 @@ def _init_ray(cfg: RunConfig, address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    start_local_ray(local_cpus)
+
+
+def _init_ray(cfg: RunConfig, address: str | None) -> None:
     workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
     # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
-    start_local_ray(max(4, math.ceil(workers_cpu) + 2))
+    connect_or_start_ray(address, max(4, math.ceil(workers_cpu) + 2))
 
 
 def _storage(path: str) -> tuple[str, Any]:
