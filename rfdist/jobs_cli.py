@@ -54,13 +54,17 @@ def submit(
     target: Annotated[str, typer.Argument(help="CONFIG file (train, sweep) or MODEL_URI (eval).")],
     address: AddressOpt = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
+    ] = False,
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")
     ] = True,
     install_deps: Annotated[
         bool,
-        typer.Option("--install-deps", help="pip-install the project's dependencies in the job (real clusters)."),
+        typer.Option(
+            "--install-deps", help="pip-install the project's dependencies in the job (real clusters)."
+        ),
     ] = False,
     forward_credentials: Annotated[
         bool,
@@ -73,7 +77,9 @@ def submit(
     working_dir: Annotated[
         Path | None, typer.Option(help="Project root to upload (default: found from the current folder).")
     ] = None,
-    job_id: Annotated[str | None, typer.Option("--job-id", help="Submission id (default: generated).")] = None,
+    job_id: Annotated[
+        str | None, typer.Option("--job-id", help="Submission id (default: generated).")
+    ] = None,
 ) -> None:
     """Submit `rfdist KIND TARGET` as a Ray job; arguments after the options go to the job.
 
@@ -129,7 +135,9 @@ def submit(
     try:
         status = follow(client, job, lambda text: (sys.stdout.write(text), sys.stdout.flush()), redact)
     except KeyboardInterrupt:
-        typer.echo(f"\ndetached; the job keeps running (rfdist jobs stop {job} --address {resolved})", err=True)
+        typer.echo(
+            f"\ndetached; the job keeps running (rfdist jobs stop {job} --address {resolved})", err=True
+        )
         raise typer.Exit(130) from None
     typer.echo(f"job {job} {status}")
     raise typer.Exit(EXIT_CODES.get(status, 1))
@@ -163,7 +171,9 @@ def jobs_list(address: AddressOpt = None) -> None:
 def jobs_logs(
     job_id: Annotated[str, typer.Argument(help="Submission id.")],
     address: AddressOpt = None,
-    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the job ends.")] = False,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep following until the job ends.")
+    ] = False,
 ) -> None:
     """A job's driver output (stdout and stderr); with --follow, exit with its status."""
     from .submit import cluster_errors, follow
@@ -186,7 +196,9 @@ def jobs_logs(
 
 
 @jobs_app.command("stop")
-def jobs_stop(job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None) -> None:
+def jobs_stop(
+    job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
+) -> None:
     """Ask the cluster to stop a job."""
     from .submit import cluster_errors
 
@@ -202,7 +214,9 @@ def jobs_stop(job_id: Annotated[str, typer.Argument(help="Submission id.")], add
 
 
 @jobs_app.command("status")
-def jobs_status(job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None) -> None:
+def jobs_status(
+    job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
+) -> None:
     """A job's status; the exit code follows it (0 succeeded, 1 failed, 3 stopped, 4 not finished)."""
     from .submit import cluster_errors, status_name
 

@@ -127,9 +127,13 @@ def plot_pareto(trials, path: str | Path, *, metric: str = "val_nll") -> Path:
     front = [done[i] for i in pareto_front([(t.s_per_step, t.val_nll) for t in done])]
     front.sort(key=lambda t: t.s_per_step)
     if front:
-        ax.plot([t.s_per_step for t in front], [t.val_nll for t in front], "--", color="C2", label="Pareto front")
+        ax.plot(
+            [t.s_per_step for t in front], [t.val_nll for t in front], "--", color="C2", label="Pareto front"
+        )
     for t in usable:
-        ax.annotate(t.trial[-5:], (t.s_per_step, t.val_nll), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            t.trial[-5:], (t.s_per_step, t.val_nll), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax.set_xlabel("seconds per training step")
     ax.set_ylabel("validation NLL (exact)")
     ax.set_title(f"Sweep trade-off ({metric})")
@@ -139,4 +143,3 @@ def plot_pareto(trials, path: str | Path, *, metric: str = "val_nll") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-

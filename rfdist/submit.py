@@ -197,7 +197,9 @@ def _pyproject_deps(root: Path) -> list[str]:
     try:
         return list(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
     except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
-        raise SubmitError(f"--install-deps: cannot read dependencies from {root / 'pyproject.toml'}: {exc}") from None
+        raise SubmitError(
+            f"--install-deps: cannot read dependencies from {root / 'pyproject.toml'}: {exc}"
+        ) from None
 
 
 def _is_local_path(value: str | None) -> bool:
@@ -272,9 +274,7 @@ def build_job(
             overrides, notes = _pin_local_paths(cfg, overrides, Path.cwd())
             tracking = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
             tracking = tracking or cfg.tracking.uri
-            if not is_loopback(address) and any(
-                _is_local_path(v) for v in (cfg.storage.path, cfg.data.path)
-            ):
+            if not is_loopback(address) and any(_is_local_path(v) for v in (cfg.storage.path, cfg.data.path)):
                 notes.append(
                     "storage.path/data.path are local paths: a multi-node cluster needs s3:// (see README)"
                 )
@@ -293,7 +293,9 @@ def build_job(
         # As `rfdist train` here: this folder's mlflow.db, not one inside the job's temporary copy.
         from .tracking import resolve_tracking_uri
 
-        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri("sqlite:///mlflow.db", workdir=Path.cwd())
+        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(
+            "sqlite:///mlflow.db", workdir=Path.cwd()
+        )
         notes.append(f"MLflow tracking: {effective}")
     if not is_loopback(address) and effective.startswith("sqlite:"):
         notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")

@@ -171,12 +171,20 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
         kind, values = _spec_of(key, raw_spec)
         if kind in ("choice", "grid"):
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})")
+                raise ConfigError(
+                    f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})"
+                )
             for value in values:
                 _check_value(base, key, value)
             if cfg.tune.search == "optuna" and kind == "grid":
-                raise ConfigError(f"tune.space.{key}: grid values need tune.search grid or random, not optuna")
-            domain = tune.grid_search(values) if kind == "grid" or cfg.tune.search == "grid" else tune.choice(values)
+                raise ConfigError(
+                    f"tune.space.{key}: grid values need tune.search grid or random, not optuna"
+                )
+            domain = (
+                tune.grid_search(values)
+                if kind == "grid" or cfg.tune.search == "grid"
+                else tune.choice(values)
+            )
         elif kind in ("uniform", "loguniform", "randint"):
             values = _numbers(values)
             if (
@@ -561,7 +569,13 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
         if t.run_id is None or t.status == "interrupted":
             continue
         client.set_tag(t.run_id, "rfdist.stop_reason", t.status)
-        for key in ("s_per_step", "matvecs_per_step", "tangent_passes_per_step", "peak_mem_mb", "train_time_s"):
+        for key in (
+            "s_per_step",
+            "matvecs_per_step",
+            "tangent_passes_per_step",
+            "peak_mem_mb",
+            "train_time_s",
+        ):
             value = getattr(t, key)
             if math.isfinite(value):
                 client.log_metric(t.run_id, key, value)
@@ -580,7 +594,11 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     # The summary sits beside Tune's experiment state when that is local (else a temp folder);
     # MLflow holds the copies that matter.
     local_dir = Path(storage_path) / cfg.name if filesystem is None else None
-    outdir = local_dir if local_dir is not None and local_dir.is_dir() else Path(tempfile.mkdtemp(prefix="rfdist-sweep-"))
+    outdir = (
+        local_dir
+        if local_dir is not None and local_dir.is_dir()
+        else Path(tempfile.mkdtemp(prefix="rfdist-sweep-"))
+    )
     summary_csv = outdir / "summary.csv"
     _write_csv(trials, summary_csv)
     client.log_artifact(parent_run_id, str(summary_csv), "sweep")
@@ -605,7 +623,9 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     client.log_metric(parent_run_id, "trials_stopped_early", float(stopped))
     client.log_metric(parent_run_id, "sweep_wall_s", elapsed)
     if best is not None:
-        model_uri = client.get_run(best.run_id).data.tags.get("rfdist.model_uri", f"runs:/{best.run_id}/model")
+        model_uri = client.get_run(best.run_id).data.tags.get(
+            "rfdist.model_uri", f"runs:/{best.run_id}/model"
+        )
         registered = mlflow.register_model(model_uri, model_name)
         version = str(registered.version)
         client.set_registered_model_alias(model_name, "sweep-best", version)

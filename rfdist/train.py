@@ -129,6 +129,31 @@ class _CostMeter:
         }
 
 
+def _load_checkpoint(checkpoint: Any, device: torch.device) -> TrainingState:
+    with checkpoint.as_directory() as directory:
+        return load_state(directory, map_location=device)
+
+
+def _state_to_resume(registered: Any, unregistered: Any, device: torch.device) -> TrainingState | None:
+    """The newer of Ray Train's checkpoint and one it never registered (``None`` if neither).
+
+    Ray Train resumes from the checkpoints its controller registered (its snapshot); a
+    checkpoint the worker had written when the driver was stopped (Ctrl-C within a health
+    check interval of it) never gets there. The driver finds such a checkpoint on storage
+    (:func:`_unregistered_checkpoint`); it wins when its step is higher. One that has
+    vanished since (``num_to_keep``) is ignored.
+    """
+    state = _load_checkpoint(registered, device) if registered is not None else None
+    if unregistered is not None and (registered is None or unregistered.path != registered.path):
+        try:
+            candidate = _load_checkpoint(unregistered, device)
+        except (FileNotFoundError, OSError, ValueError):
+            candidate = None
+        if candidate is not None and (state is None or candidate.step > state.step):
+            state = candidate
+    return state
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: restore, stream batches, step, validate, checkpoint, report."""
     import ray.train
@@ -146,10 +171,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as directory:
-            state = load_state(directory, map_location=device)
+    state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
+    restored = state is not None
+    if state is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
@@ -195,7 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     first_step = step
     examples = 0
-    cost = _CostMeter(device, previous=state.metrics if restored is not None else None)
+    cost = _CostMeter(device, previous=state.metrics if restored else None)
     model.train()
     stream = batches()
     while step < cfg.train.max_steps:
@@ -375,6 +399,38 @@ def _storage(path: str) -> tuple[str, Any]:
     return str(Path(path).resolve()), None
 
 
+def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> Any:
+    """The newest checkpoint folder (with a complete ``state.pt``) of run ``name``, or ``None``.
+
+    Handed to the workers beside Ray Train's own checkpoint (see :func:`_state_to_resume`), so a
+    re-run resumes from what the stopped run last wrote, not only from what Ray registered.
+    Folder names carry their creation time (``checkpoint_YYYY-MM-DD_HH-MM-SS.ffffff``).
+    """
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    from .checkpoint import CHECKPOINT_FILE
+
+    fs = filesystem or pyarrow.fs.LocalFileSystem()
+    experiment = f"{storage_path.rstrip('/')}/{name}"
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    except OSError:
+        return None
+    folders = sorted(
+        (
+            e.path
+            for e in entries
+            if e.type == pyarrow.fs.FileType.Directory and e.base_name.startswith("checkpoint_")
+        ),
+        reverse=True,
+    )
+    for folder in folders:
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File:
+            return Checkpoint(path=folder, filesystem=filesystem)
+    return None
+
+
 def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> str:
     """Write the synthetic dataset a config names to Parquet once (cached by name/seed/rows)."""
     import numpy as np
@@ -539,6 +595,7 @@ def run_training(
             "tracking_uri": tracking_uri,
             "stats": getattr(info, "stats", None),
             "fault_marker": str(Path(tempfile.gettempdir()) / f"rfdist-fault-{uuid.uuid4().hex}"),
+            "unregistered_checkpoint": _unregistered_checkpoint(storage_path, filesystem, cfg.name),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources

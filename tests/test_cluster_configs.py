@@ -140,4 +140,6 @@ def test_kuberay_credentials_come_from_secrets_only() -> None:
         for path, value in _walk(doc):
             if isinstance(value, str):
                 assert not re.search(r"AKIA[0-9A-Z]{12,}", value), path
-                assert not re.search(r"(?i)(secret_access_key|auth_token|password)\s*[=:]\s*\S{8,}", value), path
+                assert not re.search(r"(?i)(secret_access_key|auth_token|password)\s*[=:]\s*\S{8,}", value), (
+                    path
+                )

@@ -72,16 +72,23 @@ def test_train_job_runs_the_entry_point_with_the_config_relative_to_the_project(
         working_dir=ROOT,
         environ={"AWS_ACCESS_KEY_ID": SECRET},
     )
-    assert spec.entrypoint.startswith("python jobs/train.py jobs/configs/von-mises.yaml --set train.max_steps=10")
+    assert spec.entrypoint.startswith(
+        "python jobs/train.py jobs/configs/von-mises.yaml --set train.max_steps=10"
+    )
     assert spec.runtime_env["working_dir"] == str(ROOT)
     assert "pip" not in spec.runtime_env
     # storage.path defaults to the relative "runs": pinned so the job does not write into its
     # temporary copy of the project.
     assert f"storage.path={Path.cwd().resolve() / 'runs'}" in spec.entrypoint
-    assert SECRET not in json.dumps(spec.runtime_env) and INLINE_CONFIG_ENV not in spec.runtime_env["env_vars"]
+    assert (
+        SECRET not in json.dumps(spec.runtime_env) and INLINE_CONFIG_ENV not in spec.runtime_env["env_vars"]
+    )
     assert spec.submission_id.startswith("rfdist-train-von-mises-")
     # No tracking configured anywhere: this folder's mlflow.db, as `rfdist train` would use.
-    assert spec.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    assert (
+        spec.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"]
+        == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    )
     remote = build_job("train", str(PRESET), working_dir=ROOT, address="http://10.0.0.5:8265", environ={})
     assert any("MLflow server" in note for note in remote.notes) and any("s3://" in n for n in remote.notes)
     served = build_job(
@@ -130,7 +137,10 @@ def test_eval_job_takes_a_model_uri_and_passes_extra_arguments() -> None:
         working_dir=ROOT,
         address="http://127.0.0.1:8265",
     )
-    assert spec.entrypoint == "python jobs/evaluate.py models:/vm@champion --data s3://b/vm --ood-data s3://b/sphere"
+    assert (
+        spec.entrypoint
+        == "python jobs/evaluate.py models:/vm@champion --data s3://b/vm --ood-data s3://b/sphere"
+    )
     sweep = build_job("sweep", str(PRESET), working_dir=ROOT, address="http://127.0.0.1:8265")
     assert sweep.entrypoint.startswith("python jobs/sweep.py jobs/configs/von-mises.yaml")
     with pytest.raises(SubmitError, match="unknown job kind"):
@@ -140,7 +150,15 @@ def test_eval_job_takes_a_model_uri_and_passes_extra_arguments() -> None:
 def test_cli_rejects_a_bad_config_before_contacting_the_cluster() -> None:
     result = CliRunner().invoke(
         app,
-        ["submit", "train", str(PRESET), "--address", "http://127.0.0.1:9", "--set", "estimator.num_samples=0"],
+        [
+            "submit",
+            "train",
+            str(PRESET),
+            "--address",
+            "http://127.0.0.1:9",
+            "--set",
+            "estimator.num_samples=0",
+        ],
     )
     assert result.exit_code == 2
     assert "error: " in result.output and "estimator.num_samples" in result.output
@@ -223,10 +241,14 @@ def head(tmp_path_factory):
             [*script, "status", "--json", "--state-dir", str(state_dir)], capture_output=True, text=True
         )
         pids = json.loads(status.stdout or "{}").get("pids", [])
-        stopped = subprocess.run([*script, "stop", "--state-dir", str(state_dir)], capture_output=True, text=True)
+        stopped = subprocess.run(
+            [*script, "stop", "--state-dir", str(state_dir)], capture_output=True, text=True
+        )
         assert stopped.returncode == 0, stopped.stderr
         psutil = _psutil()
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         assert not alive, f"head processes still alive after stop: {alive}"
 
 
@@ -241,19 +263,25 @@ def test_the_head_listens_on_loopback_only(head) -> None:
     listening = []
     for proc in local_head.head_processes(head):
         try:
-            listening += [(proc.name(), c.laddr) for c in proc.net_connections("inet") if c.status == "LISTEN"]
+            listening += [
+                (proc.name(), c.laddr) for c in proc.net_connections("inet") if c.status == "LISTEN"
+            ]
         except psutil.Error:
             continue
     ports = {addr.port for _, addr in listening}
     assert head["ports"]["dashboard"] in ports and head["ports"]["gcs"] in ports
-    exposed = [(name, addr) for name, addr in listening if addr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    exposed = [
+        (name, addr) for name, addr in listening if addr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    ]
     assert not exposed, f"non-loopback listeners: {exposed}"
 
 
 @pytest.mark.slow
 def test_submitting_without_the_token_is_refused(head) -> None:
     address = head["dashboard_url"]
-    no_token = _rfdist(["submit", "train", str(PRESET), "--address", address], _cli_env(head["tmp"], token_file=None))
+    no_token = _rfdist(
+        ["submit", "train", str(PRESET), "--address", address], _cli_env(head["tmp"], token_file=None)
+    )
     assert no_token.returncode == 2
     assert no_token.stderr.strip().splitlines()[-1] == (
         f"error: the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
@@ -264,7 +292,9 @@ def test_submitting_without_the_token_is_refused(head) -> None:
     refused = _rfdist(["jobs", "list", "--address", address], _cli_env(head["tmp"], token_file=str(wrong)))
     assert refused.returncode == 2 and "refused the token" in refused.stderr
     assert wrong.read_text() not in refused.stdout + refused.stderr
-    allowed = _rfdist(["jobs", "list", "--address", address], _cli_env(head["tmp"], token_file=head["token_file"]))
+    allowed = _rfdist(
+        ["jobs", "list", "--address", address], _cli_env(head["tmp"], token_file=head["token_file"])
+    )
     assert allowed.returncode == 0, allowed.stderr
 
 
@@ -337,7 +367,9 @@ def test_a_bad_config_fails_on_the_cluster_with_its_error_in_the_logs(head, tmp_
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"job {job_id} FAILED" in result.stdout
-    assert "entrypoint  python jobs/train.py @inline:outside.yaml --set estimator.num_samples=0" in result.stdout
+    assert (
+        "entrypoint  python jobs/train.py @inline:outside.yaml --set estimator.num_samples=0" in result.stdout
+    )
     logs = _rfdist(["jobs", "logs", job_id, "--address", head["dashboard_url"]], env)
     assert logs.returncode == 0, logs.stderr
     errors = [line for line in logs.stdout.splitlines() if line.startswith("error: ")]

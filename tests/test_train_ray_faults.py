@@ -41,11 +41,6 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     assert steps.count(100) == 1 and 300 in steps and 150 in steps
 
 
-@pytest.mark.xfail(
-    reason="regression found 2026-11-29 (open, see the issue 6 note): the re-run driver does not get "
-    "the Ctrl-C'd run's Train checkpoint and starts from step 0; cause not yet found",
-    strict=False,
-)
 def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     data = make_data(str(tmp_path / "vm"))
     args = [
