@@ -310,19 +310,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------- driver
 def _loopback_only() -> None:
-    """Keep a local Ray instance's servers on 127.0.0.1 when the user asks for it.
+    """Keep a local Ray instance's servers on 127.0.0.1 unless the user opts out.
 
     Ray maps a loopback node address to the machine's external IP, so GCS, raylet and the
     agents of a plain ``ray.init()`` listen on every interface; its single-machine mode
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps them on
-    loopback. Opt-in on Linux (set that variable to 0): with it on, a driver stopped with
-    Ctrl-C and re-run did not find its Train checkpoints (Ray 2.60), so it is not the default.
-    The ``cluster/local-head.sh`` head always uses it.
+    loopback. rfdist's private local Ray uses it unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``
+    is set (to let other machines join it). Joining a cluster (``--address``) is unaffected.
+    The variable goes into ``os.environ`` for Ray's child processes; Ray's constant is set too
+    because Ray may already be imported (it reads the variable at import).
     """
     import ray._private.ray_constants as ray_constants
 
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "").lower() in ("0", "false"):
-        ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "").lower() in ("1", "true"):
+        return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
 
 
 def _free_port() -> int:
