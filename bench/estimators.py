@@ -7,7 +7,8 @@ Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=2
 multi-scale conv flow) — and a d-sweep d ∈ {2, 5, 10, 20, 40} at D=64. For each: a
 ``train_step`` with the two-step loss (no volume term), the exact estimator, and hutchinson
 with K=1 and K=4 in two variants: ``reference`` (forward-mode jvp matvecs, 13 plain zero-start
-CG iterations, as the paper's code spends at d≈20) and ``rfdist`` (the configured fast path).
+CG iterations, as the paper's code spends at d≈20) and ``rfdist`` (the config's defaults: vjp
+matvecs, Gram preconditioner, 4 CG iterations without a host sync).
 
 Timing: all variants of a shape run in one process, interleaved round by round (``--warmup``
 rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the median over
@@ -44,8 +45,6 @@ IMAGE_ARCH = {
     "paper": {"scales": 2, "couplings": 3, "conv_hidden": 64, "conv_blocks": 8},
 }
 
-# The configured fast path (kept after measuring; see README "Performance").
-FAST = {"matvec": "vjp", "preconditioner": "gram", "precond_rows": 8, "cg_tol": 0.0, "check_every": 0}
 REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_iters": 13, "check_every": 0}
 
 
@@ -117,8 +116,18 @@ def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: in
         return LossOptions(estimator="exact", chunk_size=chunk)
     if variant == "reference":  # the paper's code: min(11, d) iterations + 2 products ≈ 13 at d≈20
         extra = {**REFERENCE, "cg_max_iters": min(REFERENCE["cg_max_iters"], d)}
-    else:
-        extra = {**FAST, "cg_max_iters": min(iters, d)}
+    else:  # rfdist's defaults (rfdist.config.EstimatorConfig), optionally another CG budget
+        from rfdist.config import EstimatorConfig
+
+        est = EstimatorConfig(name="hutchinson")
+        extra = {
+            "matvec": est.matvec,
+            "preconditioner": est.preconditioner,
+            "precond_rows": est.precond_rows,
+            "cg_tol": est.cg_tol,
+            "check_every": est.check_every,
+            "cg_max_iters": min(iters, d) if iters else est.cg_budget(d),
+        }
     return LossOptions(estimator="hutchinson", num_samples=k, **extra)
 
 
@@ -280,7 +289,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--draws", type=int, default=2, help="probe draws for the gradient error")
-    parser.add_argument("--iters", type=int, default=4, help="rfdist's CG budget (preconditioned)")
+    parser.add_argument(
+        "--iters", type=int, default=None, help="rfdist's CG budget (default: the config's, 4 with gram)"
+    )
     parser.add_argument("--image-arch", choices=sorted(IMAGE_ARCH), default=None)
     parser.add_argument("--shapes", default=None, help="comma-separated subset of shape names")
     parser.add_argument("--sweep", default="2,5,10,20,40")

@@ -121,7 +121,7 @@ def conjugate_gradient(
     system. Each system stops updating once its relative residual drops below ``tol`` (a mask,
     not a branch), so the loop never asks the host about convergence per iteration: it checks
     whether *all* systems are done only every ``check_every`` iterations (``0`` = never, i.e. a
-    fixed budget of ``max_iters``).
+    fixed budget of ``max_iters``); a budget of at most ``check_every`` iterations never syncs.
 
     Arguments:
         matvec: the operator :math:`A`, batched over systems.
@@ -176,7 +176,7 @@ def conjugate_gradient(
     iterations = torch.zeros(n_systems, dtype=torch.long, device=b.device)
 
     for i in range(max_iters):
-        if check_every and i % check_every == 0 and not bool(active.any()):
+        if check_every and i and i % check_every == 0 and not bool(active.any()):
             break
         ap = matvec(p)
         matvecs += 1

@@ -191,3 +191,54 @@ def test_auto_picks_exact_at_small_d_and_hutchinson_at_large_d() -> None:
     large = load_config(None, ["estimator.name=auto", "model.latent_dim=300"]).loss_options()
     assert (small.estimator, large.estimator) == ("exact", "hutchinson")
     assert large.matvec == "vjp" and large.preconditioner == "gram"
+
+
+def test_config_defaults_meet_the_matvec_and_accuracy_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config that only says ``hutchinson`` at d=20: ≤ 6 matvecs a step, no host sync, and a
+    gradient no further from the brute-force one than the reference's 13 plain CG iterations."""
+    spec = ModelSpec(data_shape=(43,), latent_dim=20, flow_layers=4, flow_hidden=(32,), activation="tanh")
+    model = build_model(spec).double()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.flow.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    fn = model.decode_flat
+    z = torch.randn(64, 20, dtype=torch.float64, generator=gen)  # mnist-like: B=50, d=20
+    g_exact = flat(param_grads(model.flow, brute_logdet(fn, z, create_graph=True).sum()))
+    opts = load_config(None, ["estimator.name=hutchinson", "model.latent_dim=20"]).loss_options()
+    ours = {
+        k: getattr(opts, k)
+        for k in ("cg_tol", "cg_max_iters", "check_every", "matvec", "preconditioner", "precond_rows")
+    }
+    reference = {
+        "cg_tol": 0.0,
+        "cg_max_iters": 13,
+        "check_every": 0,
+        "matvec": "jvp",
+        "preconditioner": "none",
+    }
+
+    def error(options: dict, seeds: range, num_samples: int = 1) -> float:
+        total = 0.0
+        for seed in seeds:
+            probes = torch.Generator().manual_seed(seed)
+            value = logdet_surrogate(fn, z, num_samples=num_samples, generator=probes, **options).sum()
+            total += rel_err(flat(param_grads(model.flow, value)), g_exact)
+        return total / len(seeds)
+
+    stats = VolumeStats()
+    counter = _SyncCounter(monkeypatch)
+    logdet_surrogate(fn, z, stats=stats, **ours).sum().backward()
+    assert counter.count == 0
+    monkeypatch.undo()
+    precond_matvecs = float(stats.extra["precond_tangent_rows"]) / (2 * z.shape[0])  # rows → JᵀJv units
+    assert stats.matvecs + precond_matvecs <= 6
+    # K=1 (the acceptance): probe noise dominates; ours is no worse than the reference
+    err_ours, err_ref = error(ours, range(6)), error(reference, range(6))
+    assert err_ours <= 1.05 * err_ref, (err_ours, err_ref)
+    # K=64 (probe noise down 8x): the truncation shows, but stays small; one plain iteration's
+    # error is several times the reference's, so the metric can tell
+    many = {"seeds": range(2), "num_samples": 64}
+    err_ours, err_ref = error(ours, **many), error(reference, **many)
+    assert err_ours <= 1.25 * err_ref, (err_ours, err_ref)
+    assert error({**reference, "cg_max_iters": 1}, **many) > 2 * err_ref
