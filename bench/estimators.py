@@ -15,14 +15,18 @@ rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the 
 rounds of (variant step / two-step step of the same round), robust to a shared machine's load
 changing between rounds. Peak memory: one step per variant in a fresh process — on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the RSS high-water mark (``ru_maxrss``) minus the
-RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these). Gradient error (hutchinson rows): the relative error
-of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
+RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these).
+Gradient error (hutchinson rows): the relative error of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
 ``--draws`` probe draws with the same seeds for both variants; ``solve_err`` is the part due
 to the CG truncation alone (vs a converged solve with the same probes).
 
 On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
-16 channels × 1 block) so the whole run fits in ~20 minutes; ``--image-arch paper`` (2 scales,
-3 couplings, 64 channels × 8 blocks) is the GPU setting.
+16 channels × 1 block) so the whole run fits in ~10 minutes; ``--image-arch paper`` (2 scales,
+3 couplings, 64 channels × 8 blocks) is the GPU setting. The paper-width memory check on CPU
+(~7 min; unchunked exact needs > 16 GB there, so leave it out on a small machine)::
+
+    python bench/estimators.py --shapes mnist --image-arch paper --memory-only \
+        --variants two_step,hutchinson-k1,exact-chunked
 """
 
 from __future__ import annotations
@@ -286,7 +290,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--draws", type=int, default=2, help="probe draws for the gradient error")
     parser.add_argument(
@@ -299,6 +303,13 @@ def main() -> None:
         "--exact-chunk", type=int, default=4, help="chunk_size of the chunked exact row (mnist)"
     )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory runs")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing runs")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of: two_step, exact, exact-chunked, hutchinson-k1, "
+        "hutchinson-k4, reference-k1",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -326,8 +337,15 @@ def main() -> None:
         variants = [
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
             for e, v, k, c in plan
-            if v != "chunked" or (name == "mnist" and c)
+            if (v != "chunked" or (name == "mnist" and c))
+            and (
+                args.variants is None
+                or _variant_name(e, v, k) in args.variants.split(",")
+                or (e == "two_step" and not args.memory_only)  # the timing ratios' baseline
+            )
         ]
+        if not variants:
+            continue
         common = {
             "shape": name,
             "case": case,
@@ -337,7 +355,10 @@ def main() -> None:
             "steps": args.steps,
             "warmup": args.warmup,
         }
-        timing = _spawn({**common, "kind": "timing", "variants": variants})
+        if args.memory_only:
+            timing = [{} for _ in variants]
+        else:
+            timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
             if args.memory:
                 result.update(_spawn({**common, "kind": "memory", "variant": v}))
@@ -363,6 +384,12 @@ def main() -> None:
     print(table(records))
 
 
+def _variant_name(estimator: str, variant: str, k: int) -> str:
+    if estimator == "hutchinson":
+        return f"{'reference' if variant == 'reference' else 'hutchinson'}-k{k}"
+    return "exact-chunked" if variant == "chunked" else estimator
+
+
 def _prod(shape: list[int]) -> int:
     out = 1
     for s in shape:
@@ -371,7 +398,7 @@ def _prod(shape: list[int]) -> int:
 
 
 def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    ratio = r["x_ts"]
+    ratio = r.get("x_ts", float("nan"))
     peak = r.get("peak_mb", float("nan"))
     mv = f"{r['matvecs']:.1f}" if "matvecs" in r else "-"
     err = (
@@ -382,7 +409,7 @@ def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
     )
     return (
         f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
-        f"{r['batch']:>4} | {r['step_s'] * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
+        f"{r['batch']:>4} | {r.get('step_s', float('nan')) * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
         f"{mv:>6} | {err:<25} |"
     )
 

@@ -129,6 +129,27 @@ class _CostMeter:
         }
 
 
+def _resolve_auto(
+    model: torch.nn.Module, x: torch.Tensor, options: Any, *, world: int
+) -> tuple[Any, dict[str, float]]:
+    """``estimator: auto`` → exact or hutchinson, timed on this batch; every rank decides alike.
+
+    Each rank measures one step of each estimator (:func:`rfdist.costmodel.measure_estimators`);
+    the slowest rank's times are shared (all-reduce max), so all ranks pick the same one.
+    """
+    from dataclasses import replace
+
+    from .costmodel import choose_measured, measure_estimators
+
+    seconds = measure_estimators(model, x, options)
+    timing = torch.tensor([seconds["exact"], seconds["hutchinson"]], dtype=torch.float64, device=x.device)
+    if world > 1:
+        torch.distributed.all_reduce(timing, op=torch.distributed.ReduceOp.MAX)
+    measured = {"exact": float(timing[0]), "hutchinson": float(timing[1])}
+    choice = choose_measured(measured)
+    return replace(options, estimator=choice), measured
+
+
 def _load_checkpoint(checkpoint: Any, device: torch.device) -> TrainingState:
     with checkpoint.as_directory() as directory:
         return load_state(directory, map_location=device)
@@ -222,6 +243,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cost = _CostMeter(device, previous=state.metrics if restored else None)
     model.train()
     stream = batches()
+    if cfg.estimator.name == "auto" and cfg.train.mode == "ml":
+        options, measured = _resolve_auto(model, next(stream), options, world=world)
+        if rank == 0:
+            print(
+                f"[rfdist] estimator auto → {options.estimator} (a step: exact "
+                f"{measured['exact']:.3f} s, hutchinson {measured['hutchinson']:.3f} s)",
+                flush=True,
+            )
+            log({f"auto_{name}_s": value for name, value in measured.items()}, step)
+            from mlflow import MlflowClient
+
+            MlflowClient(loop_config["tracking_uri"]).set_tag(
+                loop_config["run_id"], "rfdist.estimator", options.estimator
+            )
     while step < cfg.train.max_steps:
         waiting = time.perf_counter()
         x = next(stream)

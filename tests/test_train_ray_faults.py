@@ -28,7 +28,14 @@ def _fresh_ray():
 
 def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd) -> None:
     data = make_data(str(tmp_path / "vm"))
-    cfg = small_config(tmp_path, data, "debug.fail_at_step=130", "storage.max_failures=1", name="vm-fault")
+    cfg = small_config(
+        tmp_path,
+        data,
+        "debug.fail_at_step=130",
+        "storage.max_failures=1",
+        "estimator.name=auto",  # resolved by timing on both workers, again after the restart
+        name="vm-fault",
+    )
     result = run_training(cfg)
     output = capfd.readouterr()
     text = output.out + output.err
@@ -39,6 +46,10 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val_nll")
     steps = [m.step for m in history]
     assert steps.count(100) == 1 and 300 in steps and 150 in steps
+    assert text.count("[rfdist] estimator auto → ") >= 2  # first start and restart, rank 0
+    run = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert run.data.tags["rfdist.estimator"] in ("exact", "hutchinson")
+    assert run.data.metrics["auto_exact_s"] > 0 and run.data.metrics["auto_hutchinson_s"] > 0
 
 
 def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:

@@ -242,3 +242,29 @@ def test_config_defaults_meet_the_matvec_and_accuracy_budget(monkeypatch: pytest
     err_ours, err_ref = error(ours, **many), error(reference, **many)
     assert err_ours <= 1.25 * err_ref, (err_ours, err_ref)
     assert error({**reference, "cg_max_iters": 1}, **many) > 2 * err_ref
+
+
+def test_measured_choice_prefers_exact_unless_hutchinson_is_clearly_faster() -> None:
+    from rfdist.costmodel import choose_measured
+
+    assert choose_measured({"exact": 1.0, "hutchinson": 0.9}) == "exact"  # within the margin
+    assert choose_measured({"exact": 3.0, "hutchinson": 1.0}) == "hutchinson"
+    assert choose_measured({"exact": float("inf"), "hutchinson": 5.0}) == "hutchinson"  # exact OOM
+    assert choose_measured({"exact": 1.0, "hutchinson": float("inf")}) == "exact"
+
+
+def test_measuring_the_estimators_leaves_the_model_untouched() -> None:
+    from rfdist.costmodel import choose_measured, measure_estimators
+    from rfdist.engine import LossOptions
+    from rfdist.train import _resolve_auto
+
+    model = _model_decoder(5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(16, 12, dtype=torch.float64)
+    options = LossOptions(estimator="exact", matvec="vjp", preconditioner="gram", cg_max_iters=4)
+    seconds = measure_estimators(model, x, options)
+    assert set(seconds) == {"exact", "hutchinson"} and all(0 < s < float("inf") for s in seconds.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    resolved, measured = _resolve_auto(model, x, options, world=1)
+    assert resolved.estimator == choose_measured(measured) and resolved.cg_max_iters == 4
