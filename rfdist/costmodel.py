@@ -15,12 +15,11 @@ Step cost in units of the two-step step (no volume term) of the same model and b
 - hutchinson: ``c + e·K·m`` — ``m`` (preconditioned) CG matvecs ``JᵀJv`` on ``K·B`` rows, the
   preconditioner's pass and the two differentiable vjps; independent of ``d`` at a fixed budget.
 
-The coefficients were fitted to ``bench/estimators.py``'s mnist rows on this project's CPU
-machine (exact 9.8× at d=20; hutchinson 3.4× at K=1 and 10.9× at K=4 with a 4-matvec budget;
-see the README's performance table) — the d-sweep should refine them; on CUDA the same
-coefficients are used until measured there (forward-mode AD is not decomposed on CUDA, which
-favours exact further, so the rule errs towards hutchinson). Exact also wins on accuracy (no
-probe noise), so ties go to exact.
+The coefficients were fitted to ``bench/estimators.py``'s mnist rows (conv flow, B=50) on this
+project's idle 2-core CPU: exact 16.7× at d=20, hutchinson 5.1× at K=1 and 17.6× at K=4 with
+the default 4-iteration budget (README "Performance"). They overstate exact's cost for small
+tabular flows (d-sweep at D=64: exact 2.3× at d=2 to 4.5× at d=40), which is why training
+measures instead. Exact also wins on accuracy (no probe noise), so ties go to exact.
 """
 
 from __future__ import annotations
@@ -45,9 +44,9 @@ class CostModel:
     """Relative step costs (× the two-step step); see the module docstring."""
 
     exact_base: float = 1.0
-    exact_per_dim: float = 0.45
+    exact_per_dim: float = 0.8
     hutch_base: float = 1.0
-    hutch_per_matvec: float = 0.6
+    hutch_per_matvec: float = 1.0
 
     def exact(self, d: int) -> float:
         return self.exact_base + self.exact_per_dim * d
