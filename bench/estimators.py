@@ -317,9 +317,20 @@ def main() -> None:
         print(json.dumps(run_memory(job) if job["kind"] == "memory" else run_timing(job)))
         return
 
+    known = {"two_step", "exact", "exact-chunked", "hutchinson-k1", "hutchinson-k4", "reference-k1"}
+    unknown = sorted(set(args.variants.split(",")) - known) if args.variants else []
+    if unknown:
+        parser.error(
+            f"--variants: unknown {', '.join(unknown)} (expected some of {', '.join(sorted(known))})"
+        )
     arch = args.image_arch or ("paper" if args.device == "cuda" else "cpu")
     all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d])
     wanted = args.shapes.split(",") if args.shapes else list(all_shapes)
+    if set(wanted) - set(all_shapes):
+        parser.error(
+            f"--shapes: unknown {', '.join(sorted(set(wanted) - set(all_shapes)))} "
+            f"(expected some of {', '.join(all_shapes)})"
+        )
     paper_plan = [  # cheapest and most telling first: an interrupted run keeps the ratios
         ("two_step", "-", 1, None),
         ("hutchinson", "rfdist", 1, None),

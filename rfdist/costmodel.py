@@ -96,11 +96,10 @@ def measure_estimators(
     """
     import torch
 
-    def run(opts: LossOptions) -> float:
+    def run(opts: LossOptions) -> None:
         loss, _ = model.loss(x, **opts.kwargs())
         loss.backward()
         model.zero_grad(set_to_none=True)
-        return 0.0
 
     def timed(opts: LossOptions) -> float:
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)

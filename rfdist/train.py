@@ -193,7 +193,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
     state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
-    restored = state is not None
     if state is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -244,7 +243,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     first_step = step
     examples = 0
-    cost = _CostMeter(device, previous=state.metrics if restored else None)
+    cost = _CostMeter(device, previous=state.metrics if state is not None else None)
     model.train()
     stream = batches()
     if cfg.estimator.name == "auto" and cfg.train.mode == "ml":
