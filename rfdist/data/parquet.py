@@ -51,9 +51,16 @@ SPLITS = ("train", "val", "test")
 
 
 def vectors_table(
-    x: np.ndarray, label: np.ndarray | None = None, shape: tuple[int, ...] | None = None
+    x: np.ndarray,
+    label: np.ndarray | None = None,
+    shape: tuple[int, ...] | None = None,
+    columns: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """An Arrow table in rfdist's schema from rows ``x`` (N, D or N, *shape) and optional labels."""
+    """An Arrow table in rfdist's schema from rows ``x`` (N, D or N, *shape) and optional labels.
+
+    ``columns`` are extra per-row numeric columns (e.g. a synthetic set's true factors), passed
+    through unchanged; readers select only ``x`` and ``label``.
+    """
     x = np.asarray(x, dtype=np.float32)
     rows = x.shape[0]
     flat = x.reshape(rows, -1)
@@ -62,6 +69,10 @@ def vectors_table(
     arrays = {"x": column}
     if label is not None:
         arrays["label"] = pa.array(np.asarray(label, dtype=np.int64))
+    for name, values in (columns or {}).items():
+        if name in ("x", "label"):
+            raise DataError(f"extra column {name!r} clashes with rfdist's own columns")
+        arrays[name] = pa.array(np.asarray(values).reshape(rows))
     table = pa.table(arrays)
     shape = tuple(shape) if shape is not None else (tuple(x.shape[1:]) if x.ndim > 2 else (dim,))
     return table.replace_schema_metadata({SHAPE_KEY: ",".join(str(s) for s in shape).encode()})
@@ -99,7 +110,7 @@ def write_dataset(
     extra: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write ``{split: {"x": array, "label": array | None}}`` to ``uri`` atomically.
+    """Write ``{split: {"x": array, "label": array | None, "columns": {name: array}}}`` atomically.
 
     Returns the manifest. ``extra`` (e.g. feature statistics) is stored in it.
 
@@ -128,13 +139,17 @@ def write_dataset(
         for split, content in splits.items():
             x = np.asarray(content["x"])
             label = content.get("label")
+            columns = content.get("columns") or {}
             split_shape = shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
             fs.create_dir(join(root, split), recursive=True)
             files = []
             for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
                 stop = min(start + shard_rows, len(x))
                 table = vectors_table(
-                    x[start:stop], None if label is None else label[start:stop], split_shape
+                    x[start:stop],
+                    None if label is None else label[start:stop],
+                    split_shape,
+                    {name: values[start:stop] for name, values in columns.items()},
                 )
                 name = f"{split}/part-{version}-{index:05d}.parquet"
                 pq.write_table(table, join(root, name), filesystem=fs)
@@ -147,6 +162,7 @@ def write_dataset(
                 "data_dim": int(np.prod(split_shape)),
                 "shape": list(split_shape),
                 "has_label": label is not None,
+                **({"columns": sorted(columns)} if columns else {}),
             }
         if bar is not None:
             bar.close()
