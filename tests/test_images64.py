@@ -120,9 +120,7 @@ def test_tiny_image64_flow_trains_with_each_estimator(options: LossOptions) -> N
 def test_exact_chunked_logdet_and_gradient_match_brute_force() -> None:
     """Multi-scale flow (3 scales) on a small image: chunked exact == dense J from torch.autograd."""
     torch.manual_seed(0)
-    model = build_model(
-        ModelSpec(data_shape=(3, 16, 16), latent_dim=6, flow="multiscale", **TINY)
-    ).double()
+    model = build_model(ModelSpec(data_shape=(3, 16, 16), latent_dim=6, flow="multiscale", **TINY)).double()
     with torch.no_grad():
         for p in model.flow.parameters():
             p.add_(0.1 * torch.randn_like(p))

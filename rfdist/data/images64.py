@@ -51,7 +51,7 @@ def _hsv_to_rgb(hue: np.ndarray, sat: float = 0.85, val: float = 0.95) -> np.nda
 def render_shapes(factors: np.ndarray) -> np.ndarray:
     """uint8 images ``(N, 3, 64, 64)`` of the kite with ``factors`` ``(N, 5)`` in :data:`FACTORS` order."""
     f = np.asarray(factors, dtype=np.float32)
-    cx, cy, scale, rot, hue = (f[:, i, None, None] for i in range(5))
+    cx, cy, scale, rot = (f[:, i, None, None] for i in range(4))
     coords = np.arange(SIZE, dtype=np.float32) + 0.5
     px, py = coords[None, None, :] - cx, coords[None, :, None] - cy  # (N, 1, W), (N, H, 1)
     cos, sin = np.cos(rot), np.sin(rot)
@@ -136,7 +136,7 @@ def make_patches64(rows: int | None, seed: int) -> tuple[dict, dict]:
         corner = np.zeros((n, 2), dtype=np.int64)
         for index, (_, photo) in enumerate(photos):
             height, width, _ = photo.shape
-            lo, hi = (int(round(b * width)) for b in BANDS[split])
+            lo, hi = (round(b * width) for b in BANDS[split])
             if hi - lo < SIZE or height < SIZE:
                 raise DataError(f"patches64: photograph {index} is too small for 64x64 crops in {split}")
             rows_here = np.flatnonzero(which == index)
