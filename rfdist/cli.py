@@ -211,7 +211,7 @@ def eval_model(
     ] = "auto",
     max_rows: Annotated[int | None, typer.Option(help="Score at most this many test rows.")] = None,
     ood_train_rows: Annotated[int, typer.Option(help="Train rows per dataset for the OOD threshold.")] = 1000,
-    fd_samples: Annotated[int, typer.Option(help="Samples for the Fréchet distance.")] = 5000,
+    fd_samples: Annotated[int, typer.Option(help="Samples for the Fréchet distance (0: skip it).")] = 5000,
     preprocess: Annotated[
         str | None, typer.Option(help="none | logit | standardize (default: the run's).")
     ] = None,

@@ -144,3 +144,49 @@ def test_exact_chunked_logdet_and_gradient_match_brute_force() -> None:
         grads = torch.autograd.grad(value.sum(), params)
         for got, want in zip(grads, g_expected, strict=True):
             torch.testing.assert_close(got, want)
+
+
+def _r2_lstsq(a: np.ndarray, fa: np.ndarray, b: np.ndarray, fb: np.ndarray) -> float:
+    """Linear-regression R² (uniform over factors) by plain least squares: an independent check."""
+    coef, *_ = np.linalg.lstsq(np.c_[a, np.ones(len(a))], fa, rcond=None)
+    pred = np.c_[b, np.ones(len(b))] @ coef
+    return float(np.mean(1 - ((fb - pred) ** 2).sum(0) / ((fb - fb.mean(0)) ** 2).sum(0)))
+
+
+def test_factor_r2_credits_a_nonlinear_invertible_code_and_not_noise() -> None:
+    from rfdist.evaluate import factor_r2
+
+    rng = np.random.default_rng(0)
+    f = rng.uniform(-1, 1, size=(1500, 2))
+    code = np.c_[np.tanh(2 * f[:, 0]) + f[:, 1] ** 3, f[:, 1], rng.normal(size=(1500, 3))]
+    got = factor_r2(code[:1000], f[:1000], code[1000:], f[1000:], names=["a", "b"])
+    assert got["factor_r2_linear"] == pytest.approx(_r2_lstsq(code[:1000], f[:1000], code[1000:], f[1000:]))
+    assert got["factor_r2_knn_b"] > 0.9 and got["factor_r2_knn_a"] > 0.8  # nonlinear, recovered
+    noise = factor_r2(rng.normal(size=(1000, 4)), f[:1000], rng.normal(size=(500, 4)), f[1000:])
+    assert noise["factor_r2_linear"] < 0.05 and noise["factor_r2_knn"] < 0.05
+
+
+def test_evaluate_shapes64_reports_reconstruction_and_factor_r2(tmp_path: Path) -> None:
+    """rfdist eval's metrics on shapes64: factor R² from the rows' own factors (aligned with the
+    images), equal to an independent least-squares fit on the same encodings."""
+    from rfdist.eval_run import EvalOptions, evaluate_model, load_eval_data
+    from rfdist.evaluate import encode_rows
+
+    out, _ = _make(tmp_path, "shapes64", 120)
+    data = load_eval_data(str(out))
+    assert data.factor_names == [f"factor_{f}" for f in FACTORS]
+    model = build_model(ModelSpec(data_shape=(3, 64, 64), latent_dim=8, flow="multiscale", **TINY))
+    opts = EvalOptions(data=str(out), fd_samples=0, features="raw", batch_size=8, plots=False, progress=False)
+    metrics = evaluate_model(model, data, opts, preprocess="logit").metrics
+    assert math.isfinite(metrics["test_reconstruction"]) and metrics["test_reconstruction"] > 0
+    assert not any(k.startswith("fd_") for k in metrics)  # --fd-samples 0
+    test = pq.read_table(out / "test")
+    truth = np.stack([test.column(f"factor_{f}").to_numpy() for f in FACTORS], axis=1)
+    train = pq.read_table(out / "train")
+    truth_train = np.stack([train.column(f"factor_{f}").to_numpy() for f in FACTORS], axis=1)
+    a = encode_rows(
+        model, torch.from_numpy(_pixels(train.column("x")).astype(np.float32)), preprocess="logit"
+    )
+    b = encode_rows(model, torch.from_numpy(_pixels(test.column("x")).astype(np.float32)), preprocess="logit")
+    assert metrics["factor_r2_linear"] == pytest.approx(_r2_lstsq(a, truth_train, b, truth), abs=1e-6)
+    assert all(f"factor_r2_knn_{f}" in metrics for f in FACTORS)
