@@ -480,8 +480,11 @@ def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
         if "grad_err_ours" in r
         else "-"
     )
+    variant = (
+        f"chunk {r['chunk_size']}" if r["variant"] == "chunked" and r.get("chunk_size") else r["variant"]
+    )
     return (
-        f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
+        f"| {r['shape']:<16} | {r['estimator']:<10} | {variant:<9} | {r['num_samples']:>1} | "
         f"{r['batch']:>4} | {r.get('step_s', float('nan')) * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
         f"{mv:>6} | {err:<25} |"
     )

@@ -175,7 +175,10 @@ def test_evaluate_shapes64_reports_reconstruction_and_factor_r2(tmp_path: Path) 
     out, _ = _make(tmp_path, "shapes64", 120)
     data = load_eval_data(str(out))
     assert data.factor_names == [f"factor_{f}" for f in FACTORS]
-    model = build_model(ModelSpec(data_shape=(3, 64, 64), latent_dim=8, flow="multiscale", **TINY))
+    model = build_model(ModelSpec(data_shape=(3, 64, 64), latent_dim=64, flow="multiscale", **TINY))
+    with torch.no_grad():  # off the identity: codes mix neighbourhoods of 64 positions
+        for p in model.flow.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
     opts = EvalOptions(data=str(out), fd_samples=0, features="raw", batch_size=8, plots=False, progress=False)
     metrics = evaluate_model(model, data, opts, preprocess="logit").metrics
     assert math.isfinite(metrics["test_reconstruction"]) and metrics["test_reconstruction"] > 0
@@ -188,5 +191,6 @@ def test_evaluate_shapes64_reports_reconstruction_and_factor_r2(tmp_path: Path) 
         model, torch.from_numpy(_pixels(train.column("x")).astype(np.float32)), preprocess="logit"
     )
     b = encode_rows(model, torch.from_numpy(_pixels(test.column("x")).astype(np.float32)), preprocess="logit")
+    assert b.std(0).max() > 0.1  # the codes see the kite (else any row order scores the same)
     assert metrics["factor_r2_linear"] == pytest.approx(_r2_lstsq(a, truth_train, b, truth), abs=1e-6)
     assert all(f"factor_r2_knn_{f}" in metrics for f in FACTORS)
