@@ -77,17 +77,20 @@ def _draw_factors(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([rng.uniform(*RANGES[name], size=n) for name in FACTORS], axis=1).astype(np.float32)
 
 
-def _split_sizes(rows: int | None) -> list[tuple[str, int]]:
+def _split_sizes(rows: int | None, val_rows: int | None = None) -> list[tuple[str, int]]:
     """Train ``rows`` (default 20,000); val (validated exactly at every checkpoint: d tangents a
-    row) up to 500 rows, test up to 2,000."""
+    row) ``val_rows``, default up to 500 rows; test up to 2,000."""
     rows = rows or 20_000
-    return [("train", rows), ("val", max(min(rows // 10, 500), 1)), ("test", max(min(rows // 10, 2000), 1))]
+    val = val_rows or max(min(rows // 10, 500), 1)
+    return [("train", rows), ("val", val), ("test", max(min(rows // 10, 2000), 1))]
 
 
-def make_shapes64(rows: int | None, seed: int, chunk: int = 1024) -> tuple[dict, dict]:
+def make_shapes64(
+    rows: int | None, seed: int, val_rows: int | None = None, chunk: int = 1024
+) -> tuple[dict, dict]:
     """Splits (uint8 ``x``, factor columns) and the manifest extras of ``shapes64``."""
     splits = {}
-    for offset, (split, n) in enumerate(_split_sizes(rows)):
+    for offset, (split, n) in enumerate(_split_sizes(rows, val_rows)):
         rng = np.random.default_rng([seed, offset])
         factors = _draw_factors(n, rng)
         x = np.empty((n, 3, SIZE, SIZE), dtype=np.uint8)
@@ -127,11 +130,11 @@ def _photographs() -> list[tuple[str, np.ndarray]]:
 BANDS = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
 
 
-def make_patches64(rows: int | None, seed: int) -> tuple[dict, dict]:
+def make_patches64(rows: int | None, seed: int, val_rows: int | None = None) -> tuple[dict, dict]:
     """Random 64×64 crops; each split from its own vertical band of every photograph."""
     photos = _photographs()
     splits = {}
-    for offset, (split, n) in enumerate(_split_sizes(rows)):
+    for offset, (split, n) in enumerate(_split_sizes(rows, val_rows)):
         rng = np.random.default_rng([seed, 100 + offset])
         which = rng.integers(0, len(photos), size=n)
         x = np.empty((n, 3, SIZE, SIZE), dtype=np.uint8)

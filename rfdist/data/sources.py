@@ -158,9 +158,9 @@ def _tabular(name: str) -> Callable[[int | None, int], Generated]:
     return make
 
 
-def _images64(make: Callable[[int | None, int], tuple[dict, dict]]) -> Callable[[int | None, int], Generated]:
-    def generate64(rows: int | None, seed: int) -> Generated:
-        splits, extra = make(rows, seed)
+def _images64(make: Callable[..., tuple[dict, dict]]) -> Callable[..., Generated]:
+    def generate64(rows: int | None, seed: int, val_rows: int | None = None) -> Generated:
+        splits, extra = make(rows, seed, val_rows)
         return Generated(splits, (3, 64, 64), extra)
 
     return generate64
