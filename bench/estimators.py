@@ -20,6 +20,14 @@ Gradient error (hutchinson rows): the relative error of the volume-term gradient
 ``--draws`` probe draws with the same seeds for both variants; ``solve_err`` is the part due
 to the CG truncation alone (vs a converged solve with the same probes).
 
+Image shapes, run only when named (``--shapes image64,image-sweep``): ``image64`` (3×64×64,
+D=12,288, d=64, 3 scales; B=16 on CPU, 64 with ``--image-arch paper``) with two-step,
+hutchinson K=1 (defaults) and exact chunked by each of ``--image-chunks`` (peak memory each; the
+first size also timed, in its own process with its own two-step baseline, so an out-of-memory
+exact step loses no other row); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
+the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
+D grows.
+
 On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
 16 channels × 1 block) so the whole run fits in ~10 minutes; ``--image-arch paper`` (2 scales,
 3 couplings, 64 channels × 8 blocks) is the GPU setting. The paper-width memory check on CPU
