@@ -79,9 +79,9 @@ def _draw_factors(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _split_sizes(rows: int | None, val_rows: int | None = None) -> list[tuple[str, int]]:
     """Train ``rows`` (default 20,000); val (validated exactly at every checkpoint: d tangents a
-    row) ``val_rows``, default up to 500 rows; test up to 2,000."""
+    row) ``val_rows``, default up to 200 rows; test up to 2,000."""
     rows = rows or 20_000
-    val = val_rows or max(min(rows // 10, 500), 1)
+    val = val_rows or max(min(rows // 10, 200), 1)
     return [("train", rows), ("val", val), ("test", max(min(rows // 10, 2000), 1))]
 
 
