@@ -11,12 +11,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n "${PYTHON:-}" ]]; then
-  py="$PYTHON"
-elif [[ -x .venv/bin/python ]]; then
-  py=.venv/bin/python
-else
-  py=$(command -v python3 || command -v python)
+# the interpreter: $PYTHON, else this checkout's .venv, else the first python3/python with torch
+py=${PYTHON:-}
+if [[ -z "$py" ]]; then
+  for candidate in .venv/bin/python python3 python; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+      py=$candidate
+      break
+    fi
+  done
+fi
+if [[ -z "$py" ]]; then
+  echo "error: no Python with torch found (tried .venv/bin/python, python3, python; set PYTHON)" >&2
+  exit 1
 fi
 
 cap=470   # seconds: the GPU budget is ~15 minutes per session, so the kit keeps under 8

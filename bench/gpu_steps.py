@@ -352,7 +352,8 @@ def step_train(args: argparse.Namespace) -> dict[str, Any]:
     passed = (
         math.isfinite(nll_after)
         and nll_after < nll_before
-        and reload_diff <= 1e-3 * max(1.0, abs(nll_after) / 784)
+        and reload_diff
+        <= 1e-4 * max(1.0, abs(nll_after))  # same weights; GPU kernels may differ in the last bits
         and abs(nll_reloaded - nll_after) <= 1e-4 * max(1.0, abs(nll_after))
         and skipped < steps
     )
