@@ -111,6 +111,8 @@ def test_conjugate_gradient_matches_dense_solve_on_device(device: str, dtype: to
     x, info = conjugate_gradient(lambda v: (a @ v.unsqueeze(-1)).squeeze(-1), b, tol=tol, max_iters=200)
     assert x.device.type == device and x.dtype == dtype
     assert bool(info.converged.all())
+    true_residual = (b64 - (a64 @ x.double().cpu().unsqueeze(-1)).squeeze(-1)).norm(dim=-1) / b64.norm(dim=-1)
+    assert float(true_residual.max()) <= 10 * tol
     reference = torch.linalg.solve(a64, b64)
     forward_err = ((x.double().cpu() - reference).norm(dim=-1) / reference.norm(dim=-1)).max()
     assert float(forward_err) <= 1e2 * tol * 10  # condition number × tolerance, with float slack
