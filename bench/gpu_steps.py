@@ -71,6 +71,17 @@ def _peak_mb(device: str) -> float | None:
 # --------------------------------------------------------------------------------------- env
 
 
+def _nccl_version() -> str | None:
+    """NCCL's version as text (``torch.cuda.nccl.version()`` is a tuple or an int by release)."""
+    try:
+        import torch.cuda.nccl as nccl
+
+        version = nccl.version()
+    except Exception:  # a fact to report, never a reason to fail the check
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple | list) else str(version)
+
+
 def step_env(args: argparse.Namespace) -> dict[str, Any]:
     """Torch/CUDA/GPU facts, package versions, and one train_step of a small model on the device."""
     import torch
@@ -103,7 +114,7 @@ def step_env(args: argparse.Namespace) -> dict[str, Any]:
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
             gpu_count=torch.cuda.device_count(),
-            nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+            nccl=_nccl_version(),
             bf16=torch.cuda.is_bf16_supported(),
         )
     device = args.device
@@ -349,15 +360,22 @@ def step_train(args: argparse.Namespace) -> dict[str, Any]:
         "reload_max_abs_diff": reload_diff,
         "skipped_steps": skipped,
     }
-    passed = (
-        math.isfinite(nll_after)
-        and nll_after < nll_before
-        and reload_diff
-        <= 1e-4 * max(1.0, abs(nll_after))  # same weights; GPU kernels may differ in the last bits
-        and abs(nll_reloaded - nll_after) <= 1e-4 * max(1.0, abs(nll_after))
-        and skipped < steps
-    )
-    return {"passed": passed, "figures": figures}
+    tol = 1e-4 * max(1.0, abs(nll_after))  # same weights; GPU kernels may differ in the last bits
+    failed = [
+        why
+        for ok, why in (
+            (math.isfinite(nll_after), "test NLL is not finite"),
+            (nll_after < nll_before, "test NLL did not improve with training"),
+            (reload_diff <= tol, "the reloaded model's log_prob differs"),
+            (abs(nll_reloaded - nll_after) <= tol, "the reloaded model's test NLL differs"),
+            (skipped < steps, "every step was skipped (non-finite)"),
+        )
+        if not ok
+    ]
+    result: dict[str, Any] = {"passed": not failed, "figures": figures}
+    if failed:
+        result["error"] = "; ".join(failed)
+    return result
 
 
 # --------------------------------------------------------------------------------------- ddp
