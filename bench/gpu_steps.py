@@ -71,6 +71,18 @@ def _peak_mb(device: str) -> float | None:
 # --------------------------------------------------------------------------------------- env
 
 
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version from NVML (nvidia-ml-py), when it is installed."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # a fact to report, never a reason to fail the check
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
 def _nccl_version() -> str | None:
     """NCCL's version as text (``torch.cuda.nccl.version()`` is a tuple or an int by release)."""
     try:
@@ -115,6 +127,7 @@ def step_env(args: argparse.Namespace) -> dict[str, Any]:
             capability=f"{props.major}.{props.minor}",
             gpu_count=torch.cuda.device_count(),
             nccl=_nccl_version(),
+            driver=_driver_version(),
             bf16=torch.cuda.is_bf16_supported(),
         )
     device = args.device
@@ -146,17 +159,19 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
     Four calls, each judged separately: CG alone on dense SPD systems (``check_every=0``), CG whose
     matvec is v ↦ Jᵀ(Jv) of an MLP decoder (jvp + vjp), and ``logdet_surrogate`` with the
     config's defaults (reverse-mode matvecs, Gram preconditioner, 4 iterations) and with
-    forward-mode matvecs. Setup (building inputs) runs before the mode is switched on.
+    forward-mode matvecs. Setup (building inputs) runs before the mode is switched on. On CPU the
+    same calls run without the mode (the debug mode is CUDA-only): the check is then skipped, but a
+    call that raises still fails it.
     """
-    if args.device != "cuda":
-        return {"skipped": "set_sync_debug_mode is CUDA-only; nothing to prove on the CPU dry run"}
+    import contextlib
+
     import torch
     from torch.func import jvp, vjp
 
     from rfdist.volume import conjugate_gradient, logdet_surrogate
 
     torch.manual_seed(0)
-    dev = "cuda"
+    dev = args.device
     d, D, B = 20, 784, 64
     q, _ = torch.linalg.qr(torch.randn(32, 30, 30, device=dev, dtype=torch.float64))
     a = q @ torch.diag_embed(torch.logspace(0, 3, 30, device=dev, dtype=torch.float64).expand(32, 30))
@@ -189,21 +204,32 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
             net, z, num_samples=1, matvec="jvp", preconditioner="none", cg_max_iters=13, check_every=0
         ),
     }
+    cuda = dev == "cuda"
     figures: dict[str, Any] = {}
     for name, call in cases.items():
         call()  # warm-up (kernels, cuBLAS handles) outside the checked region
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
+        _sync(dev)
+        if cuda:
+            torch.cuda.set_sync_debug_mode("error")
         try:
             out = call()
-            figures[name] = "no host sync"
-        except RuntimeError as exc:
-            figures[name] = f"SYNC: {str(exc).splitlines()[0][:200]}"
+            figures[name] = "no host sync" if cuda else "ran (no sync check on CPU)"
+        except Exception as exc:  # the sync debug mode raises RuntimeError at the first sync
+            if not cuda:
+                raise
+            figures[name] = "SYNC: " + (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             out = None
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            if cuda:
+                with contextlib.suppress(Exception):
+                    torch.cuda.set_sync_debug_mode("default")
         if out is not None and not bool(torch.isfinite(out).all()):
             figures[name] = "non-finite result"
+    if not cuda:
+        return {
+            "skipped": "set_sync_debug_mode is CUDA-only: the calls ran on CPU, no sync check",
+            "figures": figures,
+        }
     passed = figures["cg_dense"] == figures["cg_jvp_vjp_matvec"] == "no host sync"
     return {
         "passed": passed,
