@@ -344,7 +344,7 @@ class Kit:
                 "--ddp-steps",
                 "5" if self.dry else "20",
             ]
-            limit = self.timeout("ddp") / (2 if backend == "nccl" else 1)
+            limit = min(45.0, self.timeout("ddp") / 2) if backend == "nccl" else self.timeout("ddp")
             rc, _, seconds = self.run("ddp", cmd, timeout=limit)
             found = json.loads(out.read_text()) if out.is_file() else None
             attempts[backend] = {
