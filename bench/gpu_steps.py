@@ -335,7 +335,7 @@ def step_train(args: argparse.Namespace) -> dict[str, Any]:
     fit(model, train, steps=3, seed=1, **kw)  # probe: the step time
     _sync(device)
     probe_s = (time.perf_counter() - t1) / 3
-    steps = max(10, min(args.max_steps, int(args.train_seconds / max(probe_s, 1e-3))))
+    steps = min(args.max_steps, max(10, int(args.train_seconds / max(probe_s, 1e-3))))
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t2 = time.perf_counter()
