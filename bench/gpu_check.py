@@ -118,6 +118,7 @@ class Kit:
             }
         )
         self.write()
+        shutil.rmtree(self.work, ignore_errors=True)
         os._exit(124)
 
     # ------------------------------------------------------------------ bookkeeping
