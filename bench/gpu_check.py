@@ -85,7 +85,6 @@ class Kit:
         self.deadline = time.monotonic() + args.budget
         self.checks: list[dict[str, Any]] = []
         self.current: subprocess.Popen | None = None
-        signal.signal(signal.SIGTERM, self._terminated)
         self.logs: list[tuple[str, Path]] = []
         self.started = dt.datetime.now(dt.UTC)
         block = self.work / "kitpath"
@@ -104,7 +103,7 @@ class Kit:
         extra = os.environ.get("PYTHONPATH")
         self.env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + ([extra] if extra else []))
 
-    def _terminated(self, signum: int, frame: Any) -> None:
+    def terminated(self, signum: int, frame: Any) -> None:
         """The outer cap (``timeout`` in gpu_check.sh) fired: stop the running check, keep the JSON."""
         if self.current is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -536,7 +535,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.budget is None:
         args.budget = 420.0 if args.dry_run else 450.0
-    return 0 if Kit(args).run_all() else 1
+    kit = Kit(args)
+    signal.signal(signal.SIGTERM, kit.terminated)
+    return 0 if kit.run_all() else 1
 
 
 if __name__ == "__main__":

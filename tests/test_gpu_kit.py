@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -89,3 +90,50 @@ def test_gpu_check_dry_run_passes_and_writes_the_report(tmp_path: Path) -> None:
     log = (out / "gpu_check.log").read_text()
     assert "===== train" in log and "===== ddp" in log
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+
+
+def _load_kit():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie is dead, only not yet reaped
+
+
+def test_a_hanging_check_is_killed_with_its_children(tmp_path: Path) -> None:
+    """The time box kills the check's whole process group, grandchildren included (e.g. torchrun's)."""
+    import argparse
+
+    kit = _load_kit().Kit(argparse.Namespace(dry_run=True, out=str(tmp_path / "out"), budget=60.0))
+    pid_file = tmp_path / "child.pid"
+    rc, _, seconds = kit.run(
+        "env", ["bash", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pid_file}; wait"], timeout=2
+    )
+    assert rc == 124
+    child = int(pid_file.read_text())
+    assert not _alive(child)
+    kit.record("env", seconds, {"passed": False, "error": _load_kit()._why(rc, kit.work / "env.log")})
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["checks"][0]["error"].startswith("timed out")
+    shutil.rmtree(kit.work)
+
+
+def test_checks_after_a_spent_budget_are_reported_not_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--dry-run", "--budget", "6", "--out", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout
+    checks = {c["name"]: c for c in json.loads((out / "gpu_check.json").read_text())["checks"]}
+    assert set(checks) == CHECKS  # every check is still listed
+    assert "budget was spent" in checks["bench-estimators"]["error"]
