@@ -79,5 +79,5 @@ def test_later_data_source_wins_over_the_presets() -> None:
     assert cfg.model_dump()["data"]["synthetic"] is None  # the resolved config says so
     cfg = load_config(PRESET, ["data.path=data/mine", "data.synthetic=sphere"])
     assert (cfg.data.path, cfg.data.synthetic) == (None, "sphere")
-    with pytest.raises(ConfigError, match="exactly one of data.path"):
+    with pytest.raises(ConfigError, match=r"exactly one of data\.path"):
         load_config(PRESET, ["data.synthetic=null"])  # removing the only source is still refused
