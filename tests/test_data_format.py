@@ -151,3 +151,50 @@ def test_bad_extra_columns_are_refused(tmp_path: Path, bad: str) -> None:
     columns = {"label": np.zeros(4)} if bad == "reserved" else {"f": np.zeros(3)}
     with pytest.raises(DataError, match="columns"):
         write_dataset(str(tmp_path / "d"), {"train": {"x": _pixels(4), "columns": columns}})
+
+
+@pytest.mark.slow
+def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Path) -> None:
+    """Ray Train on digits stored both ways: uint8 tensors and the older float32 layout."""
+    import math
+
+    import ray
+
+    from rfdist.config import load_config
+    from rfdist.data.sources import generate
+    from rfdist.train import run_training
+
+    splits = generate("digits").splits
+    write_dataset(str(tmp_path / "uint8"), splits)
+    old = tmp_path / "float32"
+    for split, content in splits.items():
+        _old_float_layout_split(old, split, content["x"])
+    preset = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
+    try:
+        for layout in ("uint8", "float32"):
+            assert open_dataset(str(tmp_path / layout)).dtype == layout
+            cfg = load_config(
+                preset,
+                [
+                    f"name=digits-{layout}",
+                    f"data.path={tmp_path / layout}",
+                    "train.max_steps=4",
+                    "train.checkpoint_every=4",
+                    "train.log_every=2",
+                    f"storage.path={tmp_path / 'runs'}",
+                    f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                    f"registry.name=digits-{layout}",
+                ],
+            )
+            result = run_training(cfg, register=False)
+            assert result.metrics["step"] == 4 and math.isfinite(result.metrics["val_nll"]), layout
+    finally:
+        ray.shutdown()
+
+
+def _old_float_layout_split(root: Path, split: str, x: np.ndarray) -> None:
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    table = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])})
+    shape = ",".join(str(s) for s in x.shape[1:]).encode()
+    (root / split).mkdir(parents=True)
+    pq.write_table(table.replace_schema_metadata({SHAPE_KEY: shape}), root / split / "part-0.parquet")

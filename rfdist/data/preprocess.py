@@ -62,8 +62,8 @@ def standardize(x: Tensor, stats: dict) -> Tensor:
 
 
 def as_float(x: Tensor) -> Tensor:
-    """Stored pixels (uint8) → float32 on the tensor's own device; float rows pass unchanged."""
-    return x if x.is_floating_point() else x.to(torch.float32)
+    """Rows as stored (uint8 pixels, float64 tensors) → float32 on the tensor's own device."""
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 def batch_preprocessor(kind: str, shape: tuple[int, ...], *, lam: float = 1e-6, stats: dict | None = None):
