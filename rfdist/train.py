@@ -561,14 +561,14 @@ def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
     Re-streaming a small Parquet dataset every epoch costs more than a training step, so
     datasets under :data:`MATERIALIZE_BYTES` are read once (a sweep reads once for all trials).
     """
-    from .data.reader import ray_dataset
+    from .data.reader import materialize_limit, ray_dataset
 
     info = prepared.info
     datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
     if cfg.data.materialize != "never":
         rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
         size = sum(rows) * prepared.spec.data_dim * info.itemsize
-        if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
+        if cfg.data.materialize == "always" or size <= materialize_limit(MATERIALIZE_BYTES):
             datasets = {split: ds.materialize() for split, ds in datasets.items()}
     return datasets
 

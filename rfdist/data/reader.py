@@ -32,6 +32,7 @@ __all__ = [
     "is_tensor_type",
     "iter_batches",
     "load_split",
+    "materialize_limit",
     "open_dataset",
     "ray_dataset",
     "stream_options",
@@ -295,3 +296,13 @@ def stream_options(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"prefetch_batches": 4, "pin_memory": True}
     return {"prefetch_batches": 2}
+
+
+def materialize_limit(limit: int) -> float:
+    """Bytes a dataset may take to be held in Ray's object store: ``limit``, and at most half the
+    store, so a dataset larger than the store (or near it) streams instead of spilling to disk.
+    """
+    import ray
+
+    store = ray.cluster_resources().get("object_store_memory", float("inf"))
+    return min(limit, store / 2)
