@@ -36,13 +36,13 @@ PIXELS = 784
 FORMATS = {"uint8": 1, "float32": 4}
 
 
-def make(root: Path, gb: float) -> int:
+def make(root: Path, gb: float, formats: list[str]) -> int:
     """Both formats under ``root/uint8`` and ``root/float32`` (the same pixels); returns the rows."""
     from rfdist.data.parquet import MANIFEST, write_dataset
 
     rows = int(gb * 1e9 / (PIXELS * 4))
     rng = np.random.default_rng(0)
-    for name in FORMATS:
+    for name in formats:
         target = root / name
         manifest = target / MANIFEST
         if manifest.exists() and json.loads(manifest.read_text())["splits"]["train"]["rows"] == rows:
@@ -166,7 +166,11 @@ def main() -> None:
     from rfdist.data.reader import materialize_limit, open_dataset, ray_dataset
     from rfdist.train import MATERIALIZE_BYTES
 
-    rows = make(Path(args.dir), args.gb)
+    formats = args.formats.split(",")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        parser.error(f"--formats: unknown {unknown[0]!r}; expected some of {sorted(FORMATS)}")
+    rows = make(Path(args.dir), args.gb, formats)
     ray.init(
         num_cpus=max(2, os.cpu_count() or 2),
         include_dashboard=False,
@@ -178,7 +182,7 @@ def main() -> None:
     DataContext.get_current().enable_progress_bars = False
     DataContext.get_current().print_on_execution_start = False
     records = []
-    for fmt in args.formats.split(","):
+    for fmt in formats:
         info = open_dataset(str(Path(args.dir) / fmt))
         size = rows * info.data_dim * info.itemsize
         materialized = size <= materialize_limit(MATERIALIZE_BYTES)
