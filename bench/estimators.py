@@ -1,6 +1,6 @@
 """Volume-term estimators: per-step time, peak memory, matvecs and gradient error, in one run.
 
-    python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda]
+    python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda] [--threads N]
 
 Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=21, B=400:
 10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]), mnist (D=784, d=20, B=50,
@@ -310,10 +310,17 @@ def main() -> None:
         help="comma-separated subset of: two_step, exact, exact-chunked, hutchinson-k1, "
         "hutchinson-k4, reference-k1",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         job = json.loads(args.worker)
+        if job.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(job["threads"]))
         print(json.dumps(run_memory(job) if job["kind"] == "memory" else run_timing(job)))
         return
 
@@ -365,6 +372,7 @@ def main() -> None:
             "draws": args.draws,
             "steps": args.steps,
             "warmup": args.warmup,
+            "threads": args.threads,
         }
         if args.memory_only:
             timing = [{} for _ in variants]
@@ -384,6 +392,7 @@ def main() -> None:
                 "d": case["spec"]["latent_dim"],
                 "device": args.device,
                 "arch": arch if name == "mnist" else "tabular",
+                "threads": args.threads,
                 **result,
             }
             records.append(rec)
