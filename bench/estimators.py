@@ -254,7 +254,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     import torch
 
-    from rfdist.engine import train_step
+    from rfdist.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]
@@ -264,7 +264,10 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
     legacy = [v["variant"] == "legacy" for v in variants]
     models = [_legacy_model(model) if old else copy.deepcopy(model) for old in legacy]
     opts = [_variant_opts(v, d, job) for v in variants]
-    optims = [torch.optim.Adam(m.parameters(), lr=1e-5) for m in models]
+    optims = [
+        torch.optim.Adam(m.parameters(), lr=1e-5) if old else make_optimizer(m.parameters(), 1e-5)
+        for m, old in zip(models, legacy, strict=True)
+    ]
     times: list[list[float]] = [[] for _ in variants]
     last: list[dict[str, float]] = [{} for _ in variants]
     for round_ in range(job["warmup"] + job["steps"]):
@@ -301,13 +304,13 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one step of one variant, in this (fresh) process."""
     import torch
 
-    from rfdist.engine import train_step
+    from rfdist.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]
     model, x = _build(job["case"], device)
     opts = _variant_opts(job["variant"], model.latent_dim, job)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = make_optimizer(model.parameters(), 1e-5)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

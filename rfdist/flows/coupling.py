@@ -115,6 +115,15 @@ class AffineCoupling(_ZukoCoupling):
         self.register_buffer("idx_b", idx_b, persistent=False)
         self.register_buffer("merge_index", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
         self.act, self.act_grad = _PLAIN[activation]
+        # checkered masks (the stacks' default): strided views instead of gathers
+        first = int(idx_a[0]) if len(idx_a) else 0
+        checkered = idx_a.tolist() == list(range(first, features, 2)) and first in (0, 1)
+        self._stride_a = first if checkered else None
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self._stride_a is None:
+            return x[..., self.idx_a], x[..., self.idx_b]
+        return x[..., self._stride_a :: 2], x[..., 1 - self._stride_a :: 2]
 
     supports_tangents = True
 
@@ -122,7 +131,14 @@ class AffineCoupling(_ZukoCoupling):
         return [m for m in self.lazy.hyper if hasattr(m, "weight")]
 
     def _merge(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.cat([a, b], -1)[..., self.merge_index]
+        if self._stride_a is None:
+            return torch.cat([a, b], -1)[..., self.merge_index]
+        first, second = (a, b) if self._stride_a == 0 else (b, a)
+        if first.shape[-1] == second.shape[-1]:
+            return torch.stack([first, second], -1).flatten(-2)
+        n = second.shape[-1]  # first holds one more
+        pairs = torch.stack([first[..., :n], second], -1).flatten(-2)
+        return torch.cat([pairs, first[..., n:]], -1)
 
     def _params(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Shift, log-scale and the log-scale's derivative in the raw output, from ``x_a``."""
@@ -145,18 +161,17 @@ class AffineCoupling(_ZukoCoupling):
         return self.inverse_and_ladj(x)[0]
 
     def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        z_a, z_b = z[..., self.idx_a], z[..., self.idx_b]
+        z_a, z_b = self._split(z)
         shift, log_scale, _ = self._params(z_a)
         return self._merge(z_a, z_b * log_scale.exp() + shift), log_scale.sum(-1)
 
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x[..., self.idx_a], x[..., self.idx_b]
+        x_a, x_b = self._split(x)
         shift, log_scale, _ = self._params(x_a)
         return self._merge(x_a, (x_b - shift) * torch.exp(-log_scale)), -log_scale.sum(-1)
 
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        z_a, z_b = z[..., self.idx_a], z[..., self.idx_b]
-        t_a, t_b = t[..., self.idx_a], t[..., self.idx_b]
+        (z_a, z_b), (t_a, t_b) = self._split(z), self._split(t)
         grads: list[Tensor] = []
         shift, log_scale, dlog = self._params(z_a, grads)
         *hidden, last = self._linears()
@@ -171,7 +186,7 @@ class AffineCoupling(_ZukoCoupling):
 
     def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
         with torch.no_grad():
-            z_a, z_b = z[..., self.idx_a], z[..., self.idx_b]
+            z_a, z_b = self._split(z)
             grads: list[Tensor] = []
             shift, log_scale, dlog = self._params(z_a, grads)
             *hidden, last = self._linears()
@@ -181,10 +196,10 @@ class AffineCoupling(_ZukoCoupling):
             y_b = z_b * scale
             slope = y_b * dlog  # ∂y_b/∂raw
             out = self._merge(z_a, y_b + shift)
-        idx_a, idx_b = self.idx_a, self.idx_b
+        split = self._split
 
         def jvp(t: Tensor) -> Tensor:
-            t_a, t_b = t[..., idx_a], t[..., idx_b]
+            t_a, t_b = split(t)
             g = t_a
             for w, grad in zip(weights, grads, strict=True):
                 g = F.linear(g, w) * grad
@@ -192,7 +207,7 @@ class AffineCoupling(_ZukoCoupling):
             return self._merge(t_a, t_b * scale + slope * dphi[..., 1] + dphi[..., 0])
 
         def vjp(u: Tensor) -> Tensor:
-            u_a, u_b = u[..., idx_a], u[..., idx_b]
+            u_a, u_b = split(u)
             g = torch.stack([u_b, u_b * slope], -1).flatten(-2) @ w_last
             for w, grad in zip(reversed(weights), reversed(grads), strict=True):
                 g = (g * grad) @ w
