@@ -167,6 +167,7 @@ def _legacy_model(model):
             for name in ("forward", "inverse", "forward_and_ladj", "inverse_and_ladj"):
                 setattr(layer, name, types.MethodType(getattr(_ZukoCoupling, name), layer))
             layer.supports_tangents = False
+    legacy.density._plain = False  # zuko's own density objects, as on 2026-11-30
     return legacy
 
 

@@ -494,9 +494,9 @@ def logdet_surrogate(
     batch, d = z.shape
     k = int(num_samples)
     eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
-    precond = (
-        gram_preconditioner(fn, z, rows=precond_rows, tangents=tangents) if preconditioner == "gram" else None
-    )
+    # d = 1: CG's first step is already exact, a preconditioner can only cost time
+    use_precond = preconditioner == "gram" and d > 1
+    precond = gram_preconditioner(fn, z, rows=precond_rows, tangents=tangents) if use_precond else None
     max_iters = d if cg_max_iters is None else cg_max_iters
     if tangents is not None:
         return _surrogate_tangents(
