@@ -407,6 +407,7 @@ def main() -> None:
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
             for e, v, k, c in plan
             if (v != "chunked" or (name == "mnist" and c))
+            and not (v == "legacy" and args.memory_only)  # a timing yardstick only
             and (
                 args.variants is None
                 or _variant_name(e, v, k) in args.variants.split(",")
