@@ -95,8 +95,10 @@ def train_step(
     loss, parts = model(x, **kwargs)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    max_norm = float("inf") if grad_clip is None else grad_clip
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad for p in params]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
+    if grad_clip is not None:  # (without clipping, no per-parameter rescale by 1)
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
     finite = torch.isfinite(grad_norm) & torch.isfinite(loss.detach())
     names = [*parts, "grad_norm", "finite"]
     values = torch.stack(

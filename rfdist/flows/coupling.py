@@ -141,7 +141,8 @@ class AffineCoupling(_ZukoCoupling):
         return torch.cat([pairs, first[..., n:]], -1)
 
     def _params(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Shift, log-scale and the log-scale's derivative in the raw output, from ``x_a``."""
+        """Shift, log-scale and (when ``grads`` collects the activations' derivatives, for
+        tangents) the log-scale's derivative in the raw output, from ``x_a``."""
         *hidden, last = self._linears()
         h = x_a
         for lin in hidden:
@@ -152,7 +153,7 @@ class AffineCoupling(_ZukoCoupling):
         phi = F.linear(h, last.weight, last.bias).unflatten(-1, (-1, 2))
         shift, raw = phi[..., 0], phi[..., 1]
         denom = 1 + raw.abs() / _LOG_MIN_SLOPE
-        return shift, raw / denom, denom.pow(-2)
+        return shift, raw / denom, (denom.pow(-2) if grads is not None else denom)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.forward_and_ladj(z)[0]
