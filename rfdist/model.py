@@ -113,9 +113,9 @@ class RectangularFlow(nn.Module):
         def push(u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             return self.flow.forward_and_tangent(pad(u), pad(t))
 
-        def linearize(u: Tensor):
-            _, lin = self.flow.linearize(pad(u))
-            return (lambda t: lin.jvp(pad(t))), (lambda w: lin.vjp(w).index_select(-1, index))
+        def linearize(u: Tensor, differentiable: bool = False):
+            out, lin = self.flow.linearize(pad(u), differentiable=differentiable)
+            return out, (lambda t: lin.jvp(pad(t))), (lambda w: lin.vjp(w).index_select(-1, index))
 
         return TangentOps(push, linearize)
 

@@ -52,8 +52,10 @@ class TangentOps(NamedTuple):
     Attributes:
         push: ``(z (B, d), t (K, B, d)) -> (fn(z) (B, D), J t (K, B, D))``, differentiable in
             ``z`` and the parameters (one primal pass shared by all ``K`` tangents).
-        linearize: ``z -> (jvp, vjp)``: detached :math:`t\mapsto Jt` ``(K, B, d)→(K, B, D)``
-            and :math:`u\mapsto J^\top u`, from caches of one primal pass (no autograd).
+        linearize: ``(z, differentiable=False) -> (fn(z), jvp, vjp)``: :math:`t\mapsto Jt`
+            ``(K, B, d)→(K, B, D)`` and :math:`u\mapsto J^\top u` from caches of one primal
+            pass, plain tensor ops; detached unless ``differentiable`` (then products taken
+            with autograd on are differentiable in ``z`` and the parameters, as ``push``'s).
 
     When given, the estimators use these instead of ``torch.func`` / autograd products: the
     same numbers, without per-op Python dispatch of forward-mode AD (the main cost at small
@@ -61,7 +63,7 @@ class TangentOps(NamedTuple):
     """
 
     push: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-    linearize: Callable[[Tensor], tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]
+    linearize: Callable[..., tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]
 
 
 @dataclass
@@ -635,14 +637,15 @@ def _surrogate_tangents(
 ) -> Tensor | tuple[Tensor, Tensor]:
     r""":func:`logdet_surrogate` on hand-written derivatives.
 
-    CG's matvec :math:`J^\top(Jv)` runs on a linearisation cached from one no-grad primal pass
-    (all ``K·B`` systems in one product); then one differentiable primal pass pushes the
-    ``2K`` constant tangents :math:`[x_k; \varepsilon_k]`, and the surrogate is
-    :math:`\tfrac1K\sum_k (Jx_k)\cdot(J\varepsilon_k)`, as in the ``jvp`` form.
+    One differentiable primal pass caches the linearisation; CG's matvec :math:`J^\top(Jv)`
+    runs on it without autograd (all ``K·B`` systems in one product); then the ``2K`` constant
+    tangents :math:`[x_k; \varepsilon_k]` go through the same linearisation with autograd on,
+    and the surrogate is :math:`\tfrac1K\sum_k (Jx_k)\cdot(J\varepsilon_k)`, as in the
+    ``jvp`` form.
     """
     k, batch, d = eps.shape
+    output, jvp_, vjp_ = tangents.linearize(z, True)
     with torch.no_grad():
-        jvp_, vjp_ = tangents.linearize(z.detach())
 
         def gram_matvec(v: Tensor) -> Tensor:  # (K*B, d) -> (K*B, d)
             return vjp_(jvp_(v.view(k, batch, d))).reshape(k * batch, d)
@@ -655,7 +658,7 @@ def _surrogate_tangents(
             check_every=check_every,
             preconditioner=precond,
         )
-    output, pushed = tangents.push(z, torch.cat([solution.view(k, batch, d), eps]))
+    pushed = jvp_(torch.cat([solution.view(k, batch, d), eps]))
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
     if stats is not None:
         stats.cg_iterations = info.iterations.float().mean()

@@ -179,11 +179,20 @@ def test_hand_written_tangents_match_brute_force_jacobian(name: str) -> None:
     params = [p for p in layer.parameters() if p.requires_grad]
     if params:
         weights = torch.randn_like(pushed)
-        mine = torch.autograd.grad((pushed * weights).sum(), params, allow_unused=True)
+        mine = torch.autograd.grad((pushed * weights).sum(), params, allow_unused=True, retain_graph=True)
         _, ref = vmap(lambda t: jvp(layer, (z,), (t,)), out_dims=(None, 0))(tangents)
         theirs = torch.autograd.grad((ref * weights).sum(), params, allow_unused=True)
         for a, b in zip(mine, theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+        # the differentiable linearisation: same output, products and parameter gradients
+        out3, lin3 = layer.linearize(z, differentiable=True)
+        pushed3 = lin3.jvp(tangents)
+        torch.testing.assert_close(pushed3, pushed, rtol=1e-10, atol=1e-10)
+        again = torch.autograd.grad((pushed3 * weights).sum() + out3.sum(), params, allow_unused=True)
+        ref_out = torch.autograd.grad((pushed * weights).sum() + out.sum(), params, allow_unused=True)
+        for a, b in zip(again, ref_out, strict=True):
+            if b is not None:
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
 
 
 def test_plain_affine_coupling_is_zukos_transform() -> None:

@@ -65,8 +65,13 @@ class Bijection(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no hand-written tangents")
 
-    def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
-        """``forward(z)`` (detached) and its :class:`Linearization` at ``z``, for CG matvecs."""
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        """``forward(z)`` and its :class:`Linearization` at ``z``, for CG matvecs.
+
+        Detached by default; with ``differentiable`` the output and the products keep their
+        graph to ``z`` and the parameters (products taken under ``no_grad`` stay cheap), so one
+        primal pass serves both the CG solve and the differentiable tangent pass.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no hand-written tangents")
 
 
@@ -110,10 +115,10 @@ class Chain(Bijection):
             z, t = layer.forward_and_tangent(z, t)
         return z, t
 
-    def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
         parts = []
         for layer in self.layers:
-            z, lin = layer.linearize(z)
+            z, lin = layer.linearize(z, differentiable=differentiable)
             parts.append(lin)
 
         def jvp(t: Tensor) -> Tensor:
@@ -169,8 +174,8 @@ class ActNorm(Bijection):
         scale = self.log_scale.exp()
         return z * scale + self.shift, t * scale
 
-    def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
-        with torch.no_grad():
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             scale = self.log_scale.exp()
             return z * scale + self.shift, Linearization(lambda t: t * scale, lambda u: u * scale)
 
@@ -198,6 +203,7 @@ class Permutation(Bijection):
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return z[..., self.perm], t[..., self.perm]
 
-    def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
         perm, inv = self.perm, self.inv_perm
-        return z.detach()[..., perm], Linearization(lambda t: t[..., perm], lambda u: u[..., inv])
+        out = (z if differentiable else z.detach())[..., perm]
+        return out, Linearization(lambda t: t[..., perm], lambda u: u[..., inv])

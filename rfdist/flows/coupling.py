@@ -185,14 +185,14 @@ class AffineCoupling(_ZukoCoupling):
         t_y = t_b * scale + y_b * dlog * dphi[..., 1] + dphi[..., 0]
         return self._merge(z_a, y_b + shift), self._merge(t_a, t_y)
 
-    def linearize(self, z: Tensor) -> tuple[Tensor, Linearization]:
-        with torch.no_grad():
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             z_a, z_b = self._split(z)
             grads: list[Tensor] = []
             shift, log_scale, dlog = self._params(z_a, grads)
             *hidden, last = self._linears()
-            weights = [lin.weight.detach() for lin in hidden]
-            w_last = last.weight.detach()
+            weights = [lin.weight for lin in hidden]
+            w_last = last.weight
             scale = log_scale.exp()
             y_b = z_b * scale
             slope = y_b * dlog  # ∂y_b/∂raw
