@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from .model import Estimator, Mode
 from .volume import MatvecMode, PreconditionerKind, Probe
 
-__all__ = ["LossOptions", "StepResult", "fit", "iterate_minibatches", "make_optimizer", "train_step"]
+__all__ = [
+    "LossOptions",
+    "StepResult",
+    "fit",
+    "iterate_minibatches",
+    "load_optimizer_state",
+    "make_optimizer",
+    "train_step",
+]
 
 
 @dataclass
@@ -52,6 +60,16 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's ``fused`` choice (a
+    checkpoint written before :func:`make_optimizer` would otherwise switch it off)."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, fused, strict=True):
+        if "fused" in group:
+            group["fused"] = flag
 
 
 @dataclass
