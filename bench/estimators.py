@@ -22,6 +22,14 @@ Gradient error (hutchinson rows): the relative error of the volume-term gradient
 ``--draws`` probe draws with the same seeds for both variants; ``solve_err`` is the part due
 to the CG truncation alone (vs a converged solve with the same probes).
 
+Image shapes, run only when named (``--shapes image64,image-sweep``): ``image64`` (3×64×64,
+D=12,288, d=64, 3 scales; B=16 on CPU, 64 with ``--image-arch paper``) with two-step,
+hutchinson K=1 (defaults) and exact chunked by each of ``--image-chunks`` (peak memory each; the
+first size also timed, in its own process with its own two-step baseline, so an out-of-memory
+exact step loses no other row); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
+the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
+D grows.
+
 On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
 16 channels × 1 block) so the whole run fits in ~10 minutes; ``--image-arch paper`` (2 scales,
 3 couplings, 64 channels × 8 blocks) is the GPU setting. The paper-width memory check on CPU
@@ -51,10 +59,17 @@ IMAGE_ARCH = {
     "paper": {"scales": 2, "couplings": 3, "conv_hidden": 64, "conv_blocks": 8},
 }
 
+# 64×64×3 at d=64 (>= 3 scales); cpu: a width this machine can step in seconds
+IMAGE64_ARCH = {
+    "cpu": {"scales": 3, "couplings": 1, "conv_hidden": 16, "conv_blocks": 1},
+    "paper": {"scales": 3, "couplings": 3, "conv_hidden": 64, "conv_blocks": 8},
+}
+IMAGE_SWEEP = {"1x28x28": [1, 28, 28], "3x32x32": [3, 32, 32], "3x64x64": [3, 64, 64]}
+
 REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_iters": 13, "check_every": 0}
 
 
-def shapes(image_arch: str, sweep_ds: list[int]) -> dict[str, dict[str, Any]]:
+def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str, dict[str, Any]]:
     """Model spec (as a dict) and batch size per named shape."""
     out: dict[str, dict[str, Any]] = {
         "von-mises": {
@@ -92,6 +107,23 @@ def shapes(image_arch: str, sweep_ds: list[int]) -> dict[str, dict[str, Any]]:
             "batch": 50,
         },
     }
+    image_batch = 64 if image_arch == "paper" else 16
+    out["image64"] = {
+        "spec": {
+            "data_shape": [3, 64, 64],
+            "latent_dim": image_d,
+            "flow": "multiscale",
+            **IMAGE64_ARCH[image_arch],
+            "density_layers": 5,
+            "density_hidden": [64, 64],
+        },
+        "batch": image_batch,
+    }
+    for name, data_shape in IMAGE_SWEEP.items():  # the D-sweep: fixed d and architecture (2 scales)
+        out[f"d-sweep-{name}-d{image_d}"] = {
+            "spec": {**out["image64"]["spec"], "data_shape": data_shape, "scales": 2},
+            "batch": image_batch,
+        }
     for d in sweep_ds:
         out[f"d-sweep-D64-d{d}"] = {
             "spec": {
@@ -113,7 +145,9 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None):
+def _options(
+    estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None, batch: int = 1000
+):
     from rfdist.engine import LossOptions
 
     if estimator == "two_step":  # variant "legacy": today's step, the fixed yardstick
@@ -129,7 +163,7 @@ def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: in
         extra = {
             "matvec": est.matvec,
             "preconditioner": est.preconditioner,
-            "precond_rows": est.precond_rows,
+            "precond_rows": est.gram_rows(d, batch),
             "cg_tol": est.cg_tol,
             "check_every": est.check_every,
             "cg_max_iters": min(iters, d) if iters else est.cg_budget(d),
@@ -234,7 +268,8 @@ def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
 
 
 def _variant_opts(v: dict[str, Any], d: int, job: dict[str, Any]):
-    return _options(v["estimator"], v["variant"], v["num_samples"], d, job["iters"], v.get("chunk"))
+    batch = job["case"]["batch"]
+    return _options(v["estimator"], v["variant"], v["num_samples"], d, job["iters"], v.get("chunk"), batch)
 
 
 def _matvec_record(metrics: dict[str, float], k: int, batch: int) -> dict[str, float]:
@@ -336,6 +371,16 @@ def _spawn(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _try_spawn(job: dict[str, Any]) -> Any:
+    """:func:`_spawn`, but a failed case (e.g. out of memory) becomes ``{"error": ...}`` rows."""
+    try:
+        return _spawn(job)
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1][:200]
+        error = {"error": "out of memory" if "out of memory" in str(exc).lower() else last}
+        return [dict(error) for _ in job["variants"]] if job["kind"] == "timing" else error
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
@@ -352,6 +397,12 @@ def main() -> None:
     parser.add_argument(
         "--exact-chunk", type=int, default=4, help="chunk_size of the chunked exact row (mnist)"
     )
+    parser.add_argument(
+        "--image-chunks",
+        default="4,16,32",
+        help="exact chunk sizes at image64 and the image D-sweep (peak memory of each; the first is timed)",
+    )
+    parser.add_argument("--image-d", type=int, default=64, help="d of image64 and the image D-sweep")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory runs")
     parser.add_argument("--memory-only", action="store_true", help="skip the timing runs")
     parser.add_argument(
@@ -381,8 +432,12 @@ def main() -> None:
             f"--variants: unknown {', '.join(unknown)} (expected some of {', '.join(sorted(known))})"
         )
     arch = args.image_arch or ("paper" if args.device == "cuda" else "cpu")
-    all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d])
-    wanted = args.shapes.split(",") if args.shapes else list(all_shapes)
+    all_shapes = shapes(arch, [int(d) for d in args.sweep.split(",") if d], args.image_d)
+    images = {"image64", *(f"d-sweep-{n}-d{args.image_d}" for n in IMAGE_SWEEP)}
+    groups = {"image-sweep": [f"d-sweep-{n}-d{args.image_d}" for n in IMAGE_SWEEP]}
+    # image shapes only when named (minutes a step on a CPU): --shapes image64,image-sweep
+    named = [g for w in args.shapes.split(",") for g in groups.get(w, [w])] if args.shapes else None
+    wanted = named or [n for n in all_shapes if n not in images]
     if set(wanted) - set(all_shapes):
         parser.error(
             f"--shapes: unknown {', '.join(sorted(set(wanted) - set(all_shapes)))} "
@@ -398,15 +453,22 @@ def main() -> None:
         ("exact", "chunked", 1, args.exact_chunk),
     ]
     sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
+    chunks = [int(c) for c in args.image_chunks.split(",") if c]
+    image_plan = [  # unchunked exact at D=12288, d=64 needs tens of GB: chunked only
+        ("two_step", "-", 1, None),
+        ("hutchinson", "rfdist", 1, None),
+        *(("exact", "chunked", 1, c) for c in chunks),
+    ]
     records = []
     started = time.perf_counter()
     for name in wanted:
         case = all_shapes[name]
-        plan = sweep_plan if name.startswith("d-sweep") else paper_plan
+        image = name in images
+        plan = image_plan if image else sweep_plan if name.startswith("d-sweep") else paper_plan
         variants = [
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
             for e, v, k, c in plan
-            if (v != "chunked" or (name == "mnist" and c))
+            if (v != "chunked" or (name in ("mnist", *images) and c))
             and not (v == "legacy" and args.memory_only)  # a timing yardstick only
             and (
                 args.variants is None
@@ -421,18 +483,26 @@ def main() -> None:
             "case": case,
             "device": args.device,
             "iters": args.iters,
-            "draws": args.draws,
+            "draws": 0 if image else args.draws,  # the reference gradient needs the unchunked exact J
             "steps": args.steps,
             "warmup": args.warmup,
             "threads": args.threads,
         }
-        if args.memory_only:
-            timing = [{} for _ in variants]
-        else:
+        timing = [{} for _ in variants]
+        if not args.memory_only and image:
+            # exact in its own process with its own two-step baseline (its ratio still interleaved),
+            # so an out-of-memory exact step loses no other row; only the first chunk size is timed
+            cheap = [v for v in variants if v["estimator"] != "exact"]
+            exact = [v for v in variants if v["estimator"] == "exact"][:1]
+            for group in (cheap, [variants[0], *exact] if exact else []):
+                for v, got in zip(group, _try_spawn({**common, "kind": "timing", "variants": group})):
+                    timing[variants.index(v)] = timing[variants.index(v)] or got
+        elif not args.memory_only:
             timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
             if args.memory and v["variant"] != "legacy":
-                result.update(_spawn({**common, "kind": "memory", "variant": v}))
+                spawn = _try_spawn if image else _spawn
+                result.update(spawn({**common, "kind": "memory", "variant": v}))
             rec = {
                 "shape": name,
                 "estimator": v["estimator"],
@@ -443,7 +513,7 @@ def main() -> None:
                 "D": _prod(case["spec"]["data_shape"]),
                 "d": case["spec"]["latent_dim"],
                 "device": args.device,
-                "arch": arch if name == "mnist" else "tabular",
+                "arch": arch if name == "mnist" or image else "tabular",
                 "threads": args.threads,
                 **result,
             }
@@ -480,8 +550,11 @@ def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
         if "grad_err_ours" in r
         else "-"
     )
+    variant = (
+        f"chunk {r['chunk_size']}" if r["variant"] == "chunked" and r.get("chunk_size") else r["variant"]
+    )
     return (
-        f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
+        f"| {r['shape']:<16} | {r['estimator']:<10} | {variant:<9} | {r['num_samples']:>1} | "
         f"{r['batch']:>4} | {r.get('step_s', float('nan')) * 1000:>9.1f} | {ratio:>6.2f} | {old:>6.2f} | "
         f"{peak:>8.0f} | "
         f"{mv:>6} | {err:<25} |"

@@ -211,7 +211,13 @@ def eval_model(
     ] = "auto",
     max_rows: Annotated[int | None, typer.Option(help="Score at most this many test rows.")] = None,
     ood_train_rows: Annotated[int, typer.Option(help="Train rows per dataset for the OOD threshold.")] = 1000,
-    fd_samples: Annotated[int, typer.Option(help="Samples for the Fréchet distance.")] = 5000,
+    fd_samples: Annotated[int, typer.Option(help="Samples for the Fréchet distance (0: skip it).")] = 5000,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=1, help="Rows per exact-likelihood batch (memory: d tangents a row)."
+        ),
+    ] = 256,
     preprocess: Annotated[
         str | None, typer.Option(help="none | logit | standardize (default: the run's).")
     ] = None,
@@ -224,7 +230,7 @@ def eval_model(
 
     opts = EvalOptions(
         data=data, ood_data=ood_data, features=features, max_rows=max_rows, ood_train_rows=ood_train_rows,
-        fd_samples=fd_samples, preprocess=preprocess, seed=seed,
+        fd_samples=fd_samples, preprocess=preprocess, seed=seed, batch_size=batch_size,
     )  # fmt: skip
     try:
         result, run_id = run_eval(model_uri, opts, tracking_uri=tracking_uri, json_out=json_out)

@@ -146,8 +146,20 @@ class EstimatorConfig(_Section):
     chunk_size: int | None = Field(None, ge=1)
     matvec: Literal["jvp", "vjp"] = "vjp"
     preconditioner: Literal["none", "gram"] = "gram"
-    precond_rows: int = Field(8, ge=1)
+    precond_rows: int | None = Field(None, ge=1)
     check_every: int = Field(4, ge=0)
+
+    def gram_rows(self, latent_dim: int, batch: int) -> int:
+        """Rows of the ``gram`` preconditioner: ``precond_rows``, else ``d``-aware (1 to 8).
+
+        Building it costs ``rows·d`` tangent rows; by default rows are capped so that this is at
+        most ~2 matvec-equivalents (``2·K·batch`` rows each) — at MNIST's d=20, B=50 that is the
+        old fixed 8 rows, at 64×64×3 with d=64, B=16 one row (8 rows there cost 16 matvecs and
+        7× the two-step step; bench/estimators.py --shapes image64).
+        """
+        if self.precond_rows is not None:
+            return self.precond_rows
+        return max(1, min(8, 4 * self.num_samples * batch // max(latent_dim, 1)))
 
     def cg_budget(self, latent_dim: int) -> int:
         """CG iterations per step: ``cg_max_iters``, else the preconditioned default or ``d``."""
@@ -275,7 +287,9 @@ class RunConfig(_Section):
             chunk_size=self.estimator.chunk_size,
             matvec=self.estimator.matvec,
             preconditioner=self.estimator.preconditioner,
-            precond_rows=self.estimator.precond_rows,
+            precond_rows=self.estimator.gram_rows(
+                self.model.latent_dim, max(1, self.train.batch_size // self.scaling.num_workers)
+            ),
             check_every=self.estimator.check_every,
         )
 

@@ -16,7 +16,10 @@ dimensions); ``test_bpd_data`` is bits per dimension in data space:
 - ``fd_<features>``: Fréchet distance between model samples and test rows (``raw``,
   ``lenet``, ``inception``);
 - ``ood_accuracy_<score>`` / ``ood_auroc_<score>`` with ``--ood-data``: score ``data``,
-  ``logit`` (log-likelihoods) or ``reconstruction`` (its negative).
+  ``logit`` (log-likelihoods) or ``reconstruction`` (its negative);
+- ``factor_r2_linear`` / ``factor_r2_knn`` (+ ``factor_r2_knn_<name>``) when the dataset has
+  true factor columns ``factor_*`` (``shapes64``): R² on the test rows of regressions from the
+  encodings g†(x) to the factors, fit on up to 2,000 train rows.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import auroc, frechet_distance, log_likelihoods, ood_stump
+from .evaluate import auroc, encode_rows, factor_r2, frechet_distance, log_likelihoods, ood_stump
 
 __all__ = ["EvalData", "EvalOptions", "EvalResult", "evaluate_model", "load_eval_data", "run_eval"]
 
@@ -48,7 +51,7 @@ class EvalOptions:
     max_rows: int | None = None  # rows of the test split scored (default: all)
     ood_train_rows: int = 1000  # train-split rows per dataset for fitting the OOD threshold
     features: str = "auto"  # raw | lenet | inception:PATH | auto (raw for vectors, lenet for images)
-    fd_samples: int = 5000
+    fd_samples: int = 5000  # 0 = no Fréchet distance
     preprocess: str | None = None  # default: the model's training run, else by data shape
     logit_lambda: float | None = None
     batch_size: int = 256
@@ -69,6 +72,9 @@ class EvalData:
     stats: dict | None = None
     truth: Any = None
     synthetic: str | None = None
+    factor_names: list[str] = field(default_factory=list)  # true factor columns (factor_*)
+    test_factors: np.ndarray | None = None
+    train_factors: np.ndarray | None = None
 
 
 @dataclass
@@ -106,7 +112,27 @@ def load_eval_data(uri: str, *, test_rows: int | None = None, seed: int = 0) -> 
     if test_rows is not None:
         test = test[:test_rows]
     train, labels = load_split(info, "train", labels=True) if "train" in info.splits else (None, None)
-    return EvalData(uri, test, train, labels, tuple(info.shape), stats=info.stats)
+    data = EvalData(uri, test, train, labels, tuple(info.shape), stats=info.stats)
+    if train is not None:
+        names, data.test_factors = _factor_columns(info, split)
+        if names:
+            data.factor_names = names
+            data.test_factors = data.test_factors[: test.shape[0]]
+            data.train_factors = _factor_columns(info, "train")[1]
+    return data
+
+
+def _factor_columns(info, split: str) -> tuple[list[str], np.ndarray | None]:
+    """The ``factor_*`` columns of ``split`` (a synthetic set's true factors) as ``(N, k)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = info.splits[split]
+    names = [n for n in pq.read_schema(paths[0], filesystem=info.filesystem).names if n.startswith("factor_")]
+    if not names:
+        return [], None
+    table = pa.concat_tables(pq.read_table(p, filesystem=info.filesystem, columns=names) for p in paths)
+    return names, np.stack([np.asarray(table.column(n), dtype=np.float64) for n in names], axis=1)
 
 
 def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -171,16 +197,22 @@ def evaluate_model(
     # samples: Fréchet distance and (synthetic data) distance to the true manifold
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
-        n_fd = min(opts.fd_samples, data.test.shape[0])
-        samples = torch.cat([model.sample(min(500, n_fd - i)) for i in range(0, n_fd, 500)])
+        n_fd = min(opts.fd_samples, data.test.shape[0])  # 0: no Fréchet distance (64 samples drawn)
+        n_draw = n_fd or 64
+        samples = torch.cat([model.sample(min(500, n_draw - i)) for i in range(0, n_draw, 500)])
     samples_data = _to_data_space(samples, preprocess, lam, data.stats).float()
     features = opts.features
     if features == "auto":
         features = "lenet" if len(model.data_shape) == 3 and data.train_labels is not None else "raw"
     from .features import get_extractor
 
-    extractor = get_extractor(features, train_images=data.train, train_labels=data.train_labels, progress=bar)
-    metrics[f"fd_{extractor.name}"] = frechet_distance(extractor(samples_data), extractor(data.test[:n_fd]))
+    if n_fd:  # raw features at D=12,288 mean a 12,288² covariance: use --fd-samples 0 there
+        extractor = get_extractor(
+            features, train_images=data.train, train_labels=data.train_labels, progress=bar
+        )
+        metrics[f"fd_{extractor.name}"] = frechet_distance(
+            extractor(samples_data), extractor(data.test[:n_fd])
+        )
 
     if data.truth is not None:
         metrics["true_entropy"] = float(data.truth.entropy())
@@ -190,6 +222,19 @@ def evaluate_model(
             from .runner import circle_metrics
 
             metrics.update(circle_metrics(model, data.truth))
+
+    if data.test_factors is not None and data.train is not None:
+        rows = min(2000, data.train.shape[0])  # the first rows: factors stay aligned with images
+        codes = {
+            name: encode_rows(model, x, preprocess=preprocess, lam=lam, stats=data.stats, batch_size=opts.batch_size)
+            for name, x in (("train", data.train[:rows]), ("test", data.test))
+        }  # fmt: skip
+        names = [n.removeprefix("factor_") for n in data.factor_names]
+        metrics.update(
+            factor_r2(
+                codes["train"], data.train_factors[:rows], codes["test"], data.test_factors, names=names
+            )
+        )
 
     if ood is not None:
         metrics.update(_ood_metrics(model, data, ood, opts, test, score, scores, space))

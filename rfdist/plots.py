@@ -29,7 +29,8 @@ def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, 
 
     - ``D = 2``: data, samples, and the learned curve coloured by its density.
     - ``D = 3``: data and samples in 3-D, samples coloured by log-density.
-    - images: a grid of samples (on the model's scale) beside a grid of data.
+    - images: grids of samples, data and the data's reconstructions g(g†(x)) (model's scale;
+      RGB grids rescaled to [0, 1] by each grid's 1st–99th percentiles).
     """
     plt = _pyplot()
     path = Path(path)
@@ -59,14 +60,12 @@ def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, 
         ax.scatter(drawn[:, 0], drawn[:, 1], drawn[:, 2], s=2, c=density, cmap="viridis")
         ax.set_title("samples (colour: log-density)")
     elif len(model.data_shape) == 3:
-        count = min(36, samples)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-        for ax, images, title in ((axes[0], drawn[:count], "samples"), (axes[1], data[:count], "data")):
-            c, h, w = model.data_shape
-            side = int(count**0.5)
-            grid = images[: side * side].reshape(side, side, c, h, w).permute(0, 3, 1, 4, 2)
-            grid = grid.reshape(side * h, side * w, c).squeeze(-1)
-            ax.imshow(grid.float(), cmap="gray")
+        count = min(36, samples, len(data))
+        rebuilt = model.decode(model.encode(data[:count]))
+        panels = (("samples", drawn[:count]), ("data", data[:count]), ("reconstructions", rebuilt))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+        for ax, (title, images) in zip(axes, panels, strict=True):
+            ax.imshow(_grid(images, model.data_shape), cmap="gray")
             ax.set_title(title)
             ax.axis("off")
     else:  # high-dimensional vectors: first two coordinates
@@ -80,6 +79,18 @@ def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _grid(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A square grid ``(side·H, side·W[, C])`` of images; RGB rescaled to [0, 1] for imshow."""
+    c, h, w = shape
+    side = max(1, int(len(images) ** 0.5))
+    grid = images[: side * side].reshape(side, side, c, h, w).permute(0, 3, 1, 4, 2)
+    grid = grid.reshape(side * h, side * w, c).squeeze(-1).float()
+    if c == 3:
+        low, high = torch.quantile(grid.flatten()[::7], torch.tensor([0.01, 0.99]))
+        grid = ((grid - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    return grid
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

