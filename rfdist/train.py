@@ -622,6 +622,8 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from .rendezvous import LoopbackTorchConfig
+
     if datasets is None:
         datasets = ray_datasets(cfg, prepared)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -629,6 +631,7 @@ def run_training(
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=LoopbackTorchConfig(),  # rendezvous on 127.0.0.1 when all workers run here
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "spec": spec.to_dict(),
