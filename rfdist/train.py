@@ -348,22 +348,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------- driver
 def _loopback_only() -> None:
-    """Keep a local Ray instance's servers on 127.0.0.1 unless the user opts out.
+    """Keep a local Ray instance on 127.0.0.1 (see :func:`rfdist.localray.loopback_only`)."""
+    from .localray import loopback_only
 
-    Ray maps a loopback node address to the machine's external IP, so GCS, raylet and the
-    agents of a plain ``ray.init()`` listen on every interface; its single-machine mode
-    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps them on
-    loopback. rfdist's private local Ray uses it unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``
-    is set (to let other machines join it). Joining a cluster (``--address``) is unaffected.
-    The variable goes into ``os.environ`` for Ray's child processes; Ray's constant is set too
-    because Ray may already be imported (it reads the variable at import).
-    """
-    import ray._private.ray_constants as ray_constants
-
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "").lower() in ("1", "true"):
-        return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
+    loopback_only()
 
 
 def _free_port() -> int:
@@ -384,7 +372,10 @@ def start_local_ray(num_cpus: int) -> None:
     """
     import ray
 
+    from .localray import private_token
+
     _loopback_only()
+    private_token()
     dashboard_port = _free_port()
     ray.init(
         num_cpus=num_cpus,
