@@ -73,18 +73,10 @@ def _preprocess_fn(cfg: RunConfig, shape: tuple[int, ...], stats: dict | None):
 
 
 def _mlflow_logger(tracking_uri: str, run_id: str):
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    """Rank 0's metric sink; a tracking-server outage buffers and retries (:mod:`rfdist.metric_log`)."""
+    from .metric_log import MetricLogger
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-
-    def log(metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-        if batch:
-            client.log_batch(run_id, metrics=batch, synchronous=True)
-
-    return log
+    return MetricLogger(tracking_uri, run_id)
 
 
 class _CostMeter:
@@ -255,11 +247,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 flush=True,
             )
             log({f"auto_{name}_s": value for name, value in measured.items()}, step)
-            from mlflow import MlflowClient
-
-            MlflowClient(loop_config["tracking_uri"]).set_tag(
-                loop_config["run_id"], "rfdist.estimator", options.estimator
-            )
+            log.tag("rfdist.estimator", options.estimator)
     while step < cfg.train.max_steps:
         waiting = time.perf_counter()
         x = next(stream)
@@ -344,6 +332,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 raise FloatingPointError(
                     f"validation NLL is not finite at step {step}; the last good checkpoint is kept"
                 )
+    if log is not None:
+        log.close()  # the metrics buffered while the tracking server was away
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -420,7 +410,9 @@ def _storage(path: str) -> tuple[str, Any]:
         import pyarrow.fs
 
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {}
+        # ~25 s of backoff (AWS SDK default: 3 attempts, ~2 s): an endpoint that restarts
+        # during a checkpoint upload is retried, not a failed run
+        kwargs: dict[str, Any] = {"retry_strategy": pyarrow.fs.AwsDefaultS3RetryStrategy(max_attempts=10)}
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
