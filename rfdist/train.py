@@ -407,19 +407,18 @@ def _init_ray(cfg: RunConfig, address: str | None) -> None:
 def _storage(path: str) -> tuple[str, Any]:
     """``(storage_path, filesystem)`` for RunConfig: S3 paths go without the scheme."""
     if path.startswith("s3://"):
-        import pyarrow.fs
+        from .s3retry import RetryingS3FileSystem
 
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        # ~25 s of backoff (AWS SDK default: 3 attempts, ~2 s): an endpoint that restarts
-        # during a checkpoint upload is retried, not a failed run
-        kwargs: dict[str, Any] = {"retry_strategy": pyarrow.fs.AwsDefaultS3RetryStrategy(max_attempts=10)}
+        kwargs: dict[str, Any] = {}
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             kwargs["region"] = region
-        return path[len("s3://") :].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+        # retried through a short outage, on the workers too (see rfdist.s3retry)
+        return path[len("s3://") :].rstrip("/"), RetryingS3FileSystem(**kwargs)
     return str(Path(path).resolve()), None
 
 
