@@ -25,7 +25,7 @@ import torch
 from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
-from .engine import train_step
+from .engine import load_optimizer_state, make_optimizer, train_step
 
 __all__ = [
     "PreparedData",
@@ -181,13 +181,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + 1000 * rank)
 
     model = build_model(spec).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
     state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
     if state is not None:
         model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         if state.rng is not None:
