@@ -98,7 +98,7 @@ def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
     cfg = small_config(
         tmp_path,
         make_data(str(tmp_path / "vm"), rows=2000),
-        "train.max_steps=600",
+        "train.max_steps=300",
         "train.batch_size=200",
         "train.checkpoint_every=10",  # uploads every few hundred ms: the outage spans several
         "train.log_every=10",
@@ -129,9 +129,9 @@ def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
     result = run_training(cfg)
     chaos.join(timeout=BLIP_S + 60)
     assert "down" in outage and "up" in outage, "S3 was never restarted"
-    assert result.metrics["step"] == 600  # the driver read the final checkpoint back from S3
-    # training (so checkpointing every 10 steps) went on while S3 was down: steps logged then
+    assert result.metrics["step"] == 300  # the driver read the final checkpoint back from S3
+    # S3 went down mid-training (uploads block in their retries meanwhile): steps logged after it was back
     loss = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "loss")
-    during = [m.step for m in loss if outage["down"] * 1000 < m.timestamp < outage["up"] * 1000]
-    assert during, "training did not overlap the S3 outage"
+    after = [m.step for m in loss if m.timestamp > outage["up"] * 1000]
+    assert after, "training had ended before the S3 outage"
     assert result.checkpoint_path and name in result.checkpoint_path
