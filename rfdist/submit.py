@@ -30,7 +30,6 @@ Exit codes of a followed job: :data:`EXIT_CODES`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import secrets
@@ -167,26 +166,32 @@ def find_project_root(start: Path | None = None) -> Path:
 def is_uploaded(file: Path, root: Path) -> bool:
     """Whether Ray's working_dir upload of ``root`` includes ``file`` (``.gitignore``/``.rayignore``).
 
-    Mirrors Ray's own walk (each folder's ignore files apply below it); any doubt → ``False``.
+    Mirrors Ray's own walk (``ray.job_submission`` has no public call for it): each folder's
+    ignore files, read as gitignore patterns (``pathspec``, as Ray does), apply to the paths
+    below that folder; ``.gitignore`` counts unless ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``.
+    Any doubt → ``False``.
     """
-    try:
-        from ray._private.runtime_env.packaging import get_excludes_from_ignore_files
+    import pathspec
 
+    try:
         rel = file.resolve().relative_to(root.resolve())
-    except (ImportError, ValueError):
+    except ValueError:
         return False
-    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
-    quiet = logging.getLogger("rfdist.submit.ignore")
-    quiet.setLevel(logging.WARNING)
-    excludes: list[Callable[[Path], bool]] = []
+    names = [".rayignore"]
+    if os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1":
+        names.insert(0, ".gitignore")
+    rules: list[tuple[Path, pathspec.GitIgnoreSpec]] = []
     current = root.resolve()
     try:
         for part in rel.parts:
-            excludes.extend(get_excludes_from_ignore_files(current, include_gitignore, logger=quiet))
+            for name in names:
+                if (current / name).is_file():
+                    lines = (current / name).read_text().splitlines()
+                    rules.append((current, pathspec.GitIgnoreSpec.from_lines(lines)))
             current = current / part
-            if any(exclude(current) for exclude in excludes):
+            if any(spec.match_file(str(current.relative_to(base))) for base, spec in rules):
                 return False
-    except Exception:
+    except (OSError, ValueError):
         return False
     return True
 

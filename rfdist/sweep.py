@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -375,40 +376,51 @@ def _search_alg(cfg: RunConfig, concurrency: int):
     return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
 
 
+def _trial_id(result) -> str:
+    """A trial's id from its public ``Result``: Tune adds ``trial_id`` to every report; a trial
+    that reported nothing has it only in its folder name (``<trainable>_<id>_<index>_…``)."""
+    if result.metrics and result.metrics.get("trial_id"):
+        return str(result.metrics["trial_id"])
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(result.path).name)
+    return match.group(1) if match else Path(result.path).name
+
+
 def _summaries(
     result_grid, max_steps: int, child_runs: dict[str, str], earlier: dict[str, str]
 ) -> list[TrialSummary]:
     """One row per trial. ``earlier``: stop reasons recorded in MLflow by an earlier session."""
     trials = []
-    for trial in result_grid._experiment_analysis.trials:
-        last = trial.last_result or {}
+    for result in result_grid:  # public ``Result``s, one per trial, in trial order
+        last = result.metrics or {}
+        trial_id = _trial_id(result)
         steps = int(last.get("step", 0) or 0)
-        if trial.status == "ERROR":
+        if result.error is not None:
             status = "failed"
         elif steps >= max_steps:
             status = "completed"
-        elif trial.trial_id in _STOPPED_BY_SCHEDULER:
-            status = f"stopped early by the scheduler at step {_STOPPED_BY_SCHEDULER[trial.trial_id]}"
-        elif earlier.get(trial.trial_id, "").startswith("stopped early"):
-            status = earlier[trial.trial_id]
+        elif trial_id in _STOPPED_BY_SCHEDULER:
+            status = f"stopped early by the scheduler at step {_STOPPED_BY_SCHEDULER[trial_id]}"
+        elif earlier.get(trial_id, "").startswith("stopped early"):
+            status = earlier[trial_id]
         else:
             status = "interrupted"
-        history = (getattr(trial, "metric_analysis", None) or {}).get("val_nll", {})
+        frame = result.metrics_dataframe
+        best = float(frame["val_nll"].min()) if frame is not None and "val_nll" in frame else None
         nan = float("nan")
         trials.append(
             TrialSummary(
-                trial=trial.trial_id,
-                params=_flatten(trial.config),
+                trial=trial_id,
+                params=_flatten(result.config or {}),
                 status=status,
                 steps=steps,
                 val_nll=float(last.get("val_nll", nan)),
-                best_val_nll=float(history.get("min", last.get("val_nll", nan))),
+                best_val_nll=best if best is not None else float(last.get("val_nll", nan)),
                 s_per_step=float(last.get("s_per_step", nan)),
                 matvecs_per_step=float(last.get("matvecs_per_step", nan)),
                 tangent_passes_per_step=float(last.get("tangent_passes_per_step", nan)),
                 peak_mem_mb=float(last.get("peak_mem_mb", nan)),
                 train_time_s=float(last.get("train_time_s", nan)),
-                run_id=child_runs.get(trial.trial_id),
+                run_id=child_runs.get(trial_id),
             )
         )
     return trials

@@ -73,18 +73,10 @@ def _preprocess_fn(cfg: RunConfig, shape: tuple[int, ...], stats: dict | None):
 
 
 def _mlflow_logger(tracking_uri: str, run_id: str):
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    """Rank 0's metric sink; a tracking-server outage buffers and retries (:mod:`rfdist.metric_log`)."""
+    from .metric_log import MetricLogger
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-
-    def log(metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-        if batch:
-            client.log_batch(run_id, metrics=batch, synchronous=True)
-
-    return log
+    return MetricLogger(tracking_uri, run_id)
 
 
 class _CostMeter:
@@ -258,11 +250,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 flush=True,
             )
             log({f"auto_{name}_s": value for name, value in measured.items()}, step)
-            from mlflow import MlflowClient
-
-            MlflowClient(loop_config["tracking_uri"]).set_tag(
-                loop_config["run_id"], "rfdist.estimator", options.estimator
-            )
+            log.tag("rfdist.estimator", options.estimator)
     while step < cfg.train.max_steps:
         waiting = time.perf_counter()
         x = next(stream)
@@ -347,26 +335,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 raise FloatingPointError(
                     f"validation NLL is not finite at step {step}; the last good checkpoint is kept"
                 )
+    if log is not None:
+        log.close()  # the metrics buffered while the tracking server was away
 
 
 # ----------------------------------------------------------------------------------- driver
 def _loopback_only() -> None:
-    """Keep a local Ray instance's servers on 127.0.0.1 unless the user opts out.
+    """Keep a local Ray instance on 127.0.0.1 (see :func:`rfdist.localray.loopback_only`)."""
+    from .localray import loopback_only
 
-    Ray maps a loopback node address to the machine's external IP, so GCS, raylet and the
-    agents of a plain ``ray.init()`` listen on every interface; its single-machine mode
-    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps them on
-    loopback. rfdist's private local Ray uses it unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``
-    is set (to let other machines join it). Joining a cluster (``--address``) is unaffected.
-    The variable goes into ``os.environ`` for Ray's child processes; Ray's constant is set too
-    because Ray may already be imported (it reads the variable at import).
-    """
-    import ray._private.ray_constants as ray_constants
-
-    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "").lower() in ("1", "true"):
-        return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
+    loopback_only()
 
 
 def _free_port() -> int:
@@ -387,7 +365,10 @@ def start_local_ray(num_cpus: int) -> None:
     """
     import ray
 
+    from .localray import private_token
+
     _loopback_only()
+    private_token()
     dashboard_port = _free_port()
     ray.init(
         num_cpus=num_cpus,
@@ -615,6 +596,8 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from .rendezvous import LoopbackTorchConfig
+
     if datasets is None:
         datasets = ray_datasets(cfg, prepared)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -622,6 +605,7 @@ def run_training(
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=LoopbackTorchConfig(),  # rendezvous on 127.0.0.1 when all workers run here
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "spec": spec.to_dict(),

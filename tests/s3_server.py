@@ -52,3 +52,43 @@ def make_bucket(endpoint: str, name: str) -> None:
         endpoint_url=endpoint,
         **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"},
     ).create_bucket(Bucket=name)
+
+
+class RestartableS3:
+    """moto on 127.0.0.1 that a test can take down and bring back on the same port (state kept:
+    moto's backends live in this process)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+@pytest.fixture
+def restartable_s3() -> Iterator[RestartableS3]:
+    """Like :func:`s3_server`, but the test holds the server (``stop()``/``start()``)."""
+    server = RestartableS3()
+    saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    os.environ.update(CREDENTIALS)
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

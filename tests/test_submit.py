@@ -25,6 +25,7 @@ from rfdist.submit import (
     SubmitError,
     build_job,
     is_loopback,
+    is_uploaded,
     job_argv,
     job_env,
     resolve_address,
@@ -184,6 +185,25 @@ def test_the_upload_leaves_data_runs_and_environments_home(tmp_path: Path) -> No
     banned = (".venv/", "runs/", ".rfdist/", "mlruns/", "data/", ".git/")
     assert not [n for n in names if n.startswith(banned) or n.endswith((".db", ".parquet"))]
     assert package.stat().st_size < 5 * 1024**2
+
+
+def test_is_uploaded_agrees_with_rays_own_upload(tmp_path: Path) -> None:
+    """rfdist's public-library mirror of Ray's ignore rules picks the same files Ray zips."""
+    from ray._private.runtime_env.packaging import create_package  # the reference, in the test only
+
+    root = _fake_project(tmp_path)
+    (root / "conf" / ".rayignore").write_text("*.tmp\nsecret*\n")
+    (root / ".gitignore").write_text("/private/\n*.log\nbuild/\n")
+    for name in ("conf/a.tmp", "conf/keep.yaml", "conf/secret.yaml", "x.log", "build/y.yaml", "sub/build/z"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+    package = tmp_path / "pkg.zip"
+    create_package(str(root), package, include_gitignore=True)
+    zipped = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    files = [p for p in root.rglob("*") if p.is_file() and p.name not in (".gitignore", ".rayignore")]
+    verdicts = {str(p.relative_to(root)): is_uploaded(p, root) for p in files}
+    assert verdicts == {name: name in zipped for name in verdicts}
+    assert not verdicts["private/vm.yaml"] and verdicts["conf/keep.yaml"] and not verdicts["sub/build/z"]
 
 
 # ------------------------------------------------------------------------------- slow

@@ -27,9 +27,13 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from ..s3retry import RetryingS3FileSystem
 from .errors import DataError
 
 __all__ = ["describe_s3_error", "join", "resolve", "storage_location"]
+
+#: tries per request for checkpoints (AWS default backoff: ≈ 25 s); data reads fail fast with 2
+CHECKPOINT_ATTEMPTS = 10
 
 _KNOWN_OPTIONS = {
     "endpoint_url",
@@ -64,7 +68,7 @@ def _profile_credentials(uri: str, profile: str) -> dict[str, Any]:
     return out
 
 
-def _s3(uri: str, options: dict[str, Any]) -> pafs.S3FileSystem:
+def _s3(uri: str, options: dict[str, Any], *, attempts: int = 2) -> pafs.S3FileSystem:
     unknown = sorted(set(options) - _KNOWN_OPTIONS)
     if unknown:
         raise DataError(
@@ -78,7 +82,6 @@ def _s3(uri: str, options: dict[str, Any]) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {
         "connect_timeout": float(options.get("connect_timeout", 3.0)),
         "request_timeout": float(options.get("request_timeout", 10.0)),
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(options.get("max_attempts", 2))),
     }
     if endpoint:
         scheme, sep, host = endpoint.partition("://")
@@ -97,7 +100,7 @@ def _s3(uri: str, options: dict[str, Any]) -> pafs.S3FileSystem:
         if options.get("token"):
             kwargs["session_token"] = options["token"]
     try:
-        return pafs.S3FileSystem(**kwargs)
+        return RetryingS3FileSystem(max_attempts=int(options.get("max_attempts", attempts)), **kwargs)
     except Exception as exc:  # bad option types etc.
         raise DataError(f"{uri}: cannot configure S3 access: {exc}") from None
 
@@ -120,10 +123,16 @@ def storage_location(
     """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig`` (checkpoints).
 
     S3: ``bucket/prefix`` with this layer's filesystem (Ray refuses an ``s3://`` path beside a
-    filesystem); local: the absolute folder and ``None`` (Ray's default).
+    filesystem), retrying for ~25 s (:data:`CHECKPOINT_ATTEMPTS`) so a checkpoint upload
+    survives a short S3 outage, also on the workers Ray ships it to; local: the absolute folder
+    and ``None`` (Ray's default).
     """
-    fs, path = resolve(uri, storage_options)
-    return (path, fs) if uri.startswith("s3://") else (path, None)
+    if not uri.startswith("s3://"):
+        return resolve(uri, storage_options)[1], None
+    path = uri[len("s3://") :].rstrip("/")
+    if not path:
+        raise DataError(f"{uri}: an S3 URI needs a bucket, e.g. s3://bucket/prefix")
+    return path, _s3(uri, dict(storage_options or {}), attempts=CHECKPOINT_ATTEMPTS)
 
 
 def join(base: str, *parts: str) -> str:
