@@ -26,7 +26,15 @@ import torch
 from .errors import DataError
 from .parquet import SHAPE_KEY, list_layout
 
-__all__ = ["DatasetInfo", "arrow_to_numpy", "iter_batches", "load_split", "open_dataset", "ray_dataset"]
+__all__ = [
+    "DatasetInfo",
+    "arrow_to_numpy",
+    "iter_batches",
+    "load_split",
+    "open_dataset",
+    "ray_dataset",
+    "schema_shape",
+]
 
 
 @dataclass
@@ -57,7 +65,7 @@ def _schema(fs: pafs.FileSystem, path: str, uri: str) -> pa.Schema:
         return pq.read_schema(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
-            f"{uri}: {_short(path, uri)} is not a readable Parquet file ({str(exc)[:120]})"
+            f"{uri}: {_short(path, uri)} is not a readable Parquet file ({str(exc).splitlines()[0][:120]})"
         ) from None
 
 
@@ -65,18 +73,8 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
-def open_dataset(
-    uri: str, *, features: list[str] | None = None, storage_options: dict[str, Any] | None = None
-) -> DatasetInfo:
-    """Inspect the dataset at ``uri`` (folder or ``s3://``); raises :class:`DataError` clearly.
-
-    ``features`` names plain numeric columns to assemble into ``x`` (a user's own table).
-    """
-    layout = list_layout(uri, storage_options)
-    split = "train" if "train" in layout.files else sorted(layout.files)[0]
-    first = layout.files[split][0]
-    schema = _schema(layout.filesystem, first, uri)
-    where = f"{uri}: {_short(first, uri)}"
+def schema_shape(schema: pa.Schema, features: list[str] | None, where: str) -> tuple[int, tuple[int, ...]]:
+    """``(D, row shape)`` a shard's schema gives (``x`` or ``features``); ``DataError`` naming ``where``."""
     if features:
         missing = [f for f in features if f not in schema.names]
         if missing:
@@ -103,6 +101,21 @@ def open_dataset(
         shape = tuple(int(s) for s in meta.decode().split(",")) if meta else (dim,)
         if math.prod(shape) != dim:
             raise DataError(f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}")
+    return dim, shape
+
+
+def open_dataset(
+    uri: str, *, features: list[str] | None = None, storage_options: dict[str, Any] | None = None
+) -> DatasetInfo:
+    """Inspect the dataset at ``uri`` (folder or ``s3://``); raises :class:`DataError` clearly.
+
+    ``features`` names plain numeric columns to assemble into ``x`` (a user's own table).
+    """
+    layout = list_layout(uri, storage_options)
+    split = "train" if "train" in layout.files else sorted(layout.files)[0]
+    first = layout.files[split][0]
+    schema = _schema(layout.filesystem, first, uri)
+    dim, shape = schema_shape(schema, features, f"{uri}: {_short(first, uri)}")
     has_label = "label" in schema.names
     rows: dict[str, int] = {}
     if layout.manifest is not None:
