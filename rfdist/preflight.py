@@ -120,7 +120,7 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .data.errors import DataError
+    from .data.errors import DataError, arrow_reason
     from .data.reader import schema_shape
 
     want = (info.data_dim, tuple(info.shape), _value_type(info, None))
@@ -133,7 +133,7 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
                 handle = pq.ParquetFile(path, filesystem=info.filesystem)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DataError(
-                    f"data.path: {where} is not a readable Parquet file ({str(exc).splitlines()[0][:100]})"
+                    f"data.path: {where} is not a readable Parquet file ({arrow_reason(exc)})"
                 ) from None
             schema = handle.schema_arrow
             dim, shape = schema_shape(schema, info.features, where)

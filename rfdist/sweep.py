@@ -489,10 +489,10 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     # 1. Everything that can be checked before a trial starts.
     space = search_space(cfg)
     preflight.check_config(cfg, sweep=True)
-    prepared = prepare_data(cfg)
-    preflight.check_data(cfg, prepared.info)
     preflight.check_storage(cfg.storage.path)
     preflight.check_tracking(resolve_tracking_uri(cfg.tracking.uri))
+    prepared = prepare_data(cfg)
+    preflight.check_data(cfg, prepared.info)
     for key, raw_spec in cfg.tune.space.items():  # every d, flow, … must fit the data
         if key.startswith("model."):
             _, values = _spec_of(key, raw_spec)

@@ -400,12 +400,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
 
 
-FLOAT32_SQUARE_LIMIT = 1.8e19
-"""|x| above this overflows float32 when squared (sqrt of float32's max ≈ 1.84e19)."""
-
-
 def _fault_hint(x: torch.Tensor, cfg: RunConfig, saved_any: bool) -> str:
     """The tail of a non-finite-training message: is the data the cause, is a checkpoint kept?"""
+    from .data.validate import FLOAT32_SQUARE_LIMIT
+
     kept = "; the last good checkpoint is kept" if saved_any else "; no checkpoint was written"
     largest = float(x.detach().abs().nan_to_num(float("inf")).max()) if x.numel() else 0.0
     if not math.isfinite(largest) or largest > FLOAT32_SQUARE_LIMIT:
@@ -737,13 +735,13 @@ def run_training(
 
     # 1. Everything that can be checked before a worker starts.
     preflight.check_config(cfg)
+    preflight.check_storage(cfg.storage.path)
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    preflight.check_tracking(tracking_uri)
     prepared = prepare_data(cfg)
     info, spec = prepared.info, prepared.spec
     preflight.check_data(cfg, info)
-    preflight.check_storage(cfg.storage.path)
     storage_path, filesystem = _storage(cfg.storage.path)
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
-    preflight.check_tracking(tracking_uri)
 
     # 2. Tracking.
     mlflow.set_tracking_uri(tracking_uri)

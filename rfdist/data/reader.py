@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from .errors import DataError
+from .errors import DataError, arrow_reason
 from .parquet import SHAPE_KEY, list_layout
 
 __all__ = [
@@ -65,7 +65,7 @@ def _schema(fs: pafs.FileSystem, path: str, uri: str) -> pa.Schema:
         return pq.read_schema(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
-            f"{uri}: {_short(path, uri)} is not a readable Parquet file ({str(exc).splitlines()[0][:120]})"
+            f"{uri}: {_short(path, uri)} is not a readable Parquet file ({arrow_reason(exc)})"
         ) from None
 
 
