@@ -65,7 +65,7 @@ def _runs(tmp: Path, name: str) -> list:
 
 def _versions(tmp: Path, name: str) -> list[str]:
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
 
 
 def test_finished_run_is_not_retrained_corrupt_checkpoint_falls_back_force_retrains(
