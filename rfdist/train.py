@@ -196,14 +196,14 @@ def _state_to_resume(
     tried = set()
     state = None
     if registered is not None:
-        tried.add(registered.path)
+        tried.add(registered.path.rstrip("/"))
         state = attempt(registered)
     for candidate in unregistered:
-        if candidate.path in tried:
+        if candidate.path.rstrip("/") in tried:
             if state is not None:
                 break  # Ray's own checkpoint is the newest readable one on storage
             continue
-        tried.add(candidate.path)
+        tried.add(candidate.path.rstrip("/"))
         loaded = attempt(candidate)
         if loaded is not None:
             if state is None or loaded.step > state.step:

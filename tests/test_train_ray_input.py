@@ -83,7 +83,7 @@ def test_finished_run_is_not_retrained_corrupt_checkpoint_falls_back_force_retra
     assert len(_runs(tmp_path, name)) == 1 and _versions(tmp_path, name) == ["1"]
 
     # 2. a truncated newest state.pt: warn naming it, resume from the newest good one (step 20)
-    folders = sorted((tmp_path / "runs" / name).glob("checkpoint_*"))
+    folders = sorted(p for p in (tmp_path / "runs" / name).glob("checkpoint_*") if p.is_dir())
     assert len(folders) == 2
     newest = folders[-1] / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
