@@ -6,7 +6,7 @@ so that a run that cannot work fails before any worker, MLflow run or checkpoint
 - :func:`check_config` — config-only facts: ``train.batch_size`` vs ``scaling.num_workers``, a
   synthetic dataset's rows vs the batch, a sweep's ASHA ``grace_period`` vs its steps;
 - :func:`check_data` — every shard of every split against train's schema (D, shape, value type;
-  the reader's own :func:`rfdist.data.reader.schema_shape`, footers only), rows per worker vs the
+  the reader's own :func:`rfdist.data.reader.x_layout`, footers only), rows per worker vs the
   per-worker batch (``drop_last``), a non-empty ``val`` split for every worker;
 - :func:`check_tracking` / :func:`check_storage` — the MLflow store and ``storage.path`` are
   reachable and writable (bounded timeouts: a dead server costs seconds, not minutes).
@@ -121,13 +121,13 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     from .data.errors import DataError, arrow_reason
-    from .data.reader import schema_shape
 
-    want = (info.data_dim, tuple(info.shape), _value_type(info, None))
+    want: tuple | None = None
     rows: dict[str, int] = {}
-    for split, paths in info.splits.items():
+    order = sorted(info.splits, key=lambda split: split != "train")  # train first: the reference
+    for split in order:
         rows[split] = 0
-        for path in paths:
+        for path in info.splits[split]:
             where = f"{info.uri}: {'/'.join(path.rsplit('/', 2)[-2:])}"
             try:
                 handle = pq.ParquetFile(path, filesystem=info.filesystem)
@@ -135,10 +135,10 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
                 raise DataError(
                     f"data.path: {where} is not a readable Parquet file ({arrow_reason(exc)})"
                 ) from None
-            schema = handle.schema_arrow
-            dim, shape = schema_shape(schema, info.features, where)
-            got = (dim, tuple(shape), _value_type(info, schema))
-            if got != want:
+            got = _signature(handle.schema_arrow, info.features, where)
+            if want is None:
+                want = got
+            elif got != want:
                 raise DataError(
                     f"data.path: {where} has D={got[0]} shape={got[1]} {got[2]}, but train has "
                     f"D={want[0]} shape={want[1]} {want[2]}; every split must match train "
@@ -150,16 +150,20 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
     return rows
 
 
-def _value_type(info: Any, schema: Any) -> str:
-    """The stored value type: ``x``'s list value type, or the feature columns' types."""
-    if schema is None:
-        import pyarrow.parquet as pq
+def _signature(schema: Any, features: list[str] | None, where: str) -> tuple[int, tuple[int, ...], str]:
+    """``(D, row shape, stored value type)`` of a shard, read as the reader reads it."""
+    from .data.errors import DataError
+    from .data.reader import x_layout
 
-        first = info.splits["train"][0] if "train" in info.splits else next(iter(info.splits.values()))[0]
-        schema = pq.read_schema(first, filesystem=info.filesystem)
-    if info.features:
-        return ",".join(str(schema.field(f).type) for f in info.features)
-    return str(schema.field("x").type.value_type)
+    if features:
+        missing = [f for f in features if f not in schema.names]
+        if missing:
+            raise DataError(f"data.path: {where}: column {missing[0]!r} (data.features) not found")
+        return len(features), (len(features),), ",".join(str(schema.field(f).type) for f in features)
+    if "x" not in schema.names:
+        raise DataError(f"data.path: {where}: no column 'x' (columns are {schema.names})")
+    dim, shape, _, _ = x_layout(schema, where)
+    return dim, tuple(shape), str(schema.field("x").type.value_type)
 
 
 # ----------------------------------------------------------------------------- services
