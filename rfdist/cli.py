@@ -44,11 +44,32 @@ def _print_metrics(metrics: dict[str, float], json_out: Path | None) -> None:
 
 def _user_error(exc: Exception) -> bool:
     """Errors whose message is meant for the user (no traceback)."""
+    from .preflight import UnreachableError
     from .train import TrainingError
 
-    return isinstance(exc, ConfigError | FloatingPointError | TrainingError | FileNotFoundError) or (
-        type(exc).__name__ == "DataError"
-    )
+    return isinstance(
+        exc, ConfigError | FloatingPointError | TrainingError | FileNotFoundError | UnreachableError
+    ) or (type(exc).__name__ == "DataError")
+
+
+def _exit_code(exc: Exception) -> int:
+    """2 for bad usage, config or data; 1 for a runtime failure (training, an unreachable service)."""
+    from .preflight import UnreachableError
+    from .train import TrainingError
+
+    return 1 if isinstance(exc, FloatingPointError | TrainingError | UnreachableError) else 2
+
+
+def _tracking_ready(tracking_uri: str | None) -> None:
+    """For short commands: bound MLflow's HTTP retries, probe the store; one line, exit 1."""
+    from .preflight import UnreachableError, bound_mlflow_http, check_tracking
+    from .tracking import resolve_tracking_uri
+
+    bound_mlflow_http()
+    try:
+        check_tracking(resolve_tracking_uri(tracking_uri))
+    except UnreachableError as exc:
+        fail(str(exc), code=1)
 
 
 @app.command()
@@ -62,8 +83,14 @@ def train(
         bool, typer.Option("--local", help="Train in this process, without Ray/MLflow.")
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train again from scratch although this run has finished.")
+    ] = False,
 ) -> None:
-    """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow."""
+    """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow.
+
+    Re-running resumes an unfinished run; a finished one is reported, not retrained (``--force``).
+    """
     try:
         cfg = load_config(config, set_)
     except ConfigError as exc:
@@ -78,11 +105,17 @@ def train(
         from .tracking import redact_uri
         from .train import run_training
 
-        result = run_training(cfg, address=address)
+        result = run_training(cfg, address=address, force=force)
     except Exception as exc:
         if _user_error(exc):
-            fail(str(exc))
+            fail(str(exc), code=_exit_code(exc))
         raise
+    if result.already_finished:
+        typer.echo(
+            f"run {cfg.name!r} already finished at step {int(result.metrics['step'])} "
+            f"(MLflow run {result.run_id}); nothing to do — `--force` trains it again from scratch"
+        )
+        return
     metrics = dict(result.metrics)
     _print_metrics(metrics, json_out)
     typer.echo(f"mlflow run       {result.run_id} ({redact_uri(result.tracking_uri)})")
@@ -120,7 +153,7 @@ def sweep(
         fail(str(exc), code=130)
     except Exception as exc:
         if _user_error(exc):
-            fail(str(exc))
+            fail(str(exc), code=_exit_code(exc))
         raise
     typer.echo(f"mlflow parent run  {result.parent_run_id} ({redact_uri(result.tracking_uri)})")
     typer.echo(f"summary            {result.summary_csv}")
@@ -145,7 +178,11 @@ def models_list(tracking_uri: TrackingOpt = None) -> None:
     """Registered models, their version counts and aliases."""
     from .tracking import list_models
 
-    rows = list_models(tracking_uri=tracking_uri)
+    _tracking_ready(tracking_uri)
+    try:
+        rows = list_models(tracking_uri=tracking_uri)
+    except Exception as exc:
+        fail(f"cannot list models: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=1)
     if not rows:
         typer.echo("no registered models")
     for row in rows:
@@ -161,6 +198,7 @@ def models_show(
     """One model version: its run, source and metrics, as JSON."""
     from .tracking import get_model_record
 
+    _tracking_ready(tracking_uri)
     try:
         record = get_model_record(ref, tracking_uri=tracking_uri)
     except Exception as exc:
@@ -173,6 +211,7 @@ def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOp
     """Point ALIAS of model NAME at VERSION."""
     from .tracking import promote
 
+    _tracking_ready(tracking_uri)
     try:
         promote(name, version, alias, tracking_uri=tracking_uri)
     except Exception as exc:
@@ -227,6 +266,8 @@ def eval_model(
 ) -> None:
     """Evaluate a logged model: exact log-likelihoods, reconstruction, Fréchet distance, OOD."""
     from .eval_run import EvalOptions, run_eval
+
+    _tracking_ready(tracking_uri)
 
     opts = EvalOptions(
         data=data, ood_data=ood_data, features=features, max_rows=max_rows, ood_train_rows=ood_train_rows,

@@ -13,11 +13,12 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .builders import ModelSpec, build_model
 from .engine import LossOptions
@@ -248,6 +249,10 @@ class DebugConfig(_Section):
     fail_at_step: int | None = Field(None, ge=1)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A run name: it becomes a folder, a Ray run name and an MLflow tag value, so ASCII only."""
+
+
 class RunConfig(_Section):
     """The whole configuration of a run."""
 
@@ -263,6 +268,13 @@ class RunConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        if not RUN_NAME.fullmatch(value):
+            raise ValueError("use 1-100 characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+        return value
 
     def loss_options(self) -> LossOptions:
         """The :class:`~rfdist.engine.LossOptions` this config asks for (``auto`` resolved)."""
@@ -315,6 +327,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         given = item.get("input")
         shown = (
             ""
@@ -323,6 +337,19 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         )
         problems.append(f"{key}: {message}{shown}")
     return f"invalid config {source}: " + "; ".join(problems)
+
+
+def _yaml_problem(exc: yaml.YAMLError, *, location: bool = False) -> str:
+    """PyYAML's several-line message as one clause: ``:LINE:COL: problem`` (1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    if context:
+        problem = f"{problem} ({' '.join(str(context).split())})"
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    if location:
+        return f"{where}: not valid YAML: {problem}"
+    return f"{problem} at {where[1:]}" if where else problem
 
 
 _SOURCES = {"path", "synthetic"}  # data.* keys naming where the data comes from (exactly one)
@@ -340,7 +367,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+            raise ConfigError(f"--set {key}: cannot parse value {text!r}: {_yaml_problem(exc)}") from None
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -368,9 +395,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             loaded = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
+            raise ConfigError(f"config file {file}{_yaml_problem(exc, location=True)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file}: cannot read it ({exc})") from None
+        if loaded is None:  # an empty file is a mistake, not "train the defaults"
+            raise ConfigError(
+                f"config file {file} is empty (expected a mapping of sections, e.g. name:, data:)"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {file} must hold a mapping at the top level")
         raw = loaded

@@ -273,8 +273,10 @@ def build_job(
         config = Path(target).expanduser()
         if validate:
             from .config import load_config
+            from .preflight import check_config
 
             cfg = load_config(config, overrides)  # ConfigError: the caller prints it
+            check_config(cfg, sweep=kind == "sweep")  # batch vs workers, sweep schedule
             name = cfg.name
             overrides, notes = _pin_local_paths(cfg, overrides, Path.cwd())
             tracking = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)

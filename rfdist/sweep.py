@@ -313,11 +313,14 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
 def _open_parent(mlflow, cfg: RunConfig) -> str:
     from mlflow.entities import ViewType
 
+    from .preflight import filter_value
+
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
     runs = mlflow.search_runs(
         experiment_ids=[experiment.experiment_id],
         filter_string=(
-            f"tags.`rfdist.sweep_name` = '{cfg.name}' and tags.`rfdist.storage` = '{cfg.storage.path}'"
+            f"tags.`rfdist.sweep_name` = {filter_value(cfg.name)} "
+            f"and tags.`rfdist.storage` = {filter_value(cfg.storage.path)}"
         ),
         run_view_type=ViewType.ACTIVE_ONLY,
         order_by=["attributes.start_time DESC"],
@@ -490,13 +493,18 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     import mlflow
     from ray import tune
 
+    from . import preflight
     from .plots import plot_pareto
     from .tracking import redact_uri, resolve_tracking_uri
     from .train import _log_params, _storage, prepare_data, ray_datasets
 
     # 1. Everything that can be checked before a trial starts.
     space = search_space(cfg)
+    preflight.check_config(cfg, sweep=True)
+    preflight.check_storage(cfg.storage.path)
+    preflight.check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     prepared = prepare_data(cfg)
+    preflight.check_data(cfg, prepared.info)
     for key, raw_spec in cfg.tune.space.items():  # every d, flow, … must fit the data
         if key.startswith("model."):
             _, values = _spec_of(key, raw_spec)

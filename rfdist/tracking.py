@@ -155,6 +155,12 @@ class ModelRecord:
         return self.__dict__.copy()
 
 
+def _quoted(value: str) -> str:
+    from .preflight import filter_value
+
+    return filter_value(value)
+
+
 def _client(tracking_uri: str | None):
     mlflow = _mlflow()
     uri = resolve_tracking_uri(tracking_uri)
@@ -217,7 +223,7 @@ def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     client = _client(tracking_uri)
     out = []
     for model in client.search_registered_models():
-        versions = client.search_model_versions(f"name='{model.name}'")
+        versions = client.search_model_versions(f"name={_quoted(model.name)}")
         aliases = {}
         for alias, version in (getattr(model, "aliases", None) or {}).items():
             aliases[alias] = str(version)
@@ -245,7 +251,7 @@ def get_model_record(ref: str, *, tracking_uri: str | None = None) -> ModelRecor
         name, number = ref.split("/", 1)
         version = client.get_model_version(name, number)
     else:
-        versions = client.search_model_versions(f"name='{ref}'")
+        versions = client.search_model_versions(f"name={_quoted(ref)}")
         if not versions:
             raise LookupError(f"no registered model named {ref!r}")
         version = max(versions, key=lambda v: int(v.version))

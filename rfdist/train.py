@@ -45,6 +45,10 @@ class TrainingError(RuntimeError):
     """Training failed; the message says why (the last good checkpoint is kept)."""
 
 
+class DataFault(ValueError):
+    """A worker found the data unusable (no full batch, an empty split); the message says which."""
+
+
 @dataclass
 class TrainingResult:
     """What :func:`run_training` returns."""
@@ -55,6 +59,7 @@ class TrainingResult:
     metrics: dict[str, float]
     model_version: str | None
     aliases: list[str]
+    already_finished: bool = False
 
 
 # ----------------------------------------------------------------------------------- worker
@@ -147,23 +152,55 @@ def _load_checkpoint(checkpoint: Any, device: torch.device) -> TrainingState:
         return load_state(directory, map_location=device)
 
 
-def _state_to_resume(registered: Any, unregistered: Any, device: torch.device) -> TrainingState | None:
-    """The newer of Ray Train's checkpoint and one it never registered (``None`` if neither).
+def _state_to_resume(
+    registered: Any, unregistered: Any, device: torch.device, *, warn: Any = None
+) -> TrainingState | None:
+    """The newest readable checkpoint: Ray Train's or one it never registered (``None`` if neither).
 
     Ray Train resumes from the checkpoints its controller registered (its snapshot); a
     checkpoint the worker had written when the driver was stopped (Ctrl-C within a health
-    check interval of it) never gets there. The driver finds such a checkpoint on storage
-    (:func:`_unregistered_checkpoint`); it wins when its step is higher. One that has
-    vanished since (``num_to_keep``) is ignored.
+    check interval of it) never gets there. The driver finds checkpoints on storage
+    (:func:`_storage_checkpoints`, newest first; a single one is accepted too); the newest
+    readable one wins when its step is higher. One that has vanished since (``num_to_keep``) is
+    ignored; one whose ``state.pt`` is corrupt or truncated is skipped with a warning naming the
+    file (``warn``), falling back to the next older one.
     """
-    state = _load_checkpoint(registered, device) if registered is not None else None
-    if unregistered is not None and (registered is None or unregistered.path != registered.path):
+    from .checkpoint import CHECKPOINT_FILE
+
+    def attempt(checkpoint: Any) -> TrainingState | None:
         try:
-            candidate = _load_checkpoint(unregistered, device)
-        except (FileNotFoundError, OSError, ValueError):
-            candidate = None
-        if candidate is not None and (state is None or candidate.step > state.step):
-            state = candidate
+            return _load_checkpoint(checkpoint, device)
+        except FileNotFoundError:
+            return None  # vanished (num_to_keep) or never completed
+        except Exception as exc:  # truncated zip, bad pickle, not an rfdist checkpoint
+            if warn is not None:
+                reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                warn(
+                    f"[rfdist] warning: checkpoint {checkpoint.path}/{CHECKPOINT_FILE} is unreadable "
+                    f"({reason}); falling back to an older checkpoint"
+                )
+            return None
+
+    if unregistered is None:
+        unregistered = []
+    elif not isinstance(unregistered, list | tuple):
+        unregistered = [unregistered]
+    tried = set()
+    state = None
+    if registered is not None:
+        tried.add(registered.path.rstrip("/"))
+        state = attempt(registered)
+    for candidate in unregistered:
+        if candidate.path.rstrip("/") in tried:
+            if state is not None:
+                break  # Ray's own checkpoint is the newest readable one on storage
+            continue
+        tried.add(candidate.path.rstrip("/"))
+        loaded = attempt(candidate)
+        if loaded is not None:
+            if state is None or loaded.step > state.step:
+                state = loaded
+            break
     return state
 
 
@@ -184,7 +221,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
-    state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
+    state = _state_to_resume(
+        ray.train.get_checkpoint(),
+        loop_config.get("unregistered_checkpoint"),
+        device,
+        warn=(lambda m: print(m, flush=True)) if rank == 0 else None,
+    )
     if state is not None:
         model.load_state_dict(state.model)
         load_optimizer_state(optimizer, state.optimizer)
@@ -209,10 +251,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def batches():
         while True:
+            empty = True
             for batch in train_shard.iter_torch_batches(
                 batch_size=per_worker_batch, device=device, drop_last=True, **stream_kw
             ):
+                empty = False
                 yield prep(batch["x"])
+            if empty:  # drop_last and too few rows: another pass would loop forever
+                raise DataFault(
+                    f"the train split gave worker {rank} no full batch of {per_worker_batch} rows "
+                    f"(train.batch_size {cfg.train.batch_size} over {world} workers): lower "
+                    "train.batch_size or add rows"
+                )
 
     def validate() -> float:
         total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -229,7 +279,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.train()
         if world > 1:
             torch.distributed.all_reduce(total)
-        return float(total[0] / total[1].clamp_min(1))
+        if not bool(total[1] > 0):  # an empty val split must not read as a perfect val_nll 0.0
+            raise DataFault("the val split gave no rows to validate on: it is empty")
+        return float(total[0] / total[1])
 
     fail_at = cfg.debug.fail_at_step
     marker = Path(loop_config["fault_marker"])
@@ -239,6 +291,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     first_step = step
     examples = 0
     cost = _CostMeter(device, previous=state.metrics if state is not None else None)
+    saved_any = state is not None  # is there a checkpoint to fall back on?
     model.train()
     stream = batches()
     if cfg.estimator.name == "auto" and cfg.train.mode == "ml":
@@ -273,7 +326,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if consecutive_skips >= cfg.train.max_consecutive_skips:
                 raise FloatingPointError(
                     f"{consecutive_skips} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {step}); the last good checkpoint is kept"
+                    f"(last at step {step}){_fault_hint(x, cfg, saved_any)}"
                 )
         else:
             consecutive_skips = 0
@@ -331,12 +384,43 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(directory))
             else:
                 ray.train.report(report)
+            saved_any = saved_any or healthy
             if not healthy:
                 raise FloatingPointError(
-                    f"validation NLL is not finite at step {step}; the last good checkpoint is kept"
+                    f"validation NLL is not finite at step {step}{_fault_hint(x, cfg, saved_any)}"
                 )
     if log is not None:
         log.close()  # the metrics buffered while the tracking server was away
+
+
+def _fault_hint(x: torch.Tensor, cfg: RunConfig, saved_any: bool) -> str:
+    """The tail of a non-finite-training message: is the data the cause, is a checkpoint kept?"""
+    from .data.validate import FLOAT32_SQUARE_LIMIT
+
+    kept = "; the last good checkpoint is kept" if saved_any else "; no checkpoint was written"
+    largest = float(x.detach().abs().nan_to_num(float("inf")).max()) if x.numel() else 0.0
+    if not math.isfinite(largest) or largest > FLOAT32_SQUARE_LIMIT:
+        where = cfg.data.path or f"data.synthetic {cfg.data.synthetic}"
+        return (
+            f"{kept}. The data is the likely cause: this batch holds |x| = {largest:.3g} "
+            f"(run `rfdist data validate {where}`)"
+        )
+    return kept
+
+
+def _worker_error(exc: BaseException) -> str:
+    """One line for a failed ``fit``: the worker's own exception (``Type: message``), once."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    failures = getattr(exc, "worker_failures", None) or getattr(cause, "worker_failures", None)
+    if failures:
+        for failure in failures.values():  # a traceback string whose last line is "Type: message"
+            lines = [line for line in str(failure).splitlines() if line.strip()]
+            if lines:
+                return lines[-1].strip()
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -414,12 +498,13 @@ def _storage(path: str) -> tuple[str, Any]:
     return storage_location(path)
 
 
-def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> Any:
-    """The newest checkpoint folder (with a complete ``state.pt``) of run ``name``, or ``None``.
+def _storage_checkpoints(storage_path: str, filesystem: Any, name: str) -> list[Any]:
+    """Checkpoint folders (with a ``state.pt``) of run ``name`` on storage, newest first.
 
     Handed to the workers beside Ray Train's own checkpoint (see :func:`_state_to_resume`), so a
-    re-run resumes from what the stopped run last wrote, not only from what Ray registered.
-    Folder names carry their creation time (``checkpoint_YYYY-MM-DD_HH-MM-SS.ffffff``).
+    re-run resumes from what the stopped run last wrote, not only from what Ray registered, and
+    falls back past a corrupt newest one. Folder names carry their creation time
+    (``checkpoint_YYYY-MM-DD_HH-MM-SS.ffffff``).
     """
     import pyarrow.fs
     from ray.train import Checkpoint
@@ -431,7 +516,7 @@ def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> A
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
     except OSError:
-        return None
+        return []
     folders = sorted(
         (
             e.path
@@ -440,10 +525,17 @@ def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> A
         ),
         reverse=True,
     )
-    for folder in folders:
-        if fs.get_file_info(f"{folder}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File:
-            return Checkpoint(path=folder, filesystem=filesystem)
-    return None
+    return [
+        Checkpoint(path=folder, filesystem=filesystem)
+        for folder in folders
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
+    ]
+
+
+def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> Any:
+    """The newest checkpoint folder (with a ``state.pt``) of run ``name``, or ``None``."""
+    found = _storage_checkpoints(storage_path, filesystem, name)
+    return found[0] if found else None
 
 
 def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> str:
@@ -469,27 +561,62 @@ def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> 
     return str(target)
 
 
-def _open_run(mlflow, cfg: RunConfig, storage_path: str, tags: dict[str, str] | None = None) -> str:
-    """The MLflow run of this training job: a re-run with the same name continues its run."""
+def _latest_run(mlflow, cfg: RunConfig, storage_path: str) -> tuple[Any, Any]:
+    """``(experiment, newest run of this job or None)``: runs tagged with its name and storage."""
     from mlflow.entities import ViewType
+
+    from .preflight import filter_value
 
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
     runs = mlflow.search_runs(
         experiment_ids=[experiment.experiment_id],
-        filter_string=f"tags.`rfdist.run_name` = '{cfg.name}' and tags.`rfdist.storage` = '{storage_path}'",
+        filter_string=f"tags.`rfdist.run_name` = {filter_value(cfg.name)} "
+        f"and tags.`rfdist.storage` = {filter_value(storage_path)}",
         run_view_type=ViewType.ACTIVE_ONLY,
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
     )
-    if runs and runs[0].info.status != "FINISHED":
-        return runs[0].info.run_id
+    return experiment, (runs[0] if runs else None)
+
+
+def finished_step(client: Any, run: Any) -> int | None:
+    """The step a FINISHED run ended at (its ``final_val_nll``'s step), else ``None``.
+
+    A run is finished when rfdist closed it as FINISHED after logging the final model; the
+    step tells whether a re-run with a larger ``train.max_steps`` still has work to do.
+    """
+    if run is None or run.info.status != "FINISHED":
+        return None
+    history = client.get_metric_history(run.info.run_id, "final_val_nll")
+    return max((m.step for m in history), default=None)
+
+
+def _open_run(
+    mlflow, cfg: RunConfig, storage_path: str, tags: dict[str, str] | None = None, *, force: bool = False
+) -> tuple[str, str]:
+    """``(run_id, ray_name)`` of this job: a re-run with the same name continues its run.
+
+    ``ray_name`` is the Ray Train run (checkpoint folder) the MLflow run trains in: ``cfg.name``,
+    or a fresh ``NAME-xxxxxxxx`` for ``force`` (retrain from scratch), remembered in the run's tag
+    ``rfdist.ray_name`` so that re-runs resume the right folder.
+    """
+    experiment, latest = _latest_run(mlflow, cfg, storage_path)
+    previous = latest.data.tags.get("rfdist.ray_name", cfg.name) if latest is not None else cfg.name
+    if latest is not None and latest.info.status != "FINISHED" and not force:
+        return latest.info.run_id, previous
+    ray_name = f"{cfg.name}-{uuid.uuid4().hex[:8]}" if force else previous
     run = mlflow.MlflowClient().create_run(
         experiment.experiment_id,
         run_name=cfg.name,
-        tags={"rfdist.run_name": cfg.name, "rfdist.storage": storage_path, **(tags or {})},
+        tags={
+            "rfdist.run_name": cfg.name,
+            "rfdist.storage": storage_path,
+            "rfdist.ray_name": ray_name,
+            **(tags or {}),
+        },
     )
-    return run.info.run_id
+    return run.info.run_id, ray_name
 
 
 def _log_params(mlflow, run_id: str, cfg: RunConfig) -> None:
@@ -527,7 +654,8 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     try:
         info = open_dataset(data_path, features=cfg.data.features)
     except DataError as exc:
-        hint = " (make it with `rfdist data make NAME --out PATH`)" if "not found" in str(exc) else ""
+        missing = "dataset not found" in str(exc)
+        hint = " (make it with `rfdist data make NAME --out PATH`)" if missing else ""
         raise DataError(f"data.path: {exc}{hint}") from None
     spec = cfg.model.spec(tuple(info.shape), cfg.seed)
     for split in ("train", "val"):
@@ -563,31 +691,52 @@ def run_training(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     register: bool = True,
+    force: bool = False,
 ) -> TrainingResult:
     """Train per ``cfg`` on Ray Train; log, register and return the result.
 
     ``datasets``: ready ``train``/``val`` Ray Datasets (a sweep reads them once for all trials);
     ``callbacks`` go to the trainer's ``RunConfig`` (a sweep passes Tune's report callback);
     ``parent_run_id`` makes the MLflow run a child (one per sweep trial); ``register=False``
-    logs the model without registering it.
+    logs the model without registering it. A job whose MLflow run is FINISHED at
+    ``train.max_steps`` is not trained again (``already_finished``; no new run or version)
+    unless ``force``, which trains from scratch in a fresh run.
     """
     import mlflow
 
+    from . import preflight
     from .tracking import log_flow_model, redact_uri, register_with_aliases, resolve_tracking_uri
 
     # 1. Everything that can be checked before a worker starts.
+    preflight.check_config(cfg)
+    preflight.check_storage(cfg.storage.path)
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    preflight.check_tracking(tracking_uri)
     prepared = prepare_data(cfg)
     info, spec = prepared.info, prepared.spec
+    preflight.check_data(cfg, info)
     storage_path, filesystem = _storage(cfg.storage.path)
 
     # 2. Tracking.
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    if not force:
+        _, latest = _latest_run(mlflow, cfg, cfg.storage.path)
+        done = finished_step(mlflow.MlflowClient(), latest)
+        if done is not None and done >= cfg.train.max_steps:
+            return TrainingResult(
+                run_id=latest.info.run_id,
+                tracking_uri=tracking_uri,
+                checkpoint_path=None,
+                metrics={"val_nll": float(latest.data.metrics.get("final_val_nll", math.nan)), "step": done},
+                model_version=None,
+                aliases=[],
+                already_finished=True,
+            )
     run_tags = dict(tags or {})
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
-    run_id = _open_run(mlflow, cfg, cfg.storage.path, run_tags)
+    run_id, ray_name = _open_run(mlflow, cfg, cfg.storage.path, run_tags, force=force)
     _log_params(mlflow, run_id, cfg)
     print(f"[rfdist] MLflow run {run_id} at {redact_uri(tracking_uri)}", flush=True)
 
@@ -613,13 +762,13 @@ def run_training(
             "tracking_uri": tracking_uri,
             "stats": getattr(info, "stats", None),
             "fault_marker": str(Path(tempfile.gettempdir()) / f"rfdist-fault-{uuid.uuid4().hex}"),
-            "unregistered_checkpoint": _unregistered_checkpoint(storage_path, filesystem, cfg.name),
+            "unregistered_checkpoint": _storage_checkpoints(storage_path, filesystem, ray_name),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.name,
+            name=ray_name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.storage.max_failures),
@@ -637,10 +786,7 @@ def run_training(
         result = trainer.fit()
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
-        cause = exc
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise TrainingError(f"training run {cfg.name!r} failed: {type(cause).__name__}: {cause}") from exc
+        raise TrainingError(f"training run {cfg.name!r} failed: {_worker_error(exc)}") from exc
 
     # 4. The final model: from the latest checkpoint.
     checkpoint = result.checkpoint

@@ -50,3 +50,26 @@ def test_the_higher_step_wins_and_a_vanished_folder_is_ignored(tmp_path: Path) -
     chosen = _state_to_resume(newer, older, CPU)
     assert chosen.step == 100 and torch.equal(chosen.model["w"], torch.full((2,), 100.0))
     assert _state_to_resume(older, gone, CPU).step == 50
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_one_warning(tmp_path: Path) -> None:
+    """A truncated newest state.pt (Ray's registered one): warn naming it, take the older one."""
+    from rfdist.train import _storage_checkpoints
+
+    run = tmp_path / "runs" / "vm"
+    _write(run / "checkpoint_2026-11-29_06-39-41.367635", 50)
+    newest = _write(run / "checkpoint_2026-11-29_06-39-44.668585", 100) / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    on_storage = _storage_checkpoints(str(tmp_path / "runs"), None, "vm")
+    assert [Path(c.path).name for c in on_storage] == [
+        "checkpoint_2026-11-29_06-39-44.668585",
+        "checkpoint_2026-11-29_06-39-41.367635",
+    ]
+    warnings: list[str] = []
+    registered = Checkpoint(path=str(newest.parent))
+    chosen = _state_to_resume(registered, on_storage, CPU, warn=warnings.append)
+    assert chosen is not None and chosen.step == 50
+    assert len(warnings) == 1 and f"{newest} is unreadable" in warnings[0], warnings
+    warnings.clear()
+    assert _state_to_resume(None, on_storage, CPU, warn=warnings.append).step == 50
+    assert len(warnings) == 1

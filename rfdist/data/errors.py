@@ -3,3 +3,11 @@
 
 class DataError(Exception):
     """A dataset problem, naming the file/split/column/row and what was expected."""
+
+
+def arrow_reason(exc: Exception) -> str:
+    """Arrow's reason without its "Could not open Parquet input source '<path>':" preamble."""
+    text = " ".join(str(exc).split())
+    if text.startswith("Could not open Parquet input source") and "': " in text:
+        text = text.split("': ", 1)[1]
+    return text.split(". ")[0][:160]

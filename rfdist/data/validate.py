@@ -3,8 +3,8 @@
 Checks: layout (manifest or plain ``split/*.parquet``; no interrupted make), a non-empty
 ``train`` split and no empty split, every shard readable (truncated files), column ``x`` (or the
 named feature columns) present with the right type, one vector length across all shards and
-rows, shape metadata consistent with it, ``label`` integral, and no NaN/inf values (the first
-bad row of each shard is named).
+rows, shape metadata consistent with it, ``label`` integral, and no NaN/inf values or values too
+large for float32 arithmetic (the first bad row of each shard is named).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from .errors import DataError, arrow_reason
 from .parquet import SHAPE_KEY, list_layout
 from .reader import is_tensor_type, x_layout
 
@@ -54,20 +54,33 @@ def _name(path: str) -> str:
     return "/".join(path.rsplit("/", 2)[-2:])
 
 
-def _first_bad_row(values: np.ndarray, row_len: int) -> int | None:
+FLOAT32_SQUARE_LIMIT = 1.8e19
+"""|x| above this overflows float32 when squared (sqrt of float32's max ≈ 1.84e19): training
+on such values gives a non-finite loss at once."""
+
+
+def _first_bad_row(values: np.ndarray, row_len: int) -> tuple[int, str] | None:
+    """The first row holding NaN/inf or a value too large for float32 arithmetic, and what."""
     bad = ~np.isfinite(values)
-    if not bad.any():
-        return None
-    return int(np.argmax(bad) // row_len)
+    if bad.any():
+        return int(np.argmax(bad) // row_len), "NaN or inf"
+    huge = np.abs(values) > FLOAT32_SQUARE_LIMIT
+    if huge.any():
+        index = int(np.argmax(huge))
+        return index // row_len, (
+            f"value {values[index]:.3g} is too large (|x| > {FLOAT32_SQUARE_LIMIT:.2g} overflows "
+            "float32 when squared)"
+        )
+    return None
 
 
 def _check_vectors(report: ValidationReport, table: pa.Table, column: pa.Array, where: str) -> int:
     """Checks of a fixed_size_list<float> column ``x``: finite values, ``rfdist.shape`` metadata."""
     dim = column.type.list_size
     values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-    row = _first_bad_row(values, dim)
-    if row is not None:
-        report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
+    bad = _first_bad_row(values, dim)
+    if bad is not None:
+        report.problems.append(f"{where}: column 'x' row {bad[0]}: {bad[1]}")
     meta = (table.schema.metadata or {}).get(SHAPE_KEY)
     if meta:
         try:
@@ -98,6 +111,7 @@ def validate_dataset(
     if "train" not in layout.files:
         report.problems.append(f"{uri}: no 'train' split (found {sorted(layout.files)})")
     expected_dim: int | None = None
+    unreadable: set[str] = set()
     for split, paths in sorted(layout.files.items()):
         report.rows[split] = 0
         for path in paths:
@@ -106,9 +120,8 @@ def validate_dataset(
                 report.bytes += fs.get_file_info(path).size or 0
                 table = pq.read_table(path, filesystem=fs)
             except (pa.ArrowInvalid, OSError) as exc:
-                report.problems.append(
-                    f"{where}: not a readable Parquet file ({str(exc).splitlines()[0][:100]})"
-                )
+                report.problems.append(f"{where}: not a readable Parquet file ({arrow_reason(exc)})")
+                unreadable.add(split)
                 continue
             report.rows[split] += table.num_rows
             if features:
@@ -127,9 +140,9 @@ def validate_dataset(
                         )
                         continue
                     values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
-                    row = _first_bad_row(values, 1)
-                    if row is not None:
-                        report.problems.append(f"{where}: column {name!r} row {row}: NaN or inf")
+                    bad = _first_bad_row(values, 1)
+                    if bad is not None:
+                        report.problems.append(f"{where}: column {name!r} row {bad[0]}: {bad[1]}")
             else:
                 if "x" not in table.column_names:
                     report.problems.append(
@@ -157,9 +170,9 @@ def validate_dataset(
                     report.shape = report.shape or shape
                     if pa.types.is_floating(column.type.value_type):
                         values = np.asarray(column.storage.flatten().to_numpy(zero_copy_only=False))
-                        row = _first_bad_row(values, dim)
-                        if row is not None:
-                            report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
+                        bad = _first_bad_row(values, dim)
+                        if bad is not None:
+                            report.problems.append(f"{where}: column 'x' row {bad[0]}: {bad[1]}")
                 elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
                     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
                     if len(lengths) and (lengths != lengths[0]).any():
@@ -193,7 +206,7 @@ def validate_dataset(
                 report.problems.append(
                     f"{where}: vector length {dim} differs from {expected_dim} in other shards"
                 )
-        if report.rows[split] == 0:
+        if report.rows[split] == 0 and split not in unreadable:  # unreadable ≠ empty
             report.problems.append(f"{uri}: split {split!r} is empty")
     if layout.manifest is not None:
         for split, entry in layout.manifest["splits"].items():
