@@ -238,6 +238,36 @@ def eval_model(
     typer.echo(f"mlflow run       {run_id}")
 
 
+@app.command("score")
+def score(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")],
+    out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix (Parquet + _SUCCESS).")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 1024,
+    actors: Annotated[int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score a dataset split with a logged model on Ray Data: log_prob, reconstruction_error, latent."""
+    from .score import score_dataset
+
+    try:
+        result = score_dataset(
+            model_uri, data, out, split=split, address=address, tracking_uri=tracking_uri,
+            batch_size=batch_size, actors=actors,
+        )  # fmt: skip
+    except Exception as exc:
+        if _user_error(exc):
+            fail(str(exc))
+        if type(exc).__module__.startswith("mlflow") or type(exc).__name__ == "ModelIntegrityError":
+            fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", code=1)
+        raise
+    typer.echo(f"scored {result.rows} rows -> {result.out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
