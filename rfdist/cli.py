@@ -20,9 +20,26 @@ app = typer.Typer(
     help="Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .tracking import DIST_NAME, dist_version
+
+        typer.echo(f"rfdist {dist_version()} ({DIST_NAME})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry."""
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (default: built-in von-mises).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
@@ -88,9 +105,10 @@ def train(
     typer.echo(f"mlflow run       {result.run_id} ({redact_uri(result.tracking_uri)})")
     typer.echo(f"checkpoint       {result.checkpoint_path}")
     if result.model_version:
+        aliases = f"aliases: {', '.join(result.aliases)}" if result.aliases else "no alias"
         typer.echo(
             f"registered       {cfg.registry.name} v{result.model_version} "
-            f"(aliases: {', '.join(result.aliases)})"
+            f"({aliases}; models:/{cfg.registry.name}@latest is the newest version)"
         )
 
 

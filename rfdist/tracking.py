@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -375,6 +375,8 @@ class ModelRecord:
     source: str
     metrics: dict[str, float]
     created: int
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -399,10 +401,11 @@ def register_with_aliases(
 
     ``latest`` needs no alias: MLflow reserves that name, and rfdist resolves
     ``models:/NAME@latest`` to the newest version (which ``version`` is, just registered).
-    Returns the aliases that now point at ``version``. A non-finite ``value`` never wins.
+    Returns the aliases that now point at ``version`` (``latest`` is none of them: it is not an
+    alias). A non-finite ``value`` never wins.
     """
     client = _client(tracking_uri)
-    aliases = ["latest"]
+    aliases: list[str] = []
     if value is None or not math.isfinite(value):
         return aliases
     try:
@@ -426,14 +429,22 @@ def _record(client, version) -> ModelRecord:
             metrics = dict(client.get_run(version.run_id).data.metrics)
         except Exception:
             metrics = {}
+    try:  # the registered model's alias map is authoritative (versions may come without aliases)
+        alias_map = dict(getattr(client.get_registered_model(version.name), "aliases", None) or {})
+    except Exception:
+        alias_map = {}
+    aliases = sorted({*(getattr(version, "aliases", []) or []),
+                      *(a for a, v in alias_map.items() if str(v) == str(version.version))})  # fmt: skip
     return ModelRecord(
         name=version.name,
         version=str(version.version),
-        aliases=list(getattr(version, "aliases", []) or []),
+        aliases=aliases,
         run_id=version.run_id,
         source=version.source,
         metrics=metrics,
         created=int(version.creation_timestamp or 0),
+        description=version.description or "",
+        tags=dict(version.tags or {}),
     )
 
 

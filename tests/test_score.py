@@ -107,3 +107,15 @@ def test_score_local_and_s3_one_row_per_input(registered, s3_server, tmp_path) -
         _check(read_scores("s3://scoring/out"), model, splits["test"]["x"])
     finally:
         ray.shutdown()
+
+
+def test_submit_score_job_runs_the_score_entry_point() -> None:
+    from pathlib import Path
+
+    from rfdist.submit import build_job
+
+    root = Path(__file__).resolve().parents[1]
+    spec = build_job("score", "models:/vm@champion", extra_args=["--data", "s3://b/vm", "--out", "s3://b/scores"],
+                     working_dir=root, address="http://127.0.0.1:8265", environ={})  # fmt: skip
+    assert spec.entrypoint == "python jobs/score.py models:/vm@champion --data s3://b/vm --out s3://b/scores"
+    assert spec.runtime_env["env_vars"]["RFDIST_RAY_JOB_ID"] == spec.submission_id  # run ↔ job tag
