@@ -187,3 +187,32 @@ def test_mlflow_models_serve_answers_log_densities(registered, tmp_path) -> None
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def test_model_dir_runs_without_an_installed_rfdist(registered, tmp_path) -> None:
+    """A fresh interpreter that cannot import rfdist (no .pth editable finder) serves from code/."""
+    uri, model, _ = registered
+    local = _model_dir(uri, tmp_path / "model")
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    script = f"""
+import sys
+sys.path.extend({site!r})
+try:
+    import rfdist
+    raise SystemExit("rfdist importable before loading the model: " + rfdist.__file__)
+except ImportError:
+    pass
+import mlflow, numpy as np
+pyfunc = mlflow.pyfunc.load_model({str(local)!r})
+import rfdist
+print(rfdist.__file__)
+print(pyfunc.predict(np.array([[0.5, -1.0]], dtype=np.float32)).tolist())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout
+    where, values = done.stdout.strip().splitlines()[-2:]
+    assert where.startswith(str(local / "code" / "rfdist"))
+    expected = model.log_prob(torch.tensor([[0.5, -1.0]])).detach().double().numpy()
+    np.testing.assert_allclose(json.loads(values), expected, rtol=1e-4, atol=1e-4)
