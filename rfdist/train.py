@@ -420,7 +420,7 @@ def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
 
 
 def _dashboard_url() -> str | None:
-    """The Ray dashboard's URL: the local instance's (``RAY_API_SERVER_ADDRESS``), else ``--address``'s."""
+    """The Ray dashboard URL: the local instance's (set by start_local_ray), else an http(s) ``RAY_ADDRESS``."""
     url = os.environ.get("RFDIST_DASHBOARD_URL") or os.environ.get("RAY_ADDRESS", "")
     return url if url.startswith(("http://", "https://")) else None
 
