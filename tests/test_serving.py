@@ -41,6 +41,9 @@ def registered(tmp_path_factory):
                      density_hidden=(8,))  # fmt: skip
     torch.manual_seed(3)
     model = build_model(spec).eval()
+    with torch.no_grad():  # away from the (deterministic) initialisation: a fresh build must differ
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
     with mlflow.start_run(experiment_id=experiment):
         info = log_flow_model(model, spec, registered_model_name=NAME)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", str(info.registered_model_version))
