@@ -311,6 +311,9 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return f"invalid config {source}: " + "; ".join(problems)
 
 
+_SOURCES = {"path", "synthetic"}  # data.* keys naming where the data comes from (exactly one)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -332,6 +335,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
             node = child
         node[parts[-1]] = value
+        if parts[0] == "data" and len(parts) == 2 and parts[1] in _SOURCES and value is not None:
+            for other in _SOURCES - {parts[1]}:  # the later, explicit source wins
+                if node.get(other) is not None:
+                    node[other] = None
     return raw
 
 

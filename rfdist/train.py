@@ -26,7 +26,7 @@ from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
 from .console import start_hints, worker_print
-from .engine import train_step
+from .engine import load_optimizer_state, make_optimizer, train_step
 
 __all__ = [
     "PreparedData",
@@ -191,13 +191,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + 1000 * rank)
 
     model = build_model(spec).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
     state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
     if state is not None:
         model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         if state.rng is not None:
@@ -213,11 +213,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     log = _mlflow_logger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    from .data.reader import stream_options
+
+    stream_kw = stream_options(device)  # rows arrive as stored (uint8 pixels); prep makes them float
 
     def batches():
         while True:
             for batch in train_shard.iter_torch_batches(
-                batch_size=per_worker_batch, device=device, drop_last=True, dtypes=torch.float32
+                batch_size=per_worker_batch, device=device, drop_last=True, **stream_kw
             ):
                 yield prep(batch["x"])
 
@@ -228,7 +231,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # the exact likelihood holds d tangents per row at once: validate in training-sized
             # batches (1000-image batches exhausted 24 GB on the MNIST preset with 2 workers)
             for batch in val_shard.iter_torch_batches(
-                batch_size=per_worker_batch, device=device, dtypes=torch.float32
+                batch_size=per_worker_batch, device=device, **stream_kw
             ):
                 x = prep(batch["x"])
                 total[0] -= model.log_prob(x, chunk_size=cfg.estimator.chunk_size).double().sum()
@@ -433,20 +436,10 @@ def _init_ray(cfg: RunConfig, address: str | None) -> None:
 
 
 def _storage(path: str) -> tuple[str, Any]:
-    """``(storage_path, filesystem)`` for RunConfig: S3 paths go without the scheme."""
-    if path.startswith("s3://"):
-        import pyarrow.fs
+    """``(storage_path, filesystem)`` for RunConfig, through the one storage layer (timeouts, retries)."""
+    from .data.fs import storage_location
 
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host or endpoint, scheme=scheme if host else "https")
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        if region:
-            kwargs["region"] = region
-        return path[len("s3://") :].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
-    return str(Path(path).resolve()), None
+    return storage_location(path)
 
 
 def _unregistered_checkpoint(storage_path: str, filesystem: Any, name: str) -> Any:
@@ -581,14 +574,14 @@ def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
     Re-streaming a small Parquet dataset every epoch costs more than a training step, so
     datasets under :data:`MATERIALIZE_BYTES` are read once (a sweep reads once for all trials).
     """
-    from .data.reader import ray_dataset
+    from .data.reader import materialize_limit, ray_dataset
 
     info = prepared.info
     datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
     if cfg.data.materialize != "never":
         rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
-        size = sum(rows) * prepared.spec.data_dim * 4
-        if cfg.data.materialize == "always" or size <= MATERIALIZE_BYTES:
+        size = sum(rows) * prepared.spec.data_dim * info.itemsize
+        if cfg.data.materialize == "always" or size <= materialize_limit(MATERIALIZE_BYTES):
             datasets = {split: ds.materialize() for split, ds in datasets.items()}
     return datasets
 

@@ -70,3 +70,14 @@ def test_train_refuses_bad_configs_before_any_worker_starts(tmp_path: Path, over
 def test_missing_config_file() -> None:
     proc = _cli("train", "/nonexistent.yaml")
     assert proc.returncode == 2 and "config file not found: /nonexistent.yaml" in proc.stderr
+
+
+def test_later_data_source_wins_over_the_presets() -> None:
+    """``--set data.path=…`` on a preset naming ``data.synthetic`` (and back) needs nothing else."""
+    cfg = load_config(PRESET, ["data.path=data/mine"])
+    assert (cfg.data.path, cfg.data.synthetic) == ("data/mine", None)
+    assert cfg.model_dump()["data"]["synthetic"] is None  # the resolved config says so
+    cfg = load_config(PRESET, ["data.path=data/mine", "data.synthetic=sphere"])
+    assert (cfg.data.path, cfg.data.synthetic) == (None, "sphere")
+    with pytest.raises(ConfigError, match=r"exactly one of data\.path"):
+        load_config(PRESET, ["data.synthetic=null"])  # removing the only source is still refused

@@ -99,16 +99,26 @@ def test_s3_make_validate_and_read_back_identical_to_local(s3_server: str, tmp_p
     assert "testing" not in result.output  # credentials never printed
 
 
-def test_mnist_and_fashion_mnist_carry_the_real_statistics(tmp_path: Path) -> None:
+def test_mnist_and_fashion_mnist_carry_the_real_statistics_and_standard_splits(tmp_path: Path) -> None:
+    """test = the official 10,000; val = a seeded draw from the 60,000; uint8 pixels."""
     for name, mean in (("mnist", 33.32), ("fashion-mnist", 72.94)):
         result = cli("data", "make", name, "--out", str(tmp_path / name))
         if result.exit_code != 0 and "not found" in result.output:
             pytest.skip(f"{name} source not installed: run scripts/install_datasets.sh")
         assert result.exit_code == 0, result.output
         info = open_dataset(str(tmp_path / name))
-        train = load_split(info, "train")
-        assert train.shape == (60000, 1, 28, 28) and info.shape == (1, 28, 28)
-        assert abs(float(train.double().mean()) - mean) < 0.01
+        assert info.rows == {"train": 55000, "val": 5000, "test": 10000}
+        assert info.dtype == "uint8" and info.tensor and info.shape == (1, 28, 28)
+        train, val = load_split(info, "train"), load_split(info, "val")
+        assert train.shape == (55000, 1, 28, 28)
+        assert abs(float(torch.cat([train, val]).double().mean()) - mean) < 0.01  # all 60,000
+    first = open_dataset(str(tmp_path / "mnist"))
+    result = cli("data", "make", "mnist", "--out", str(tmp_path / "m2"), "--val-rows", "1000", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    other = open_dataset(str(tmp_path / "m2"))
+    assert other.rows == {"train": 59000, "val": 1000, "test": 10000}
+    torch.testing.assert_close(load_split(other, "test"), load_split(first, "test"))  # always the official
+    assert not torch.equal(load_split(other, "val")[:1000], load_split(first, "val")[:1000])
 
 
 def test_digits_has_1797_rows(tmp_path: Path) -> None:

@@ -23,6 +23,12 @@ def make(
     ],
     out: Annotated[str, typer.Option("--out", help="Folder or s3://bucket/prefix to write.")],
     rows: Annotated[int | None, typer.Option(help="Training rows (synthetic) / cap (real data).")] = None,
+    val_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--val-rows", help="val size (MNIST/Fashion-MNIST: drawn from the 60,000; default 5,000)."
+        ),
+    ] = None,
     shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per Parquet shard.")] = 50_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -33,7 +39,7 @@ def make(
     from .sources import generate
 
     try:
-        generated = generate(name, rows=rows, seed=seed)
+        generated = generate(name, rows=rows, seed=seed, val_rows=val_rows)
         train = generated.splits["train"]["x"].reshape(len(generated.splits["train"]["x"]), -1)
         stats = {"mean": train.mean(0).tolist(), "std": np.maximum(train.std(0), 1e-6).tolist()}
         manifest = write_dataset(

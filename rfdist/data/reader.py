@@ -26,7 +26,18 @@ import torch
 from .errors import DataError
 from .parquet import SHAPE_KEY, list_layout
 
-__all__ = ["DatasetInfo", "arrow_to_numpy", "iter_batches", "load_split", "open_dataset", "ray_dataset"]
+__all__ = [
+    "DatasetInfo",
+    "arrow_to_numpy",
+    "is_tensor_type",
+    "iter_batches",
+    "load_split",
+    "materialize_limit",
+    "open_dataset",
+    "ray_dataset",
+    "stream_options",
+    "x_layout",
+]
 
 
 @dataclass
@@ -42,6 +53,12 @@ class DatasetInfo:
     features: list[str] | None = None
     rows: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] | None = None
+    dtype: str = "float32"  # of column ``x`` as stored: "uint8" (image tensors) or "float32"
+    tensor: bool = False  # ``x`` is an ``arrow.fixed_shape_tensor`` column
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
 
     def columns(self) -> list[str]:
         base = list(self.features) if self.features else ["x"]
@@ -89,30 +106,75 @@ def open_dataset(
                     f"{where}: column {name!r} has type {schema.field(name).type}, expected a number"
                 )
         dim, shape = len(features), (len(features),)
+        dtype, tensor = "float32", False
     else:
         if "x" not in schema.names:
             raise DataError(
                 f"{where}: no column 'x' (columns are {schema.names}); name numeric feature columns "
                 "with data.features"
             )
-        x_type = schema.field("x").type
-        if not pa.types.is_fixed_size_list(x_type) or not pa.types.is_floating(x_type.value_type):
-            raise DataError(f"{where}: column 'x' has type {x_type}, expected fixed_size_list<float32>[D]")
-        dim = x_type.list_size
-        meta = (schema.metadata or {}).get(SHAPE_KEY)
-        shape = tuple(int(s) for s in meta.decode().split(",")) if meta else (dim,)
-        if math.prod(shape) != dim:
-            raise DataError(f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}")
+        dim, shape, dtype, tensor = x_layout(schema, where)
+        manifest_shape = ((layout.manifest or {}).get("splits", {}).get(split) or {}).get("shape")
+        if tensor and manifest_shape is not None and tuple(manifest_shape) != shape:
+            raise DataError(
+                f"{where}: column 'x' holds tensors of shape {shape}, the manifest says {tuple(manifest_shape)}"
+            )
     has_label = "label" in schema.names
     rows: dict[str, int] = {}
     if layout.manifest is not None:
         rows = {s: int(e["rows"]) for s, e in layout.manifest["splits"].items()}
     stats = (layout.manifest or {}).get("stats")
-    return DatasetInfo(uri, layout.files, dim, shape, has_label, layout.filesystem, features, rows, stats)
+    return DatasetInfo(
+        uri,
+        layout.files,
+        dim,
+        shape,
+        has_label,
+        layout.filesystem,
+        features,
+        rows,
+        stats,
+        dtype="float32" if features else dtype,
+        tensor=bool(tensor and not features),
+    )
 
 
-def arrow_to_numpy(table: pa.Table | pa.RecordBatch, features: list[str] | None, dim: int) -> np.ndarray:
-    """Rows ``(N, D)`` float32 from column ``x`` (fixed-size lists) or from feature columns."""
+def is_tensor_type(t: pa.DataType) -> bool:
+    """Arrow's canonical ``arrow.fixed_shape_tensor`` extension type."""
+    return isinstance(t, pa.FixedShapeTensorType)
+
+
+def x_layout(schema: pa.Schema, where: str) -> tuple[int, tuple[int, ...], str, bool]:
+    """``(D, row shape, stored dtype, is tensor)`` of column ``x``; DataError when unusable."""
+    x_type = schema.field("x").type
+    if is_tensor_type(x_type):
+        value = x_type.value_type
+        if value != pa.uint8() and not pa.types.is_floating(value):
+            raise DataError(f"{where}: column 'x' holds tensors of {value}, expected uint8 (or float)")
+        shape = tuple(int(s) for s in x_type.shape)
+        if value == pa.uint8() and len(shape) != 3:
+            raise DataError(f"{where}: column 'x' holds uint8 tensors of shape {shape}, expected (C, H, W)")
+        return math.prod(shape), shape, "uint8" if value == pa.uint8() else "float32", True
+    if not pa.types.is_fixed_size_list(x_type) or not pa.types.is_floating(x_type.value_type):
+        raise DataError(
+            f"{where}: column 'x' has type {x_type}, expected fixed_size_list<float32>[D] "
+            "or arrow.fixed_shape_tensor<uint8>[C,H,W]"
+        )
+    dim = x_type.list_size
+    meta = (schema.metadata or {}).get(SHAPE_KEY)
+    shape = tuple(int(s) for s in meta.decode().split(",")) if meta else (dim,)
+    if math.prod(shape) != dim:
+        raise DataError(f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}")
+    return dim, shape, "float32", False
+
+
+def arrow_to_numpy(
+    table: pa.Table | pa.RecordBatch, features: list[str] | None, dim: int, *, dtype: Any = np.float32
+) -> np.ndarray:
+    """Rows ``(N, D)`` from column ``x`` (tensors or fixed-size lists) or from feature columns.
+
+    ``dtype=None`` keeps the stored type (uint8 pixels stay uint8).
+    """
     if features:
         return (
             np.column_stack(
@@ -127,8 +189,33 @@ def arrow_to_numpy(table: pa.Table | pa.RecordBatch, features: list[str] | None,
     column = table.column("x")
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.array(values, dtype=np.float32).reshape(-1, dim)
+    if is_tensor_type(column.type):
+        values = (
+            column.to_numpy_ndarray()
+            if len(column)
+            else np.zeros((0, dim), column.type.value_type.to_pandas_dtype())
+        )
+    else:
+        values = column.flatten().to_numpy(zero_copy_only=False)
+    values = values.reshape(-1, dim)
+    return values if dtype is None else values.astype(dtype, copy=False)
+
+
+def _as_tensors(batch: pa.Table, shape: tuple[int, ...]) -> pa.Table:
+    """Column ``x`` of fixed-size float lists → float32 ``arrow.fixed_shape_tensor`` (no copy).
+
+    The tensor type's storage *is* a fixed-size list, so this only relabels the buffers; Ray
+    then hands ``iter_torch_batches`` an ndarray view instead of stacking a list per row.
+    """
+    tensor_type = pa.fixed_shape_tensor(pa.float32(), shape)
+    column = batch.column("x")
+    chunks = [
+        pa.ExtensionArray.from_storage(tensor_type, chunk.cast(tensor_type.storage_type))
+        for chunk in column.chunks
+    ]
+    return batch.set_column(
+        batch.schema.get_field_index("x"), "x", pa.chunked_array(chunks, type=tensor_type)
+    )
 
 
 def _to_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: bool) -> dict[str, np.ndarray]:
@@ -139,17 +226,30 @@ def _to_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: b
 
 
 def ray_dataset(info: DatasetInfo, split: str):
-    """A Ray Dataset of ``split`` with ``x`` as an (N, D) float32 tensor column (+ ``label``)."""
+    """A Ray Dataset of ``split``: column ``x`` as ``(N, *shape)`` tensors (+ ``label``).
+
+    uint8 tensor columns are read straight from Parquet (no per-batch conversion: Ray hands
+    ``iter_torch_batches`` ndarray views of the Arrow buffers; dequantisation happens on the
+    worker's device). Older fixed-size-list columns are relabelled as float32 tensors without a
+    copy; only a user's table of plain feature columns is assembled row-wise. Other columns
+    (factors, ids) are not read.
+    """
     import ray.data
 
     if split not in info.splits:
         raise DataError(f"{info.uri}: no {split!r} split (found {sorted(info.splits)})")
     ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(info.columns())
+    if info.tensor:
+        return ds
+    if info.features:
+        return ds.map_batches(
+            _to_rows,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"features": info.features, "dim": info.data_dim, "has_label": info.has_label},
+        )
     return ds.map_batches(
-        _to_rows,
-        batch_format="pyarrow",
-        batch_size=None,
-        fn_kwargs={"features": info.features, "dim": info.data_dim, "has_label": info.has_label},
+        _as_tensors, batch_format="pyarrow", batch_size=None, fn_kwargs={"shape": info.shape}
     )
 
 
@@ -186,3 +286,23 @@ def load_split(info: DatasetInfo, split: str, *, labels: bool = False):
         )
         return x, y
     return x
+
+
+def stream_options(device: torch.device) -> dict[str, Any]:
+    """``iter_torch_batches`` options for a worker on ``device``: rows stay as stored (uint8).
+
+    On CUDA, batches are pinned and prefetched so the host→device copy overlaps the step.
+    """
+    if device.type == "cuda":
+        return {"prefetch_batches": 4, "pin_memory": True}
+    return {"prefetch_batches": 2}
+
+
+def materialize_limit(limit: int) -> float:
+    """Bytes a dataset may take to be held in Ray's object store: ``limit``, and at most half the
+    store, so a dataset larger than the store (or near it) streams instead of spilling to disk.
+    """
+    import ray
+
+    store = ray.cluster_resources().get("object_store_memory", float("inf"))
+    return min(limit, store / 2)

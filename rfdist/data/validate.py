@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError
 from .parquet import SHAPE_KEY, list_layout
+from .reader import is_tensor_type, x_layout
 
 __all__ = ["ValidationReport", "validate_dataset"]
 
@@ -60,6 +61,28 @@ def _first_bad_row(values: np.ndarray, row_len: int) -> int | None:
     return int(np.argmax(bad) // row_len)
 
 
+def _check_vectors(report: ValidationReport, table: pa.Table, column: pa.Array, where: str) -> int:
+    """Checks of a fixed_size_list<float> column ``x``: finite values, ``rfdist.shape`` metadata."""
+    dim = column.type.list_size
+    values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+    row = _first_bad_row(values, dim)
+    if row is not None:
+        report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
+    meta = (table.schema.metadata or {}).get(SHAPE_KEY)
+    if meta:
+        try:
+            shape = tuple(int(s) for s in meta.decode().split(","))
+        except ValueError:
+            report.problems.append(f"{where}: metadata rfdist.shape={meta!r} is not a shape like 1,28,28")
+            return dim
+        if math.prod(shape) != dim:
+            report.problems.append(
+                f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}"
+            )
+        report.shape = report.shape or shape
+    return dim
+
+
 def validate_dataset(
     uri: str, *, features: list[str] | None = None, storage_options: dict[str, Any] | None = None
 ) -> ValidationReport:
@@ -71,6 +94,7 @@ def validate_dataset(
         report.problems.append(str(exc))
         return report
     fs = layout.filesystem
+    manifest_splits = (layout.manifest or {}).get("splits", {})
     if "train" not in layout.files:
         report.problems.append(f"{uri}: no 'train' split (found {sorted(layout.files)})")
     expected_dim: int | None = None
@@ -114,7 +138,29 @@ def validate_dataset(
                     )
                     continue
                 column = table.column("x").combine_chunks()
-                if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                if is_tensor_type(column.type):
+                    try:
+                        dim, shape, _, _ = x_layout(table.schema, where)
+                    except DataError as exc:
+                        report.problems.append(str(exc))
+                        continue
+                    manifest_shape = (manifest_splits.get(split) or {}).get("shape")
+                    if manifest_shape is not None and tuple(manifest_shape) != shape:
+                        report.problems.append(
+                            f"{where}: column 'x' holds tensors of shape {shape}, "
+                            f"the manifest says {tuple(manifest_shape)}"
+                        )
+                    elif report.shape is not None and report.shape != shape:
+                        report.problems.append(
+                            f"{where}: column 'x' holds tensors of shape {shape}, other shards {report.shape}"
+                        )
+                    report.shape = report.shape or shape
+                    if pa.types.is_floating(column.type.value_type):
+                        values = np.asarray(column.storage.flatten().to_numpy(zero_copy_only=False))
+                        row = _first_bad_row(values, dim)
+                        if row is not None:
+                            report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
+                elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
                     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
                     if len(lengths) and (lengths != lengths[0]).any():
                         row = int(np.argmax(lengths != lengths[0]))
@@ -127,33 +173,16 @@ def validate_dataset(
                             f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
                         )
                     continue
-                if not pa.types.is_fixed_size_list(column.type) or not pa.types.is_floating(
+                elif not pa.types.is_fixed_size_list(column.type) or not pa.types.is_floating(
                     column.type.value_type
                 ):
                     report.problems.append(
-                        f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
+                        f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D] "
+                        "or arrow.fixed_shape_tensor<uint8>[C,H,W]"
                     )
                     continue
-                dim = column.type.list_size
-                values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-                row = _first_bad_row(values, dim)
-                if row is not None:
-                    report.problems.append(f"{where}: column 'x' row {row}: NaN or inf")
-                meta = (table.schema.metadata or {}).get(SHAPE_KEY)
-                if meta:
-                    try:
-                        shape = tuple(int(s) for s in meta.decode().split(","))
-                    except ValueError:
-                        report.problems.append(
-                            f"{where}: metadata rfdist.shape={meta!r} is not a shape like 1,28,28"
-                        )
-                        shape = None
-                    if shape is not None:
-                        if math.prod(shape) != dim:
-                            report.problems.append(
-                                f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}"
-                            )
-                        report.shape = report.shape or shape
+                else:
+                    dim = _check_vectors(report, table, column, where)
             if "label" in table.column_names and not pa.types.is_integer(table.column("label").type):
                 report.problems.append(
                     f"{where}: column 'label' has type {table.column('label').type}, expected int64"
