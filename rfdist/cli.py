@@ -20,9 +20,26 @@ app = typer.Typer(
     help="Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .tracking import DIST_NAME, dist_version
+
+        typer.echo(f"rfdist {dist_version()} ({DIST_NAME})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry."""
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (default: built-in von-mises).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
@@ -121,9 +138,10 @@ def train(
     typer.echo(f"mlflow run       {result.run_id} ({redact_uri(result.tracking_uri)})")
     typer.echo(f"checkpoint       {result.checkpoint_path}")
     if result.model_version:
+        aliases = f"aliases: {', '.join(result.aliases)}" if result.aliases else "no alias"
         typer.echo(
             f"registered       {cfg.registry.name} v{result.model_version} "
-            f"(aliases: {', '.join(result.aliases)})"
+            f"({aliases}; models:/{cfg.registry.name}@latest is the newest version)"
         )
 
 
@@ -283,6 +301,36 @@ def eval_model(
         raise
     _print_metrics(result.metrics, None)
     typer.echo(f"mlflow run       {run_id}")
+
+
+@app.command("score")
+def score(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")],
+    out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix (Parquet + _SUCCESS).")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 1024,
+    actors: Annotated[int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score a dataset split with a logged model on Ray Data: log_prob, reconstruction_error, latent."""
+    from .score import score_dataset
+
+    try:
+        result = score_dataset(
+            model_uri, data, out, split=split, address=address, tracking_uri=tracking_uri,
+            batch_size=batch_size, actors=actors,
+        )  # fmt: skip
+    except Exception as exc:
+        if _user_error(exc):
+            fail(str(exc))
+        if type(exc).__module__.startswith("mlflow") or type(exc).__name__ == "ModelIntegrityError":
+            fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", code=1)
+        raise
+    typer.echo(f"scored {result.rows} rows -> {result.out}")
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def submit(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="train | sweep | eval")],
+    kind: Annotated[str, typer.Argument(help="train | sweep | eval | score")],
     target: Annotated[str, typer.Argument(help="CONFIG file (train, sweep) or MODEL_URI (eval).")],
     address: AddressOpt = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,

@@ -59,7 +59,12 @@ __all__ = [
     "job_env",
 ]
 
-ENTRYPOINTS = {"train": "jobs/train.py", "sweep": "jobs/sweep.py", "eval": "jobs/evaluate.py"}
+ENTRYPOINTS = {
+    "train": "jobs/train.py",
+    "sweep": "jobs/sweep.py",
+    "eval": "jobs/evaluate.py",
+    "score": "jobs/score.py",
+}
 """``rfdist submit KIND`` → the script the job runs (relative to the working dir)."""
 
 FORWARDED_ENV = (
@@ -256,7 +261,7 @@ def build_job(
 ) -> JobSpec:
     """The Ray job for ``rfdist KIND TARGET --set … EXTRA…`` (validated here unless told not to).
 
-    ``target`` is a config file for ``train``/``sweep`` and a model URI for ``eval``.
+    ``target`` is a config file for ``train``/``sweep`` and a model URI for ``eval``/``score``.
     """
     if kind not in ENTRYPOINTS:
         raise SubmitError(f"unknown job kind {kind!r} (expected one of {', '.join(ENTRYPOINTS)})")
@@ -316,6 +321,7 @@ def build_job(
     slug = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-")[:40] or kind
     job_id = submission_id or f"rfdist-{kind}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     forwarded = sorted(k for k in env if k != INLINE_CONFIG_ENV)
+    env["RFDIST_RAY_JOB_ID"] = job_id  # the MLflow run is tagged with it (rfdist.lineage)
     return JobSpec(
         entrypoint=shlex.join(argv),
         runtime_env=runtime_env,

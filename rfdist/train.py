@@ -25,6 +25,7 @@ import torch
 from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
+from .console import start_hints, worker_print
 from .engine import load_optimizer_state, make_optimizer, train_step
 
 __all__ = [
@@ -210,6 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
+    print = worker_print  # each progress line once on the driver (see rfdist.console)
     cfg = RunConfig.model_validate(loop_config["config"])
     spec = ModelSpec.from_dict(loop_config["spec"])
     context = ray.train.get_context()
@@ -464,6 +466,7 @@ def start_local_ray(num_cpus: int) -> None:
         log_to_driver=True,
         logging_level="WARNING",
     )
+    os.environ["RFDIST_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"  # for the start-up hint
     from ray.data import DataContext
 
     context = DataContext.get_current()
@@ -482,6 +485,12 @@ def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     start_local_ray(local_cpus)
+
+
+def _dashboard_url() -> str | None:
+    """The Ray dashboard URL: the local instance's (set by start_local_ray), else an http(s) ``RAY_ADDRESS``."""
+    url = os.environ.get("RFDIST_DASHBOARD_URL") or os.environ.get("RAY_ADDRESS", "")
+    return url if url.startswith(("http://", "https://")) else None
 
 
 def _init_ray(cfg: RunConfig, address: str | None) -> None:
@@ -565,9 +574,14 @@ def _latest_run(mlflow, cfg: RunConfig, storage_path: str) -> tuple[Any, Any]:
     """``(experiment, newest run of this job or None)``: runs tagged with its name and storage."""
     from mlflow.entities import ViewType
 
+    from .lineage import EXPERIMENT_DESCRIPTION, experiment_name
     from .preflight import filter_value
 
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    experiment = mlflow.set_experiment(experiment_name(cfg.tracking.experiment))
+    if "mlflow.note.content" not in (experiment.tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION
+        )
     runs = mlflow.search_runs(
         experiment_ids=[experiment.experiment_id],
         filter_string=f"tags.`rfdist.run_name` = {filter_value(cfg.name)} "
@@ -601,6 +615,8 @@ def _open_run(
     or a fresh ``NAME-xxxxxxxx`` for ``force`` (retrain from scratch), remembered in the run's tag
     ``rfdist.ray_name`` so that re-runs resume the right folder.
     """
+    from .lineage import run_tags
+
     experiment, latest = _latest_run(mlflow, cfg, storage_path)
     previous = latest.data.tags.get("rfdist.ray_name", cfg.name) if latest is not None else cfg.name
     if latest is not None and latest.info.status != "FINISHED" and not force:
@@ -609,12 +625,14 @@ def _open_run(
     run = mlflow.MlflowClient().create_run(
         experiment.experiment_id,
         run_name=cfg.name,
-        tags={
-            "rfdist.run_name": cfg.name,
-            "rfdist.storage": storage_path,
-            "rfdist.ray_name": ray_name,
-            **(tags or {}),
-        },
+        tags=run_tags(
+            {
+                "rfdist.run_name": cfg.name,
+                "rfdist.storage": storage_path,
+                "rfdist.ray_name": ray_name,
+                **(tags or {}),
+            }
+        ),
     )
     return run.info.run_id, ray_name
 
@@ -738,10 +756,15 @@ def run_training(
         run_tags["mlflow.parentRunId"] = parent_run_id
     run_id, ray_name = _open_run(mlflow, cfg, cfg.storage.path, run_tags, force=force)
     _log_params(mlflow, run_id, cfg)
+    from .lineage import describe_run
+
+    data_digest = describe_run(run_id, cfg, prepared)
     print(f"[rfdist] MLflow run {run_id} at {redact_uri(tracking_uri)}", flush=True)
 
     # 3. Ray.
     _init_ray(cfg, address)
+    for line in start_hints(tracking_uri, _dashboard_url()):
+        print(line, flush=True)
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -811,14 +834,25 @@ def run_training(
                 )
                 mlflow.log_artifact(str(Path(tmp) / "model.png"), artifact_path="plots")
             val_nll = float(state.metrics.get("val_nll", float("nan")))
-            mlflow.log_metric("final_val_nll", val_nll, step=state.step)
             version, aliases = None, []
-            if math.isfinite(val_nll):
+            if not math.isfinite(val_nll):
+                mlflow.log_metric("final_val_nll", val_nll, step=state.step)
+            else:
                 registered_name = cfg.registry.name if register else None
-                logged = log_flow_model(model, spec, registered_model_name=registered_name)
+                logged = log_flow_model(
+                    model, spec, name=cfg.registry.name, registered_model_name=registered_name,
+                    input_example=sample_data[:4].reshape(min(4, len(sample_data)), -1).numpy(),
+                    preprocess={"kind": cfg.data.preprocess, "lam": cfg.data.logit_lambda,
+                                "stats": getattr(info, "stats", None)},
+                )  # fmt: skip
+                mlflow.log_metric("final_val_nll", val_nll, step=state.step, model_id=logged.model_id)
                 mlflow.set_tag("rfdist.model_uri", logged.model_uri)  # MLflow 3: not under runs:/ID
                 if registered_name:
                     version = str(logged.registered_model_version)
+                    from .lineage import describe_version
+
+                    describe_version(client, registered_name, version, val_nll=val_nll, dataset=prepared.path,
+                                     digest=data_digest, run_id=run_id)  # fmt: skip
                     aliases = register_with_aliases(
                         cfg.registry.name,
                         version,

@@ -11,8 +11,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+# this project was once installed as distribution `rfdist` (a name another project owns on the index)
+if .venv/bin/python -m pip show -q rfdist >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -q -y rfdist 2>&1 | grep -v "^WARNING" || true
+fi
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import rfdist, torch, ray, mlflow; print('rfdist', rfdist.__version__, '| torch', torch.__version__, '| ray', ray.__version__, '| mlflow', mlflow.__version__)"
+.venv/bin/python -c "import importlib.metadata as m, rfdist, torch, ray, mlflow; print('rfdist-flows', m.version('rfdist-flows'), '| torch', torch.__version__, '| ray', ray.__version__, '| mlflow', mlflow.__version__)"
 if [ -f scripts/install_datasets.sh ]; then
   bash scripts/install_datasets.sh
 fi
