@@ -417,10 +417,14 @@ def _worker_error(exc: BaseException) -> str:
         cause = cause.__cause__
     failures = getattr(exc, "worker_failures", None) or getattr(cause, "worker_failures", None)
     if failures:
-        for failure in failures.values():  # a traceback string whose last line is "Type: message"
-            lines = [line for line in str(failure).splitlines() if line.strip()]
-            if lines:
+        for failure in failures.values():
+            text = str(failure)
+            lines = [line for line in text.splitlines() if line.strip()]
+            if not lines:
+                continue
+            if text.lstrip().startswith("Traceback"):  # Ray's wrapper: last line is "Type: message"
                 return lines[-1].strip()
+            return f"{type(failure).__name__}: {lines[-1].strip()}"  # the worker's exception itself
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 

@@ -91,8 +91,8 @@ def test_finished_run_is_not_retrained_corrupt_checkpoint_falls_back_force_retra
     longer = run_training(load_config(PRESET, _overrides(tmp_path, data, name, "train.max_steps=60")))
     text = "".join(capfd.readouterr())
     assert f"warning: checkpoint {folders[-1]}/state.pt is unreadable" in text
-    warnings = {
-        line.split("(RayTrainWorker")[0] for line in text.splitlines() if "warning: checkpoint" in line
+    warnings = {  # the message itself, without Ray's "(RayTrainWorker pid=…)" prefix and colours
+        line[line.index("warning: checkpoint") :] for line in text.splitlines() if "warning: checkpoint" in line
     }
     assert all(f"{folders[-1]}/state.pt is unreadable" in w for w in warnings), warnings  # only that one
     assert "resumed from checkpoint at step 20" in text
