@@ -656,14 +656,14 @@ def run_training(
 
     # 3. Ray.
     _init_ray(cfg, address)
-    import ray.data
     import ray.train
+    from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
     if datasets is None:
         datasets = ray_datasets(cfg, prepared)
     train_dataset = None  # a materialized train split is split per epoch by the workers (rfdist.epochs)
-    if isinstance(datasets.get("train"), ray.data.MaterializedDataset):
+    if isinstance(datasets.get("train"), MaterializedDataset):
         datasets = dict(datasets)
         train_dataset = datasets.pop("train")
     resources = {"CPU": cfg.scaling.cpus_per_worker}

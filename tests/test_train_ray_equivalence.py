@@ -23,7 +23,9 @@ from rfdist.builders import ModelSpec, build_model
 from rfdist.checkpoint import load_state
 from rfdist.cli import app
 from rfdist.config import load_config
+from rfdist.data.parquet import write_dataset
 from rfdist.data.reader import load_split, open_dataset
+from rfdist.data.synthetic import make_synthetic
 from rfdist.engine import train_step
 from rfdist.train import _cosine, run_training
 
@@ -41,9 +43,17 @@ def _fresh_ray():
 
 @pytest.fixture(scope="module")
 def sphere_data(tmp_path_factory) -> str:
+    """Sphere rows, train and val only: ``rfdist eval`` then scores the split validation uses."""
+    source = make_synthetic("sphere")
     out = str(tmp_path_factory.mktemp("data") / "sphere")
-    result = CliRunner().invoke(app, ["data", "make", "sphere", "--out", out, "--rows", str(ROWS_PER_EPOCH)])
-    assert result.exit_code == 0, result.output
+    splits = {
+        split: {
+            "x": source.sample(rows, generator=torch.Generator().manual_seed(seed)).numpy(),
+            "label": None,
+        }
+        for split, rows, seed in (("train", ROWS_PER_EPOCH, 0), ("val", 150, 1))
+    }
+    write_dataset(out, splits)
     return out
 
 
@@ -150,6 +160,18 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
         train_step(model, optimizer, x, cfg.loss_options(), grad_clip=cfg.train.grad_clip)
         scheduler.step()
     assert len(seen[0]) == 3
+    # the worker's val_nll (which ranks checkpoints and picks the champion) is what
+    # `rfdist eval` measures on the same checkpoint and split
+    out = tmp_path / "eval.json"
+    evaluated = CliRunner().invoke(
+        app,
+        ["eval", "models:/ddp@latest", "--data", sphere_data, "--fd-samples", "50", "--json", str(out),
+         "--tracking-uri", result.tracking_uri],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(out.read_text())
+    assert report["n_test"] == 150
+    assert report["test_nll"] == pytest.approx(result.metrics["val_nll"], rel=1e-5, abs=1e-6)
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val_nll")
     assert sorted(m.step for m in history) == [2, 3]  # eval_every=2, and the final checkpoint
     for name, value in model.state_dict().items():
