@@ -202,7 +202,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         position = worker_state.restore(state.workers, rank, world, device)
-        if position is None and state.rng is not None and rank == 0:  # a checkpoint from before v0.x
+        if position is None and state.rng is not None and rank == 0:  # older format: rank 0 only
             torch.set_rng_state(state.rng)
         if rank == 0:
             print(f"[rfdist] resumed from checkpoint at step {step}", flush=True)
