@@ -195,7 +195,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
     position = None
-    state = _state_to_resume(ray.train.get_checkpoint(), loop_config.get("unregistered_checkpoint"), device)
+    # storage is scanned again at every (re)start: a checkpoint written shortly before a worker
+    # crashed may not be registered by Ray's controller yet (the driver's scan predates the run)
+    unregistered = _unregistered_checkpoint(*_storage(cfg.storage.path), cfg.name)
+    state = _state_to_resume(
+        ray.train.get_checkpoint(), unregistered or loop_config.get("unregistered_checkpoint"), device
+    )
     if state is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
