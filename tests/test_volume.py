@@ -238,6 +238,7 @@ def test_surrogate_does_not_sync_inside_the_solve(monkeypatch: pytest.MonkeyPatc
     assert counter.count == 0
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("device", available_devices())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_estimators_follow_input_dtype_and_device(device: str, dtype: torch.dtype) -> None:
