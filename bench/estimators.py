@@ -1,6 +1,6 @@
 """Volume-term estimators: per-step time, peak memory, matvecs and gradient error, in one run.
 
-    python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda]
+    python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda] [--threads N]
 
 Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=21, B=400:
 10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]), mnist (D=784, d=20, B=50,
@@ -13,7 +13,9 @@ matvecs, Gram preconditioner, 4 CG iterations without a host sync).
 Timing: all variants of a shape run in one process, interleaved round by round (``--warmup``
 rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the median over
 rounds of (variant step / two-step step of the same round), robust to a shared machine's load
-changing between rounds. Peak memory: one step per variant in a fresh process — on CUDA
+changing between rounds. ``x_legacy`` is the same against the ``legacy`` row: today's
+(2026-11-30) two-step step — zuko's lazy couplings and the train_step of that day, frozen
+here — the fixed yardstick of issue 16's targets. Peak memory: one step per variant in a fresh process — on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the RSS high-water mark (``ru_maxrss``) minus the
 RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these).
 Gradient error (hutchinson rows): the relative error of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
@@ -114,7 +116,7 @@ def _rss_mb() -> float:
 def _options(estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None):
     from rfdist.engine import LossOptions
 
-    if estimator == "two_step":
+    if estimator == "two_step":  # variant "legacy": today's step, the fixed yardstick
         return LossOptions(mode="two_step")
     if estimator == "exact":
         return LossOptions(estimator="exact", chunk_size=chunk)
@@ -151,6 +153,44 @@ def _build(case: dict[str, Any], device: str):
     return model, x
 
 
+def _legacy_model(model):
+    """A copy of ``model`` whose affine couplings run through zuko's lazy transforms, as
+    rfdist's couplings did before issue 16: today's fixed yardstick (``x_legacy``)."""
+    import copy
+    import types
+
+    from rfdist.flows.coupling import AffineCoupling, _ZukoCoupling
+
+    legacy = copy.deepcopy(model)
+    for layer in legacy.modules():
+        if isinstance(layer, AffineCoupling):
+            for name in ("forward", "inverse", "forward_and_ladj", "inverse_and_ladj"):
+                setattr(layer, name, types.MethodType(getattr(_ZukoCoupling, name), layer))
+            layer.supports_tangents = False
+    legacy.density._plain = False  # zuko's own density objects, as on 2026-11-30
+    return legacy
+
+
+def _legacy_train_step(model, optimizer, x, options) -> dict[str, float]:
+    """rfdist.engine.train_step as of 2026-11-30 (frozen, for the ``legacy`` yardstick)."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss, parts = model(x, **options.kwargs())
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+    finite = torch.isfinite(grad_norm) & torch.isfinite(loss.detach())
+    values = torch.stack(
+        [v.detach().float().reshape(()) for v in parts.values()]
+        + [grad_norm.detach().float(), finite.float()]
+    )
+    metrics = dict(zip([*parts, "grad_norm", "finite"], values.tolist(), strict=True))
+    if metrics.pop("finite") >= 0.5:
+        optimizer.step()
+    return metrics
+
+
 def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
     """Volume-term gradient error vs exact, for two hutchinson variants with the same probes."""
     import torch
@@ -179,7 +219,7 @@ def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
             **over,
         }
         gen = torch.Generator(device=u.device).manual_seed(seed)
-        return grad(logdet_surrogate(model.decode_flat, u, generator=gen, **kw))
+        return grad(logdet_surrogate(model.decode_flat, u, generator=gen, tangents=model.tangent_ops(), **kw))
 
     out: dict[str, list[float]] = {"ours": [], "ref": [], "ours_solve": [], "ref_solve": []}
     norm = g_exact.norm()
@@ -215,33 +255,43 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     import torch
 
-    from rfdist.engine import train_step
+    from rfdist.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]
     model, x = _build(job["case"], device)
     d = model.latent_dim
     variants = job["variants"]
-    models = [copy.deepcopy(model) for _ in variants]
+    legacy = [v["variant"] == "legacy" for v in variants]
+    models = [_legacy_model(model) if old else copy.deepcopy(model) for old in legacy]
     opts = [_variant_opts(v, d, job) for v in variants]
-    optims = [torch.optim.Adam(m.parameters(), lr=1e-5) for m in models]
+    optims = [
+        torch.optim.Adam(m.parameters(), lr=1e-5) if old else make_optimizer(m.parameters(), 1e-5)
+        for m, old in zip(models, legacy, strict=True)
+    ]
     times: list[list[float]] = [[] for _ in variants]
     last: list[dict[str, float]] = [{} for _ in variants]
     for round_ in range(job["warmup"] + job["steps"]):
         for i in range(len(variants)):
             start = time.perf_counter()
-            last[i] = train_step(models[i], optims[i], x, opts[i]).metrics
+            if legacy[i]:
+                last[i] = _legacy_train_step(models[i], optims[i], x, opts[i])
+            else:
+                last[i] = train_step(models[i], optims[i], x, opts[i]).metrics
             if device == "cuda":
                 torch.cuda.synchronize()
             if round_ >= job["warmup"]:
                 times[i].append(time.perf_counter() - start)
     base = times[0]  # variants[0] is two_step
+    yardstick = times[legacy.index(True)] if any(legacy) else None
     out = []
     for v, o, t, metrics in zip(variants, opts, times, last, strict=True):
         rec: dict[str, Any] = {
             "step_s": statistics.median(t),
             "x_ts": statistics.median(a / b for a, b in zip(t, base, strict=True)),
         }
+        if yardstick is not None:  # × today's (2026-11-30) two-step step, same rounds
+            rec["x_legacy"] = statistics.median(a / b for a, b in zip(t, yardstick, strict=True))
         if v["estimator"] == "hutchinson":
             rec.update(_matvec_record(metrics, v["num_samples"], x.shape[0]))
             if v["variant"] == "rfdist" and v["num_samples"] == 1 and job["draws"] and d >= 5:
@@ -255,13 +305,13 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one step of one variant, in this (fresh) process."""
     import torch
 
-    from rfdist.engine import train_step
+    from rfdist.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]
     model, x = _build(job["case"], device)
     opts = _variant_opts(job["variant"], model.latent_dim, job)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = make_optimizer(model.parameters(), 1e-5)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -310,10 +360,17 @@ def main() -> None:
         help="comma-separated subset of: two_step, exact, exact-chunked, hutchinson-k1, "
         "hutchinson-k4, reference-k1",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         job = json.loads(args.worker)
+        if job.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(job["threads"]))
         print(json.dumps(run_memory(job) if job["kind"] == "memory" else run_timing(job)))
         return
 
@@ -333,6 +390,7 @@ def main() -> None:
         )
     paper_plan = [  # cheapest and most telling first: an interrupted run keeps the ratios
         ("two_step", "-", 1, None),
+        ("two_step", "legacy", 1, None),
         ("hutchinson", "rfdist", 1, None),
         ("hutchinson", "reference", 1, None),
         ("hutchinson", "rfdist", 4, None),
@@ -349,10 +407,11 @@ def main() -> None:
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
             for e, v, k, c in plan
             if (v != "chunked" or (name == "mnist" and c))
+            and not (v == "legacy" and args.memory_only)  # a timing yardstick only
             and (
                 args.variants is None
                 or _variant_name(e, v, k) in args.variants.split(",")
-                or (e == "two_step" and not args.memory_only)  # the timing ratios' baseline
+                or (e == "two_step" and not args.memory_only)  # the timing ratios' baselines
             )
         ]
         if not variants:
@@ -365,13 +424,14 @@ def main() -> None:
             "draws": args.draws,
             "steps": args.steps,
             "warmup": args.warmup,
+            "threads": args.threads,
         }
         if args.memory_only:
             timing = [{} for _ in variants]
         else:
             timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
-            if args.memory:
+            if args.memory and v["variant"] != "legacy":
                 result.update(_spawn({**common, "kind": "memory", "variant": v}))
             rec = {
                 "shape": name,
@@ -384,6 +444,7 @@ def main() -> None:
                 "d": case["spec"]["latent_dim"],
                 "device": args.device,
                 "arch": arch if name == "mnist" else "tabular",
+                "threads": args.threads,
                 **result,
             }
             records.append(rec)
@@ -410,6 +471,7 @@ def _prod(shape: list[int]) -> int:
 
 def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
     ratio = r.get("x_ts", float("nan"))
+    old = r.get("x_legacy", float("nan"))
     peak = r.get("peak_mb", float("nan"))
     mv = f"{r['matvecs']:.1f}" if "matvecs" in r else "-"
     err = (
@@ -420,17 +482,19 @@ def _row(r: dict[str, Any], records: list[dict[str, Any]]) -> str:
     )
     return (
         f"| {r['shape']:<16} | {r['estimator']:<10} | {r['variant']:<9} | {r['num_samples']:>1} | "
-        f"{r['batch']:>4} | {r.get('step_s', float('nan')) * 1000:>9.1f} | {ratio:>6.2f} | {peak:>8.0f} | "
+        f"{r['batch']:>4} | {r.get('step_s', float('nan')) * 1000:>9.1f} | {ratio:>6.2f} | {old:>6.2f} | "
+        f"{peak:>8.0f} | "
         f"{mv:>6} | {err:<25} |"
     )
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    """Markdown table; ``× TS`` is the step time over the same shape's two-step step."""
+    """Markdown table; ``× TS`` is the step time over the same shape's two-step step, ``× old``
+    over the ``legacy`` row's (the two-step step as of 2026-11-30, run in the same rounds)."""
     head = (
-        "| shape            | estimator  | variant   | K |    B |   step ms |   × TS |  peak MB | "
+        "| shape            | estimator  | variant   | K |    B |   step ms |   × TS |  × old |  peak MB | "
         "matvec | grad err ours/ref, solve  |\n"
-        "|------------------|------------|-----------|---|------|-----------|--------|----------|"
+        "|------------------|------------|-----------|---|------|-----------|--------|--------|----------|"
         "--------|---------------------------|"
     )
     return "\n".join([head, *(_row(r, records) for r in records)])

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from .density import LatentDensity
 from .flows.base import Bijection
-from .volume import MatvecMode, PreconditionerKind, Probe, VolumeStats, logdet_exact, logdet_surrogate
+from .volume import (
+    MatvecMode,
+    PreconditionerKind,
+    Probe,
+    TangentOps,
+    VolumeStats,
+    logdet_exact,
+    logdet_surrogate,
+)
 
 __all__ = ["RectangularFlow"]
 
@@ -89,6 +97,28 @@ class RectangularFlow(nn.Module):
         """:math:`g(u)` flattened to ``(B, D)`` (the map whose Jacobian the volume term uses)."""
         return self.decode(u).flatten(1)
 
+    def tangent_ops(self) -> TangentOps | None:
+        """Hand-written derivatives of :meth:`decode_flat` when every flow layer has them.
+
+        Vector flows of :class:`~rfdist.flows.AffineCoupling` / ``ActNorm`` / ``Permutation``
+        do; others (splines, image flows) return ``None`` and the estimators use ``torch.func``.
+        """
+        if len(self.data_shape) != 1 or not getattr(self.flow, "supports_tangents", False):
+            return None
+        index, dim = self.latent_index, self.data_dim
+
+        def pad(t: Tensor) -> Tensor:
+            return t.new_zeros(*t.shape[:-1], dim).index_copy(-1, index, t)
+
+        def push(u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            return self.flow.forward_and_tangent(pad(u), pad(t))
+
+        def linearize(u: Tensor, differentiable: bool = False):
+            out, lin = self.flow.linearize(pad(u), differentiable=differentiable)
+            return out, (lambda t: lin.jvp(pad(t))), (lambda w: lin.vjp(w).index_select(-1, index))
+
+        return TangentOps(push, linearize)
+
     def encode(self, x: Tensor) -> Tensor:
         """:math:`g^\\dagger(x)`: data ``(B, *data_shape)`` → latent ``(B, d)``."""
         return self.flow.inverse(x).flatten(1).index_select(1, self.latent_index)
@@ -101,7 +131,8 @@ class RectangularFlow(nn.Module):
     def log_prob(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
         """Exact on-manifold log-density of the projection of each row of ``x``, ``(B,)``."""
         u = self.encode(x)
-        return self.density.log_prob(u) - 0.5 * logdet_exact(self.decode_flat, u, chunk_size=chunk_size)
+        logdet = logdet_exact(self.decode_flat, u, chunk_size=chunk_size, tangents=self.tangent_ops())
+        return self.density.log_prob(u) - 0.5 * logdet
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
@@ -156,7 +187,12 @@ class RectangularFlow(nn.Module):
             log_pu = self.density.log_prob(u)
             if estimator == "exact":
                 logdet, recon_x = logdet_exact(
-                    self.decode_flat, u, chunk_size=chunk_size, stats=stats, return_output=True
+                    self.decode_flat,
+                    u,
+                    chunk_size=chunk_size,
+                    stats=stats,
+                    return_output=True,
+                    tangents=self.tangent_ops(),
                 )
                 parts["logdet"] = logdet.detach().mean()
                 parts["nll"] = -(log_pu - 0.5 * logdet).detach().mean()
@@ -174,6 +210,7 @@ class RectangularFlow(nn.Module):
                     preconditioner=preconditioner,
                     precond_rows=precond_rows,
                     check_every=check_every,
+                    tangents=self.tangent_ops(),
                 )
                 parts["logdet_surrogate"] = logdet.detach().mean()
                 parts["cg_iterations"] = stats.cg_iterations

@@ -26,7 +26,7 @@ from . import worker_state
 from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
-from .engine import train_step
+from .engine import load_optimizer_state, make_optimizer, train_step
 from .epochs import EpochStream, epoch_seed, epoch_shard, record_rows
 
 __all__ = [
@@ -191,7 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + 1000 * rank)
 
     model = build_model(spec).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
     position = None
@@ -203,7 +203,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     if state is not None:
         model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
+        load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         step = state.step
         position = worker_state.restore(state.workers, rank, world, device)

@@ -32,6 +32,7 @@ from torch.func import jvp, vjp, vmap
 __all__ = [
     "CGInfo",
     "ReverseLinearization",
+    "TangentOps",
     "VolumeStats",
     "conjugate_gradient",
     "gram_preconditioner",
@@ -43,6 +44,26 @@ __all__ = [
 Probe = Literal["gaussian", "rademacher"]
 MatvecMode = Literal["jvp", "vjp"]
 PreconditionerKind = Literal["none", "gram"]
+
+
+class TangentOps(NamedTuple):
+    r"""Hand-written derivatives of ``fn`` (from :class:`~rfdist.flows.Bijection` layers).
+
+    Attributes:
+        push: ``(z (B, d), t (K, B, d)) -> (fn(z) (B, D), J t (K, B, D))``, differentiable in
+            ``z`` and the parameters (one primal pass shared by all ``K`` tangents).
+        linearize: ``(z, differentiable=False) -> (fn(z), jvp, vjp)``: :math:`t\mapsto Jt`
+            ``(K, B, d)→(K, B, D)`` and :math:`u\mapsto J^\top u` from caches of one primal
+            pass, plain tensor ops; detached unless ``differentiable`` (then products taken
+            with autograd on are differentiable in ``z`` and the parameters, as ``push``'s).
+
+    When given, the estimators use these instead of ``torch.func`` / autograd products: the
+    same numbers, without per-op Python dispatch of forward-mode AD (the main cost at small
+    shapes) and without re-running the primal in every CG matvec.
+    """
+
+    push: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    linearize: Callable[..., tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]
 
 
 @dataclass
@@ -284,6 +305,7 @@ def logdet_exact(
     stats: VolumeStats | None = None,
     return_output: bool = False,
     checkpoint: bool | None = None,
+    tangents: TangentOps | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Exact :math:`\log\det(J^\top J)` per row of ``z``, differentiable in ``z`` and parameters.
 
@@ -297,6 +319,7 @@ def logdet_exact(
         max_jitter_tries: Cholesky retries with growing diagonal jitter for rows that fail.
         stats: if given, receives ``tangent_passes`` and the per-row ``jitter`` used.
         return_output: also return ``fn(z)`` (computed in the same pass, for free).
+        tangents: hand-written derivatives of ``fn`` (used unless ``chunk_size`` is set).
 
     Returns:
         ``(B,)`` log-determinants (and ``fn(z)`` if ``return_output``).
@@ -306,8 +329,15 @@ def logdet_exact(
         >>> logdet_exact(decoder, torch.randn(8, 2)).shape
         torch.Size([8])
     """
-    output, jacobian = jacobian_and_output(fn, z, chunk_size=chunk_size, checkpoint=checkpoint)
-    gram = jacobian.transpose(-1, -2) @ jacobian
+    if tangents is not None and chunk_size is None:
+        _check_inputs(z, "logdet_exact")
+        d = z.shape[1]
+        basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1).expand(d, z.shape[0], d)
+        output, columns = tangents.push(z, basis)  # (B, D), (d, B, D)
+        gram = torch.einsum("ibk,jbk->bij", columns, columns)
+    else:
+        output, jacobian = jacobian_and_output(fn, z, chunk_size=chunk_size, checkpoint=checkpoint)
+        gram = jacobian.transpose(-1, -2) @ jacobian
     logdet, jitter = _cholesky_logdet(gram, max_jitter_tries)
     if stats is not None:
         stats.tangent_passes += z.shape[1]
@@ -367,7 +397,12 @@ class ReverseLinearization:
 
 
 def gram_preconditioner(
-    fn: Callable[[Tensor], Tensor], z: Tensor, *, rows: int = 8, ridge: float = 1e-3
+    fn: Callable[[Tensor], Tensor],
+    z: Tensor,
+    *,
+    rows: int = 8,
+    ridge: float = 1e-3,
+    tangents: TangentOps | None = None,
 ) -> Callable[[Tensor], Tensor]:
     r""":math:`M^{-1}` for :math:`M` = the mean :math:`J^\top J` over the first ``rows`` rows.
 
@@ -380,8 +415,14 @@ def gram_preconditioner(
     """
     with torch.no_grad():
         sub = z.detach()[: max(1, int(rows))]
-        _, jac = jacobian_and_output(fn, sub, checkpoint=False)
-        gram = (jac.transpose(-1, -2) @ jac).mean(0)
+        if tangents is not None:
+            d = sub.shape[1]
+            basis = torch.eye(d, dtype=sub.dtype, device=sub.device).unsqueeze(1).expand(d, sub.shape[0], d)
+            columns = tangents.push(sub, basis)[1]  # (d, rows, D)
+            gram = torch.einsum("ibk,jbk->ij", columns, columns) / sub.shape[0]
+        else:
+            _, jac = jacobian_and_output(fn, sub, checkpoint=False)
+            gram = (jac.transpose(-1, -2) @ jac).mean(0)
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         gram = gram + ridge * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny) * eye
         chol, _ = torch.linalg.cholesky_ex(gram)
@@ -405,6 +446,7 @@ def logdet_surrogate(
     preconditioner: PreconditionerKind = "none",
     precond_rows: int = 8,
     probes: Tensor | None = None,
+    tangents: TangentOps | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""A per-row scalar whose gradient estimates :math:`\nabla\log\det(J^\top J)` without bias.
 
@@ -434,6 +476,8 @@ def logdet_surrogate(
         precond_rows: rows whose exact Jacobians build the ``"gram"`` preconditioner.
         probes: ``(K, B, d)`` probes to use instead of drawing ``num_samples`` (a test seam:
             all ``2^d`` Rademacher vectors make the estimate exact).
+        tangents: hand-written derivatives of ``fn``; when given, ``matvec`` is moot: CG runs
+            on the cached linearisation and the surrogate is the forward-mode form.
 
     Returns:
         ``(B,)`` surrogate values (and ``fn(z)`` if ``return_output``).
@@ -462,8 +506,23 @@ def logdet_surrogate(
     else:
         k = int(num_samples)
         eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
-    precond = gram_preconditioner(fn, z, rows=precond_rows) if preconditioner == "gram" else None
+    # d = 1: CG's first step is already exact, a preconditioner can only cost time
+    use_precond = preconditioner == "gram" and d > 1
+    precond = gram_preconditioner(fn, z, rows=precond_rows, tangents=tangents) if use_precond else None
     max_iters = d if cg_max_iters is None else cg_max_iters
+    if tangents is not None:
+        return _surrogate_tangents(
+            tangents,
+            z,
+            eps,
+            tol=cg_tol,
+            max_iters=max_iters,
+            check_every=check_every,
+            precond=precond,
+            precond_cost=(min(precond_rows, batch) * d) if precond else 0,
+            stats=stats,
+            return_output=return_output,
+        )
     if matvec == "vjp":
         return _surrogate_reverse(
             fn,
@@ -562,6 +621,55 @@ def _surrogate_reverse(
     surrogate = surrogate - surrogate.detach() + (push_eps * push_x).sum(-1)
     surrogate = surrogate.view(k, batch).mean(0)
     output = lin.output[:batch]
+    if stats is not None:
+        stats.cg_iterations = info.iterations.float().mean()
+        stats.cg_max_iterations = info.iterations.max().float()
+        stats.cg_residual = info.residual.max()
+        stats.matvecs += info.matvecs
+        stats.tangent_passes += info.matvecs + 2
+        if precond_cost:
+            stats.extra["precond_tangent_rows"] = z.new_tensor(float(precond_cost))
+    return (surrogate, output) if return_output else surrogate
+
+
+def _surrogate_tangents(
+    tangents: TangentOps,
+    z: Tensor,
+    eps: Tensor,
+    *,
+    tol: float,
+    max_iters: int,
+    check_every: int,
+    precond: Callable[[Tensor], Tensor] | None,
+    precond_cost: int,
+    stats: VolumeStats | None,
+    return_output: bool,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r""":func:`logdet_surrogate` on hand-written derivatives.
+
+    One differentiable primal pass caches the linearisation; CG's matvec :math:`J^\top(Jv)`
+    runs on it without autograd (all ``K·B`` systems in one product); then the ``2K`` constant
+    tangents :math:`[x_k; \varepsilon_k]` go through the same linearisation with autograd on,
+    and the surrogate is :math:`\tfrac1K\sum_k (Jx_k)\cdot(J\varepsilon_k)`, as in the
+    ``jvp`` form.
+    """
+    k, batch, d = eps.shape
+    output, jvp_, vjp_ = tangents.linearize(z, True)
+    with torch.no_grad():
+
+        def gram_matvec(v: Tensor) -> Tensor:  # (K*B, d) -> (K*B, d)
+            return vjp_(jvp_(v.view(k, batch, d))).reshape(k * batch, d)
+
+        solution, info = conjugate_gradient(
+            gram_matvec,
+            eps.reshape(k * batch, d),
+            tol=tol,
+            max_iters=max_iters,
+            check_every=check_every,
+            preconditioner=precond,
+        )
+    pushed = jvp_(torch.cat([solution.view(k, batch, d), eps]))
+    surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
     if stats is not None:
         stats.cg_iterations = info.iterations.float().mean()
         stats.cg_max_iterations = info.iterations.max().float()

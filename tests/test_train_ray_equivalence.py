@@ -26,7 +26,7 @@ from rfdist.config import load_config
 from rfdist.data.parquet import write_dataset
 from rfdist.data.reader import load_split, open_dataset
 from rfdist.data.synthetic import make_synthetic
-from rfdist.engine import train_step
+from rfdist.engine import make_optimizer, train_step
 from rfdist.train import _cosine, run_training
 
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
 
     torch.manual_seed(cfg.seed)  # rank 0's initial model, which DDP broadcasts
     model = build_model(ModelSpec.from_dict(state.spec))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     for key in sorted(seen[0]):
         x = torch.tensor(seen[0][key] + seen[1][key], dtype=torch.float32)

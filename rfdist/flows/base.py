@@ -8,12 +8,24 @@ latent. Both are single passes, and every layer is plain torch so that ``torch.f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActNorm", "Bijection", "Chain", "Permutation"]
+__all__ = ["ActNorm", "Bijection", "Chain", "Linearization", "Permutation"]
+
+
+class Linearization(NamedTuple):
+    """The Jacobian of a layer at a fixed point, as two matrix-free maps (no autograd).
+
+    ``jvp(t)``: ``(..., B, D_in) -> (..., B, D_out)``; ``vjp(u)``: the transpose. Leading
+    dimensions index independent tangents (probes, CG systems); values are detached.
+    """
+
+    jvp: Callable[[Tensor], Tensor]
+    vjp: Callable[[Tensor], Tensor]
 
 
 class Bijection(nn.Module):
@@ -35,12 +47,32 @@ class Bijection(nn.Module):
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    #: whether :meth:`forward_and_tangent` and :meth:`linearize` are implemented by hand
+    supports_tangents: bool = False
+
     def forward(self, z: Tensor) -> Tensor:
         return self.forward_and_ladj(z)[0]
 
     def inverse(self, x: Tensor) -> Tensor:
         """Data side → latent side."""
         return self.inverse_and_ladj(x)[0]
+
+    def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward(z)`` and the Jacobian applied to tangents ``t`` (``(..., *z.shape)``).
+
+        Hand-written forward mode in plain, differentiable torch ops: one primal pass shared
+        by all tangents, several times cheaper than ``torch.func.jvp`` at small shapes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no hand-written tangents")
+
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        """``forward(z)`` and its :class:`Linearization` at ``z``, for CG matvecs.
+
+        Detached by default; with ``differentiable`` the output and the products keep their
+        graph to ``z`` and the parameters (products taken under ``no_grad`` stay cheap), so one
+        primal pass serves both the CG solve and the differentiable tangent pass.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no hand-written tangents")
 
 
 class Chain(Bijection):
@@ -73,6 +105,33 @@ class Chain(Bijection):
         for layer in reversed(self.layers):
             x = layer.inverse(x)
         return x
+
+    @property
+    def supports_tangents(self) -> bool:  # type: ignore[override]
+        return all(layer.supports_tangents for layer in self.layers)
+
+    def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in self.layers:
+            z, t = layer.forward_and_tangent(z, t)
+        return z, t
+
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        parts = []
+        for layer in self.layers:
+            z, lin = layer.linearize(z, differentiable=differentiable)
+            parts.append(lin)
+
+        def jvp(t: Tensor) -> Tensor:
+            for lin in parts:
+                t = lin.jvp(t)
+            return t
+
+        def vjp(u: Tensor) -> Tensor:
+            for lin in reversed(parts):
+                u = lin.vjp(u)
+            return u
+
+        return z, Linearization(jvp, vjp)
 
 
 class ActNorm(Bijection):
@@ -109,6 +168,17 @@ class ActNorm(Bijection):
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return (x - self.shift) * torch.exp(-self.log_scale), -self._ladj(x)
 
+    supports_tangents = True
+
+    def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        scale = self.log_scale.exp()
+        return z * scale + self.shift, t * scale
+
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            scale = self.log_scale.exp()
+            return z * scale + self.shift, Linearization(lambda t: t * scale, lambda u: u * scale)
+
 
 class Permutation(Bijection):
     """A fixed permutation of the last dimension (random with a seed, or a reversal)."""
@@ -127,3 +197,13 @@ class Permutation(Bijection):
 
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[..., self.inv_perm], x.new_zeros(x.shape[0])
+
+    supports_tangents = True
+
+    def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return z[..., self.perm], t[..., self.perm]
+
+    def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
+        perm, inv = self.perm, self.inv_perm
+        out = (z if differentiable else z.detach())[..., perm]
+        return out, Linearization(lambda t: t[..., perm], lambda u: u[..., inv])
