@@ -1,8 +1,9 @@
 """Training checkpoints: one ``state.pt`` that loads with ``torch.load(weights_only=True)``.
 
 A checkpoint holds the model and optimizer state, the scheduler state, the step, the torch RNG
-state and the resolved config (as JSON text), so a run resumes exactly where it stopped. Files
-are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+state (rank 0's; every rank's RNG and data position under ``workers``) and the resolved config
+(as JSON text), so a run resumes exactly where it stopped. Files are written to a temporary
+name and renamed, so a crash never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TrainingState:
     config: dict[str, Any]
     spec: dict[str, Any]
     metrics: dict[str, float]
+    workers: list[dict[str, Any]] | None = None  # per rank: RNG states, data position (worker_state)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -49,6 +51,12 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def _cpu_workers(workers: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if workers is None:
+        return None
+    return [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in w.items()} for w in workers]
+
+
 def save_state(directory: str | Path, state: TrainingState) -> Path:
     """Write ``state`` to ``directory/state.pt`` atomically; returns the file path."""
     path = Path(directory) / CHECKPOINT_FILE
@@ -62,6 +70,7 @@ def save_state(directory: str | Path, state: TrainingState) -> Path:
         "config_json": json.dumps(state.config),
         "spec_json": json.dumps(state.spec),
         "metrics_json": json.dumps(state.metrics),
+        "workers": _cpu_workers(state.workers),
     }
     _atomic_torch_save(payload, path)
     return path
@@ -84,4 +93,5 @@ def load_state(directory: str | Path, *, map_location: str | torch.device = "cpu
         config=json.loads(payload["config_json"]),
         spec=json.loads(payload["spec_json"]),
         metrics=json.loads(payload["metrics_json"]),
+        workers=payload.get("workers"),
     )

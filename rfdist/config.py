@@ -42,6 +42,8 @@ class DataConfig(_Section):
     ``features``: column names assembled into ``x`` for a user's table of numeric columns.
     ``materialize``: hold the splits in Ray's object store before training (``auto``: when they
     take under 256 MiB) — re-streaming small Parquet files every epoch costs more than a step.
+    ``shuffle``: a new order every epoch, seeded by ``seed`` and the epoch (rfdist.epochs);
+    ``shuffle_buffer``: rows in each worker's local shuffle buffer (0: block order only).
     """
 
     path: str | None = None
@@ -51,6 +53,8 @@ class DataConfig(_Section):
     test_rows: int = Field(5_000, ge=1)
     preprocess: Literal["none", "logit", "standardize"] = "none"
     materialize: Literal["auto", "always", "never"] = "auto"
+    shuffle: bool = True
+    shuffle_buffer: int = Field(10_000, ge=0)
     logit_lambda: float = Field(1e-6, gt=0, lt=0.5)
 
     @model_validator(mode="after")
@@ -170,7 +174,11 @@ class EstimatorConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Optimisation and loss options."""
+    """Optimisation and loss options.
+
+    ``eval_every``: steps between validation passes logged as ``val_nll``; every checkpoint
+    (``checkpoint_every``) is validated as well, and the best checkpoint is chosen by that value.
+    """
 
     mode: Literal["ml", "two_step"] = "ml"
     max_steps: int = Field(1000, ge=1)
@@ -244,9 +252,11 @@ class StorageConfig(_Section):
 
 
 class DebugConfig(_Section):
-    """Testing hooks. ``fail_at_step``: the last worker crashes once at that step (fault tests)."""
+    """Testing hooks. ``fail_at_step``: the last worker crashes once at that step (fault tests);
+    ``record_rows``: a folder where each rank appends the rows it trained on (order tests)."""
 
     fail_at_step: int | None = Field(None, ge=1)
+    record_rows: str | None = None
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

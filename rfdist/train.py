@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 
+from . import worker_state
 from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
 from .console import start_hints, worker_print
 from .engine import load_optimizer_state, make_optimizer, train_step
+from .epochs import EmptyEpochError, EpochStream, epoch_seed, epoch_shard, record_rows
 
 __all__ = [
     "PreparedData",
@@ -223,9 +225,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model.parameters(), cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
     step = 0
+    position = None
+    # storage is scanned again at every (re)start: a checkpoint written shortly before a worker
+    # crashed may not be registered by Ray's controller yet (the driver's scan predates the run)
+    found = _storage_checkpoints(*_storage(cfg.storage.path), loop_config.get("ray_name", cfg.name))
     state = _state_to_resume(
         ray.train.get_checkpoint(),
-        loop_config.get("unregistered_checkpoint"),
+        found or loop_config.get("unregistered_checkpoint"),
         device,
         warn=(lambda m: print(m, flush=True)) if rank == 0 else None,
     )
@@ -234,7 +240,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         load_optimizer_state(optimizer, state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         step = state.step
-        if state.rng is not None:
+        position = worker_state.restore(state.workers, rank, world, device)
+        if position is None and state.rng is not None and rank == 0:  # older format: rank 0 only
             torch.set_rng_state(state.rng)
         if rank == 0:
             print(f"[rfdist] resumed from checkpoint at step {step}", flush=True)
@@ -244,27 +251,45 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     prep = _preprocess_fn(cfg, shape, loop_config.get("stats"))
     options = cfg.loss_options()
     per_worker_batch = max(1, cfg.train.batch_size // world)
-    train_shard = ray.train.get_dataset_shard("train")
+    train_data = loop_config.get("train_dataset")  # materialized: re-ordered per epoch here
+    train_shard = ray.train.get_dataset_shard("train") if train_data is None else None
     val_shard = ray.train.get_dataset_shard("val")
     log = _mlflow_logger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     from .data.reader import stream_options
 
     stream_kw = stream_options(device)  # rows arrive as stored (uint8 pixels); prep makes them float
 
+    buffer = cfg.data.shuffle_buffer if cfg.data.shuffle and cfg.data.shuffle_buffer > 0 else None
+
+    def open_epoch(epoch: int):
+        source = train_shard
+        if train_data is not None:
+            source = epoch_shard(
+                train_data, seed=cfg.seed, epoch=epoch, rank=rank, world=world, shuffle=cfg.data.shuffle
+            )
+        return source.iter_torch_batches(
+            batch_size=per_worker_batch,
+            device=device,
+            drop_last=True,
+            local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=epoch_seed(cfg.seed, epoch, rank) if buffer else None,
+            **stream_kw,
+        )
+
+    epochs = EpochStream(open_epoch, position)
+    record = record_rows(cfg.debug.record_rows, rank)
+
     def batches():
-        while True:
-            empty = True
-            for batch in train_shard.iter_torch_batches(
-                batch_size=per_worker_batch, device=device, drop_last=True, **stream_kw
-            ):
-                empty = False
+        try:
+            for batch in epochs:
+                record(epochs.position, batch["x"])
                 yield prep(batch["x"])
-            if empty:  # drop_last and too few rows: another pass would loop forever
-                raise DataFault(
-                    f"the train split gave worker {rank} no full batch of {per_worker_batch} rows "
-                    f"(train.batch_size {cfg.train.batch_size} over {world} workers): lower "
-                    "train.batch_size or add rows"
-                )
+        except EmptyEpochError:  # drop_last and too few rows: another pass would loop forever
+            raise DataFault(
+                f"the train split gave worker {rank} no full batch of {per_worker_batch} rows "
+                f"(train.batch_size {cfg.train.batch_size} over {world} workers): lower "
+                "train.batch_size or add rows"
+            ) from None
 
     def validate() -> float:
         total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -354,7 +379,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
             window.clear()
 
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+        checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps
+        if step % cfg.train.eval_every == 0 and not checkpoint_now:  # a validation curve point only
+            val_nll = validate()
+            if rank == 0:
+                log({"val_nll": val_nll}, step)
+                print(f"[rfdist] step {step}  val_nll {val_nll:.4f}", flush=True)
+        if checkpoint_now:  # validated too: checkpoints are ranked by their own val_nll
+            workers = worker_state.gather_worker_states(
+                worker_state.capture(rank, device, epochs.position), world
+            )
             val_nll = validate()
             report = {
                 "step": step,
@@ -381,6 +415,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             config=loop_config["config"],
                             spec=loop_config["spec"],
                             metrics=report,
+                            workers=workers,
                         ),
                     )
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(directory))
@@ -700,6 +735,10 @@ def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
         rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
         size = sum(rows) * prepared.spec.data_dim * info.itemsize
         if cfg.data.materialize == "always" or size <= materialize_limit(MATERIALIZE_BYTES):
+            if cfg.data.shuffle:  # blocks of a batch: the unit each epoch re-orders (rfdist.epochs)
+                datasets["train"] = datasets["train"].repartition(
+                    target_num_rows_per_block=cfg.train.batch_size
+                )
             datasets = {split: ds.materialize() for split, ds in datasets.items()}
     return datasets
 
@@ -770,12 +809,17 @@ def run_training(
     for line in start_hints(tracking_uri, _dashboard_url()):
         print(line, flush=True)
     import ray.train
+    from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
     from .rendezvous import LoopbackTorchConfig
 
     if datasets is None:
         datasets = ray_datasets(cfg, prepared)
+    train_dataset = None  # a materialized train split is split per epoch by the workers (rfdist.epochs)
+    if isinstance(datasets.get("train"), MaterializedDataset):
+        datasets = dict(datasets)
+        train_dataset = datasets.pop("train")
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
@@ -790,6 +834,8 @@ def run_training(
             "stats": getattr(info, "stats", None),
             "fault_marker": str(Path(tempfile.gettempdir()) / f"rfdist-fault-{uuid.uuid4().hex}"),
             "unregistered_checkpoint": _storage_checkpoints(storage_path, filesystem, ray_name),
+            "ray_name": ray_name,
+            "train_dataset": train_dataset,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources

@@ -445,6 +445,7 @@ def logdet_surrogate(
     matvec: MatvecMode = "jvp",
     preconditioner: PreconditionerKind = "none",
     precond_rows: int = 8,
+    probes: Tensor | None = None,
     tangents: TangentOps | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""A per-row scalar whose gradient estimates :math:`\nabla\log\det(J^\top J)` without bias.
@@ -473,6 +474,8 @@ def logdet_surrogate(
         preconditioner: ``"none"`` or ``"gram"`` (:func:`gram_preconditioner`: CG on
             :math:`M^{-1}A`, same solution, fewer iterations).
         precond_rows: rows whose exact Jacobians build the ``"gram"`` preconditioner.
+        probes: ``(K, B, d)`` probes to use instead of drawing ``num_samples`` (a test seam:
+            all ``2^d`` Rademacher vectors make the estimate exact).
         tangents: hand-written derivatives of ``fn``; when given, ``matvec`` is moot: CG runs
             on the cached linearisation and the surrogate is the forward-mode form.
 
@@ -494,8 +497,15 @@ def logdet_surrogate(
     if preconditioner not in ("none", "gram"):
         raise ValueError(f"logdet_surrogate: preconditioner must be 'none' or 'gram', got {preconditioner!r}")
     batch, d = z.shape
-    k = int(num_samples)
-    eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
+    if probes is not None:
+        if probes.ndim != 3 or tuple(probes.shape[1:]) != (batch, d):
+            raise ValueError(
+                f"logdet_surrogate: probes must have shape (K, {batch}, {d}), got {tuple(probes.shape)}"
+            )
+        k, eps = probes.shape[0], probes.to(dtype=z.dtype, device=z.device)
+    else:
+        k = int(num_samples)
+        eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
     # d = 1: CG's first step is already exact, a preconditioner can only cost time
     use_precond = preconditioner == "gram" and d > 1
     precond = gram_preconditioner(fn, z, rows=precond_rows, tangents=tangents) if use_precond else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,14 +56,12 @@ def test_train_refuses_bad_configs_before_any_worker_starts(tmp_path: Path, over
         "--set",
         f"tracking.uri=sqlite:///{tmp_path / 'db'}",
     ]
-    start = time.monotonic()
     proc = _cli(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started or written
-    assert time.monotonic() - start < 90
 
 
 def test_missing_config_file() -> None:
