@@ -261,6 +261,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     buffer = cfg.data.shuffle_buffer if cfg.data.shuffle and cfg.data.shuffle_buffer > 0 else None
 
+    # with a seeded shuffle buffer, Ray's batch prefetching made the row order differ between a
+    # resumed and an uninterrupted run (found by tests/test_train_ray_equivalence.py): no prefetch
+    epoch_kw = {k: v for k, v in stream_kw.items() if not (buffer and k == "prefetch_batches")}
+
     def open_epoch(epoch: int):
         source = train_shard
         if train_data is not None:
@@ -273,7 +277,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             drop_last=True,
             local_shuffle_buffer_size=buffer,
             local_shuffle_seed=epoch_seed(cfg.seed, epoch, rank) if buffer else None,
-            **stream_kw,
+            **epoch_kw,
         )
 
     epochs = EpochStream(open_epoch, position)
