@@ -44,10 +44,10 @@ def test_a_worse_run_does_not_take_champion_and_promote_moves_it(tmp_path: Path)
     v1, aliases = _register(uri, "flow", 2.0)
     assert "champion" in aliases
     v2, aliases = _register(uri, "flow", 2.5)  # worse
-    assert aliases == ["latest"]
+    assert aliases == []  # no alias moved (`latest` is resolved, not an alias)
     assert _champion(client) == v1
     v3, aliases = _register(uri, "flow", float("nan"))  # never wins
-    assert aliases == ["latest"]
+    assert aliases == []  # no alias moved (`latest` is resolved, not an alias)
     v4, aliases = _register(uri, "flow", 1.5)  # better
     assert "champion" in aliases and _champion(client) == v4
 
