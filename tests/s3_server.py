@@ -92,3 +92,52 @@ def restartable_s3() -> Iterator[RestartableS3]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class BucketView:
+    """A plain boto3 view of moto's buckets, independent of rfdist's own S3 layer.
+
+    ``glob("bucket/a/checkpoint_*/state.pt")`` matches keys and their parent "folders" segment by
+    segment (``*`` never crosses ``/``), like a filesystem glob.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+        )
+
+    def glob(self, pattern: str) -> list[str]:
+        import fnmatch
+
+        bucket, _, key_pattern = pattern.partition("/")
+        prefix = key_pattern.split("*", 1)[0]
+        depth = key_pattern.count("/")
+        found: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                parts = item["Key"].split("/")
+                if len(parts) > depth:
+                    candidate = "/".join(parts[: depth + 1])
+                    if fnmatch.fnmatchcase(candidate, key_pattern):
+                        found.add(f"{bucket}/{candidate}")
+        return sorted(found)
+
+    def get(self, path: str, local: str) -> None:
+        """Download ``bucket/key`` to ``local``; ``FileNotFoundError`` when the key is missing."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            self.client.download_file(bucket, key, local)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
+                raise FileNotFoundError(path) from err
+            raise

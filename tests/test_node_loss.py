@@ -13,20 +13,18 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
-import s3fs
 
 from rfdist.checkpoint import load_state
 from rfdist.localray import loopback_only
 from rfdist.train import run_training
 
 from .ray_training import make_data, small_config
-from .s3_server import make_bucket, s3_server  # noqa: F401  (fixture)
+from .s3_server import BucketView, make_bucket, s3_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
 
 def _steps_on_s3(fs, prefix: str) -> dict[str, int]:
-    fs.invalidate_cache()
     steps = {}
     for folder in fs.glob(f"{prefix}/checkpoint_*"):
         with tempfile.TemporaryDirectory() as local:
@@ -80,7 +78,7 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
         "storage.path=s3://nodes/runs",
         name=name,
     )
-    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing")
+    fs = BucketView(s3_server)
     prefix = f"nodes/runs/{name}"
     killed: dict = {}
 
@@ -88,7 +86,6 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and not fs.glob(f"{prefix}/checkpoint_*/state.pt"):
             time.sleep(0.5)
-            fs.invalidate_cache()
         node = _training_node(cluster)
         killed["before"] = _steps_on_s3(fs, prefix)
         if node is not None:

@@ -22,7 +22,9 @@ PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml
 def _register(uri: str, name: str, val_nll: float) -> tuple[str, list[str]]:
     cfg = load_config(PRESET, ["model.flow_layers=1", "model.flow_hidden=[4]", "model.density_layers=1"])
     spec = cfg.model.spec((3,), 0)
-    with mlflow.start_run():
+    # an explicit experiment: another test in this process may have left a different one active
+    experiment = mlflow.set_experiment("champion").experiment_id
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.log_metric("final_val_nll", val_nll)
         logged = log_flow_model(build_model(spec), spec, registered_model_name=name)
     version = str(logged.registered_model_version)
