@@ -46,7 +46,7 @@ def _chromium(given: str | None) -> str:
         path = shutil.which(name) if name else None
         if path:
             return path
-    raise SystemExit("error: Chromium not found; run `bash scripts/install_chromium.sh` or pass --chromium PATH")
+    raise LookupError("Chromium not found; run `bash scripts/install_chromium.sh` or pass --chromium PATH")
 
 
 def _pick(client, run_id: str | None):
@@ -60,7 +60,7 @@ def _pick(client, run_id: str | None):
             run = client.get_run(version.run_id)
             if run.info.status == "FINISHED":
                 return run, version
-    raise SystemExit("error: no finished run with a registered model version in this tracking database")
+    raise LookupError("no finished run with a registered model version in this tracking database")
 
 
 def _text(dom: str) -> str:
@@ -92,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    chromium = _chromium(args.chromium)
     client = mlflow.MlflowClient(tracking_uri=args.tracking_uri, registry_uri=args.tracking_uri)
     try:
+        chromium = _chromium(args.chromium)
         run, version = _pick(client, args.run_id)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except mlflow.exceptions.MlflowException as exc:
         print(f"error: --run-id {args.run_id}: {exc.message.splitlines()[0]}", file=sys.stderr)
         return 2
