@@ -47,12 +47,18 @@ def start_monitor(
         return None
     # MLflow announces start/stop and a missing GPU library at INFO: noise on the console
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = SystemMetricsMonitor(
-        run_id,
-        sampling_interval=interval_s,
-        resume_logging=True,  # a resumed run continues the sample steps
-        node_id=node_id,
-        tracking_uri=tracking_uri,
-    )
-    monitor.start()
+    try:
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=interval_s,
+            resume_logging=True,  # a resumed run continues the sample steps (one get_run)
+            node_id=node_id,
+            tracking_uri=tracking_uri,
+        )
+        monitor.start()
+    except Exception as exc:  # system metrics must never stop training (e.g. server down at start)
+        from .console import worker_print
+
+        worker_print(f"[rfdist] warning: no system metrics for this run ({type(exc).__name__}: {exc})", flush=True)
+        return None
     return monitor
