@@ -88,9 +88,9 @@ def main() -> None:
             wall = time.perf_counter() - start
             ray.shutdown()
             client = mlflow.MlflowClient(result.tracking_uri)
-            steps = [m.value for m in client.get_metric_history(result.run_id, "step_s")]
-            throughput = [m.value for m in client.get_metric_history(result.run_id, "examples_per_s")]
-            waits = [m.value for m in client.get_metric_history(result.run_id, "data_wait_s")]
+            steps = [m.value for m in client.get_metric_history(result.run_id, "perf/step_s")]
+            throughput = [m.value for m in client.get_metric_history(result.run_id, "perf/examples_per_s")]
+            waits = [m.value for m in client.get_metric_history(result.run_id, "data/wait_s")]
             records.append(
                 {
                     "dataset": name,
@@ -154,8 +154,8 @@ def mnist_wait(steps: int, json_path: str | None) -> None:
     wall = time.perf_counter() - start
     ray.shutdown()
     client = mlflow.MlflowClient(result.tracking_uri)
-    step_s = [m.value for m in client.get_metric_history(result.run_id, "step_s")]
-    waits = [m.value for m in client.get_metric_history(result.run_id, "data_wait_s")]
+    step_s = [m.value for m in client.get_metric_history(result.run_id, "perf/step_s")]
+    waits = [m.value for m in client.get_metric_history(result.run_id, "data/wait_s")]
     skip = min(5, max(len(step_s) - 1, 0))
     step, wait = statistics.median(step_s[skip:]), statistics.median(waits[skip:])
     record = {

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any
 
+from .metric_names import mlflow_key
+
 __all__ = ["MetricLogger"]
 
 BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -60,10 +62,13 @@ class MetricLogger:
         self.log(metrics, step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        """Queue ``metrics`` at ``step`` under their namespaced keys (:func:`~rfdist.metric_names.mlflow_key`)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        batch = [
+            Metric(mlflow_key(k), float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))
+        ]
         with self._lock:
             self._metrics.extend(batch)
             self._queued += len(batch)

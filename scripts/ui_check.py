@@ -9,7 +9,7 @@ with Chromium (``--headless=new --virtual-time-budget``) and reads the rendered 
 - the run page (overview): the dataset input (its name and digest) is listed;
 - the run's *System metrics* tab: a ``cpu_utilization_percentage`` chart;
 - the registered model version page: the signature (``Inputs (N)``/``Outputs (N)``, N ≥ 1);
-- the metric chart page for ``--metric`` (default ``val_nll``).
+- the metric chart page for ``--metric`` (default ``val/nll``).
 
 Writes ``run.png``, ``system-metrics.png``, ``model-version.png`` and ``metric.png`` (plus the
 DOM text of each page, ``*.txt``) to ``--out``. Exits 1 naming every page check that failed,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", required=True, help="sqlite:////abs/mlflow.db (the training run's)")
     parser.add_argument("--run-id", help="default: newest finished run with a registered model version")
-    parser.add_argument("--metric", default="val_nll")
+    parser.add_argument("--metric", default="val/nll")
     parser.add_argument("--out", default="ui-check", help="folder for the PNGs and page texts")
     parser.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium --virtual-time-budget")

@@ -70,7 +70,7 @@ def test_two_workers_train_shapes64_register_and_reload(tmp_path: Path) -> None:
     client = mlflow.MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.params["scaling.num_workers"] == "2"
-    for key in ("loss", "val_nll", "data_wait_s", "step_s", "reconstruction"):
+    for key in ("train/loss", "val/nll", "data/wait_s", "perf/step_s", "train/reconstruction"):
         assert key in run.data.metrics, key
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/model.png"}
     from PIL import Image

@@ -129,7 +129,7 @@ def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
     assert "down" in outage and "up" in outage, "S3 was never restarted"
     assert result.metrics["step"] == 300  # the driver read the final checkpoint back from S3
     # S3 went down mid-training (uploads block in their retries meanwhile): steps logged after it was back
-    loss = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "loss")
+    loss = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "train/loss")
     after = [m.step for m in loss if m.timestamp > outage["up"] * 1000]
     assert after, "training had ended before the S3 outage"
     assert result.checkpoint_path and name in result.checkpoint_path

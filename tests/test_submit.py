@@ -355,7 +355,7 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["scaling.num_workers"] == "1" and run.data.params["train.max_steps"] == "40"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_nll")] == [20, 40]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/nll")] == [20, 40]
     versions = client.search_model_versions(f"name = '{name}'")
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
     model = load_model(f"models:/{name}@latest", tracking_uri=tracking)

@@ -115,7 +115,7 @@ def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) ->
     for child in children:
         assert child.data.params["estimator.name"] in ("exact", "hutchinson")
         assert float(child.data.params["train.lr"]) in (5e-3, 1e-6)
-        assert "val_nll" in child.data.metrics and "s_per_step" in child.data.metrics
+        assert "val/nll" in child.data.metrics and "s_per_step" in child.data.metrics
         assert child.data.metrics["peak_mem_mb"] > 0
     hutchinson = [c for c in children if c.data.params["estimator.name"] == "hutchinson"]
     assert all(c.data.metrics["matvecs_per_step"] >= 1 for c in hutchinson)
@@ -133,7 +133,7 @@ def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) ->
     version = client.get_model_version_by_alias("sweep-asha", "sweep-best")
     best = client.get_run(version.run_id)
     completed = [c for c in children if c.data.tags["rfdist.stop_reason"] == "completed"]
-    assert best.data.metrics["val_nll"] == min(c.data.metrics["val_nll"] for c in completed)
+    assert best.data.metrics["val/nll"] == min(c.data.metrics["val/nll"] for c in completed)
     assert parent.data.tags["rfdist.best_run_id"] == version.run_id
     model = load_model("models:/sweep-asha@sweep-best", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     x = torch.tensor([[0.0, 1.0], [1.0, 0.0]])

@@ -98,12 +98,12 @@ def test_tracking_server_outage_mid_run_loses_no_metrics(tmp_path: Path, capfd) 
         client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         run = client.get_run(result.run_id)
         assert run.info.status == "FINISHED" and result.metrics["step"] == 600
-        loss = client.get_metric_history(result.run_id, "loss")
+        loss = client.get_metric_history(result.run_id, "train/loss")
         assert sorted(m.step for m in loss) == list(range(10, 601, 10))  # every logged step, none twice
         # training went on while the server was down (a metric's timestamp is when rank 0 logged it)
         during = [m.step for m in loss if outage["down"] * 1000 < m.timestamp < outage["up"] * 1000]
         assert len(during) >= 3, f"training stalled during the outage; steps logged then: {during}"
-        val_steps = [m.step for m in client.get_metric_history(result.run_id, "val_nll")]
+        val_steps = [m.step for m in client.get_metric_history(result.run_id, "val/nll")]
         assert sorted(val_steps) == list(range(50, 601, 50))
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         assert len(client.search_runs([experiment.experiment_id])) == 1

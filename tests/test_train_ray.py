@@ -55,21 +55,23 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["scaling.num_workers"] == "2" and params["estimator.name"] == "exact"
-    for key in (
-        "loss",
-        "log_pu",
-        "logdet",
-        "reconstruction",
-        "val_nll",
-        "step_s",
-        "examples_per_s",
-        "lr",
-        "grad_norm",
-        "data_wait_s",
-        "skipped_steps",
+    for key in (  # per-step series in the UI's namespaces (rfdist.metric_names)
+        "train/loss",
+        "train/log_pu",
+        "train/logdet",
+        "train/reconstruction",
+        "val/nll",
+        "perf/step_s",
+        "perf/examples_per_s",
+        "train/lr",
+        "train/grad_norm",
+        "data/wait_s",
+        "train/skipped_steps",
     ):
         assert key in run.data.metrics, key
-    history = client.get_metric_history(result.run_id, "val_nll")
+    assert "final_val_nll" in run.data.metrics  # the run's headline number stays flat
+    assert not {k for k in run.data.metrics if "/" not in k} - {"final_val_nll"}, sorted(run.data.metrics)
+    history = client.get_metric_history(result.run_id, "val/nll")
     assert [m.step for m in history] == [50, 100, 150, 200, 250, 300]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "plots", "checkpoint"} <= artifacts
@@ -133,7 +135,7 @@ def test_hutchinson_and_s3_storage_with_an_mlflow_server(tmp_path: Path, s3_serv
         assert any(f.path.endswith("state.pt") for f in listing)
         client = mlflow.MlflowClient(uri)
         metrics = client.get_run(result.run_id).data.metrics
-        assert "cg_iterations" in metrics and "matvecs" in metrics and "logdet" not in metrics
+        assert "perf/cg_iterations" in metrics and "perf/matvecs" in metrics and "train/logdet" not in metrics
         model = load_model("models:/vm-s3@latest", tracking_uri=uri)
         assert torch.isfinite(model.log_prob(torch.tensor([[0.0, 1.0]]))).all()
     finally:

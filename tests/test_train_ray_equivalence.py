@@ -173,7 +173,7 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
     report = json.loads(out.read_text())
     assert report["n_test"] == 150
     assert report["test_nll"] == pytest.approx(result.metrics["val_nll"], rel=1e-5, abs=1e-6)
-    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val_nll")
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val/nll")
     assert sorted(m.step for m in history) == [2, 3]  # eval_every=2, and the final checkpoint
     for name, value in model.state_dict().items():
         torch.testing.assert_close(state.model[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -43,13 +43,13 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     assert "resumed from checkpoint at step 100" in text  # at most one checkpoint interval lost
     assert result.metrics["step"] == 300
     assert result.metrics["val_nll"] < 2.5
-    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val_nll")
+    history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val/nll")
     steps = [m.step for m in history]
     assert steps.count(100) == 1 and 300 in steps and 150 in steps
     assert text.count("[rfdist] estimator auto → ") >= 2  # first start and restart, rank 0
     run = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id)
     assert run.data.tags["rfdist.estimator"] in ("exact", "hutchinson")
-    assert run.data.metrics["auto_exact_s"] > 0 and run.data.metrics["auto_hutchinson_s"] > 0
+    assert run.data.metrics["perf/auto_exact_s"] > 0 and run.data.metrics["perf/auto_hutchinson_s"] > 0
 
 
 def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
