@@ -35,8 +35,10 @@ def _start_server(tmp: Path, port: int) -> subprocess.Popen:
          "--artifacts-destination", str(tmp / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a cold start (imports, store migrations) on a loaded 2-core machine
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited with code {server.returncode} on port {port}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
                 if reply.status == 200:
