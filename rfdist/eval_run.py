@@ -16,7 +16,10 @@ dimensions); ``test_bpd_data`` is bits per dimension in data space:
 - ``fd_<features>``: Fréchet distance between model samples and test rows (``raw``,
   ``lenet``, ``inception``);
 - ``ood_accuracy_<score>`` / ``ood_auroc_<score>`` with ``--ood-data``: score ``data``,
-  ``logit`` (log-likelihoods) or ``reconstruction`` (its negative);
+  ``logit`` (log-likelihoods), ``reconstruction`` (its negative) or ``combined`` (the model-space
+  on-manifold log-density minus the reconstruction error over 2σ², σ² fit on the in-distribution
+  train rows, ``ood_sigma2``: :func:`rfdist.evaluate.manifold_ood_score`); the accuracy is the
+  paper's depth-1 stump fit on train rows, both scored on test rows;
 - ``factor_r2_linear`` / ``factor_r2_knn`` (+ ``factor_r2_knn_<name>``) when the dataset has
   true factor columns ``factor_*`` (``shapes64``): R² on the test rows of regressions from the
   encodings g†(x) to the factors, fit on up to 2,000 train rows.
@@ -35,7 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import auroc, encode_rows, factor_r2, frechet_distance, log_likelihoods, ood_stump
+from .evaluate import (
+    auroc,
+    encode_rows,
+    factor_r2,
+    frechet_distance,
+    log_likelihoods,
+    manifold_ood_score,
+    offmanifold_variance,
+    ood_stump,
+)
 
 __all__ = ["EvalData", "EvalOptions", "EvalResult", "evaluate_model", "load_eval_data", "run_eval"]
 
@@ -264,7 +276,19 @@ def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str
     if space is not None:
         kinds[space] = "model"
     out: dict[str, float] = {"ood_n_train": float(rows), "ood_n_test_out": float(test_ood.shape[0])}
-    for label, key in [*kinds.items(), ("reconstruction", "reconstruction")]:
+    sigma2 = offmanifold_variance(train_in["reconstruction"], model.data_dim - model.latent_dim)
+    out["ood_sigma2"] = sigma2
+    for name, parts in (
+        ("test", test),
+        ("train_in", train_in),
+        ("train_out", train_out),
+        ("test_out", test_out),
+    ):
+        parts["combined"] = torch.as_tensor(
+            manifold_ood_score(parts["model"], parts["reconstruction"], sigma2)
+        )
+        scores[f"{name}_combined"] = parts["combined"].numpy()
+    for label, key in [*kinds.items(), ("reconstruction", "reconstruction"), ("combined", "combined")]:
         sign = -1.0 if key == "reconstruction" else 1.0  # higher score = more in-distribution
         tr_in, tr_out = sign * train_in[key].numpy(), sign * train_out[key].numpy()
         te_in, te_out = sign * test[key].numpy(), sign * test_out[key].numpy()
