@@ -47,6 +47,8 @@ from .evaluate import (
     manifold_ood_score,
     offmanifold_variance,
     ood_stump,
+    sphere_density_grid,
+    sphere_grid_metrics,
 )
 
 __all__ = ["EvalData", "EvalOptions", "EvalResult", "evaluate_model", "load_eval_data", "run_eval"]
@@ -234,6 +236,10 @@ def evaluate_model(
             from .runner import circle_metrics
 
             metrics.update(circle_metrics(model, data.truth))
+        elif data.synthetic == "sphere":  # KL(true ‖ model), mass: quadrature over the true sphere
+            grid = _sphere_grid(model, data.truth)
+            metrics.update(grid.pop("metrics"))
+            scores.update({f"sphere_{k}": v for k, v in grid.items() if k != "points"})
 
     if data.test_factors is not None and data.train is not None:
         rows = min(2000, data.train.shape[0])  # the first rows: factors stay aligned with images
@@ -255,6 +261,14 @@ def evaluate_model(
     if opts.plots and plot_dir is not None:
         result.plots = _plots(model, data, samples_data, preprocess, lam, scores, plot_dir)
     return result
+
+
+def _sphere_grid(model, truth) -> dict:
+    """:func:`rfdist.evaluate.sphere_density_grid` of ``model`` plus its ``kl`` / ``mass``."""
+    dtype = next(model.parameters()).dtype
+    grid = sphere_density_grid(lambda x: model.log_prob(x.to(dtype)), truth)
+    grid["metrics"] = sphere_grid_metrics(grid)
+    return grid
 
 
 def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str, float]:
@@ -311,6 +325,8 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
         paths.append(plot_model(model, data.test, folder / "manifold.png"))
     elif len(model.data_shape) == 3:
         paths.append(_sample_grid(samples_data, data.test, folder / "samples.png"))
+    if "sphere_log_model" in scores:
+        paths.append(_sphere_density_plot(scores, folder / "sphere_density.png"))
     if "test_out_data" in scores:
         plt = _pyplot()
         key = "model" if preprocess != "none" else "data"
@@ -325,6 +341,26 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
         plt.close(fig)
         paths.append(folder / "ood_hist.png")
     return paths
+
+
+def _sphere_density_plot(scores: dict[str, np.ndarray], path: Path) -> Path:
+    """Learned vs true density on the sphere as latitude/longitude heat maps (one colour scale)."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    lat, lon = np.degrees(np.arcsin(scores["sphere_z"])), np.degrees(scores["sphere_phi"])
+    learned, true = np.exp(scores["sphere_log_model"]), np.exp(scores["sphere_log_true"])
+    top = float(np.nanmax(true)) * 1.5
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, values, title in ((axes[0], learned, "learned p(x)"), (axes[1], true, "true p(x)")):
+        mesh = ax.pcolormesh(lon, lat, np.clip(values, 0, top), shading="nearest", vmin=0, vmax=top)
+        ax.set_title(title)
+        ax.set_xlabel("longitude (°)")
+    axes[0].set_ylabel("latitude (°)")
+    fig.colorbar(mesh, ax=axes, label="density w.r.t. area")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _sample_grid(samples: torch.Tensor, data: torch.Tensor, path: Path, count: int = 64) -> Path:
