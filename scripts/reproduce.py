@@ -174,7 +174,7 @@ def report(
         "",
         "Cells are mean ± standard deviation (ddof = 1) over the seeds listed; log-likelihoods in nats per",
         "example (`_data`: data space; `_logit`: the logit space images are modelled in), `kl` by quadrature",
-        "over the circle, `fd_*` Fréchet distance of Gaussian fits of samples vs test rows.",
+        "over the true circle or sphere, `fd_*` Fréchet distance of Gaussian fits of samples vs test rows.",
         "",
     ]
     for name, exp in plan["experiments"].items():
