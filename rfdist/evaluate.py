@@ -465,15 +465,18 @@ def sphere_metrics(
 
     The sphere counterpart of the circle's ``kl`` / ``mass``: ``kl = Σ_cells ΔA · p(x)(log p(x) −
     log q(x))`` on :func:`sphere_density_grid` (midpoint rule, error O(1/n²) for smooth
-    densities); ``mass`` is 1 for a model whose density lives on the true sphere (a learned
-    surface off the sphere, or density outside the chart, shows as mass < 1).
+    densities); ``mass`` is 1 for a model whose density lives on the true sphere. A learned
+    surface inside the sphere concentrates the density (mass > 1, and ``kl`` can go negative);
+    one outside it, or density outside the chart, shows as mass < 1. ``kl_normalized =
+    kl + log(mass)`` is the KL to the model's density renormalised on the true sphere (≥ 0):
+    the error in the density's *shape*, with the surface's scale factored out.
 
     Example:
         >>> from rfdist.data.synthetic import SphereVMFMixture
         >>> truth = SphereVMFMixture()
         >>> m = sphere_metrics(truth.log_density, truth)
-        >>> abs(m["kl"]) < 1e-9, round(m["mass"], 4)
-        (True, 1.0)
+        >>> abs(m["kl"]) < 1e-9, round(m["mass"], 4), abs(m["kl_normalized"]) < 1e-4
+        (True, 1.0, True)
     """
     return sphere_grid_metrics(sphere_density_grid(log_prob, truth, n_polar=n_polar, n_azimuth=n_azimuth))
 
@@ -482,7 +485,6 @@ def sphere_grid_metrics(grid: dict[str, np.ndarray]) -> dict[str, float]:
     """``kl`` and ``mass`` (see :func:`sphere_metrics`) from a :func:`sphere_density_grid`."""
     area = 4.0 * math.pi / grid["log_true"].size
     log_true, log_model = grid["log_true"], grid["log_model"]
-    return {
-        "kl": float((np.exp(log_true) * (log_true - log_model)).sum() * area),
-        "mass": float(np.exp(log_model).sum() * area),
-    }
+    kl = float((np.exp(log_true) * (log_true - log_model)).sum() * area)
+    mass = float(np.exp(log_model).sum() * area)
+    return {"kl": kl, "mass": mass, "kl_normalized": kl + math.log(mass)}

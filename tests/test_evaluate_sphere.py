@@ -32,6 +32,7 @@ def test_kl_of_a_rotated_vmf_matches_the_closed_form(angle: float) -> None:
     expected = kappa * (1 / math.tanh(kappa) - 1 / kappa) * (1 - math.cos(angle))
     m = sphere_metrics(model.log_density, truth)
     assert m["kl"] == pytest.approx(expected, rel=1e-3)
+    assert m["kl_normalized"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
     assert m["mass"] == pytest.approx(1.0, abs=1e-4)
 
 
@@ -41,6 +42,7 @@ def test_half_the_mass_off_the_sphere_shows_in_mass_and_kl() -> None:
     m = sphere_metrics(lambda x: truth.log_density(x) - math.log(2), truth)
     assert m["mass"] == pytest.approx(0.5, abs=1e-4)
     assert m["kl"] == pytest.approx(math.log(2), abs=1e-4)
+    assert m["kl_normalized"] == pytest.approx(0.0, abs=1e-4)  # the shape is right
 
 
 def test_eval_on_the_sphere_reports_kl_mass_and_plots_the_density(tmp_path) -> None:
