@@ -358,7 +358,7 @@ def _sphere_density_plot(scores: dict[str, np.ndarray], path: Path) -> Path:
         ax.set_xlabel("longitude (°)")
     axes[0].set_ylabel("latitude (°)")
     fig.colorbar(mesh, ax=axes, label="density w.r.t. area")
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
