@@ -76,23 +76,24 @@ def canonical_commands(plan_path: str, name: str, exp: dict, runs: list[dict]) -
     The page shows these instead of the commands as typed (which named scratch stores and output
     files): relative paths and the preset names, run from a fresh clone's root.
     """
-    groups: dict[tuple[str, ...], list[dict]] = {}
+    groups: dict[tuple[bool, tuple[str, ...]], list[dict]] = {}
     for run in runs:
         known = {*exp.get("set", []), *exp["variants"].get(run["variant"], [])}
         extra = tuple(
             s for s in run.get("overrides", [])
             if s not in known and not s.startswith(("seed=", "name="))
         )  # fmt: skip
-        groups.setdefault(extra, []).append(run)
+        ray = "--ray" in shlex.split(run.get("command", ""))
+        groups.setdefault((ray, extra), []).append(run)
     commands = []
-    for extra, group in groups.items():
+    for (ray, extra), group in groups.items():
         seeds = sorted({int(r["seed"]) for r in group})
         variants = [v for v in exp["variants"] if any(r["variant"] == v for r in group)]
         parts = ["python", "scripts/reproduce.py", plan_path, "--only", name]
         parts += ["--seeds", ",".join(map(str, seeds))]
         if len(variants) < len(exp["variants"]):
             parts += [a for v in variants for a in ("--variant", v)]
-        parts += [a for s in extra for a in ("--set", s)]
+        parts += [a for s in extra for a in ("--set", s)] + (["--ray"] if ray else [])
         parts += ["--tracking-uri", TRACKING_URI, "--runs", f"{OUT_DIR}/{name}-runs.jsonl"]
         parts += ["--out", f"{OUT_DIR}/{name}.md"]
         commands.append(shlex.join(parts))

@@ -36,7 +36,7 @@ def test_report_commands_have_no_absolute_paths(reproduce, tmp_path, monkeypatch
         "python scripts/reproduce.py jobs/configs/paper/cpu.yaml --only von-mises --seeds 0,1 "
         "--tracking-uri sqlite:////work/wt-7/runs/paper/mlflow-a.db --runs docs/cpu-runs.jsonl --out runs/x.md"
     )
-    extra = scratch + " --set train.batch_size=10"
+    extra = scratch + " --set train.batch_size=10 --ray"
     hand = (
         f"rfdist eval runs:/0123abcd/model --data {tmp_path}/data/vm --tracking-uri sqlite:///{tmp_path}/m.db"
     )
@@ -66,7 +66,7 @@ def test_report_commands_have_no_absolute_paths(reproduce, tmp_path, monkeypatch
         "--tracking-uri sqlite:///runs/paper/mlflow.db --runs runs/paper/von-mises-runs.jsonl "
         "--out runs/paper/von-mises.md"
     ) in commands
-    assert any("--variant two-step --set train.batch_size=10" in c for c in commands)
+    assert any("--variant two-step --set train.batch_size=10 --ray --tracking-uri" in c for c in commands)
     assert "rfdist eval runs:/0123abcd/model --data data/vm --tracking-uri sqlite:///m.db" in commands
     assert "Measured on 2026-11-29, 2026-11-30." in text
     assert "| exact | 0,1 | 1.7 ± 0 | 0.2 ± 0.14 |" in text  # the numbers themselves are untouched
