@@ -569,15 +569,21 @@ def logdet_surrogate(
     output, pushed = vmap(lambda t: jvp(fn, (z,), (t,)), out_dims=(None, 0))(tangents)
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
 
-    if stats is not None:
-        stats.cg_iterations = info.iterations.float().mean()
-        stats.cg_max_iterations = info.iterations.max().float()
-        stats.cg_residual = info.residual.max()
-        stats.matvecs += info.matvecs
-        stats.tangent_passes += info.matvecs + 2
-        if precond is not None:
-            stats.extra["precond_tangent_rows"] = z.new_tensor(float(min(precond_rows, batch) * d))
+    _record_cg(stats, info, z, min(precond_rows, batch) * d if precond is not None else 0)
     return (surrogate, output) if return_output else surrogate
+
+
+def _record_cg(stats: VolumeStats | None, info: CGInfo, z: Tensor, precond_cost: int) -> None:
+    """Add one CG solve's counters to ``stats`` (device tensors: no host sync)."""
+    if stats is None:
+        return
+    stats.cg_iterations = info.iterations.float().mean()
+    stats.cg_max_iterations = info.iterations.max().float()
+    stats.cg_residual = info.residual.max()
+    stats.matvecs += info.matvecs
+    stats.tangent_passes += info.matvecs + 2
+    if precond_cost:
+        stats.extra["precond_tangent_rows"] = z.new_tensor(float(precond_cost))
 
 
 def _surrogate_reverse(
@@ -621,14 +627,7 @@ def _surrogate_reverse(
     surrogate = surrogate - surrogate.detach() + (push_eps * push_x).sum(-1)
     surrogate = surrogate.view(k, batch).mean(0)
     output = lin.output[:batch]
-    if stats is not None:
-        stats.cg_iterations = info.iterations.float().mean()
-        stats.cg_max_iterations = info.iterations.max().float()
-        stats.cg_residual = info.residual.max()
-        stats.matvecs += info.matvecs
-        stats.tangent_passes += info.matvecs + 2
-        if precond_cost:
-            stats.extra["precond_tangent_rows"] = z.new_tensor(float(precond_cost))
+    _record_cg(stats, info, z, precond_cost)
     return (surrogate, output) if return_output else surrogate
 
 
@@ -670,12 +669,5 @@ def _surrogate_tangents(
         )
     pushed = jvp_(torch.cat([solution.view(k, batch, d), eps]))
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
-    if stats is not None:
-        stats.cg_iterations = info.iterations.float().mean()
-        stats.cg_max_iterations = info.iterations.max().float()
-        stats.cg_residual = info.residual.max()
-        stats.matvecs += info.matvecs
-        stats.tangent_passes += info.matvecs + 2
-        if precond_cost:
-            stats.extra["precond_tangent_rows"] = z.new_tensor(float(precond_cost))
+    _record_cg(stats, info, z, precond_cost)
     return (surrogate, output) if return_output else surrogate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -30,13 +31,22 @@ def s3_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    try:
+        with _s3_environment(endpoint):
+            yield endpoint
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _s3_environment(endpoint: str) -> Iterator[None]:
+    """Export the test credentials and ``AWS_ENDPOINT_URL``; restore the old values after."""
     saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
     os.environ.update(CREDENTIALS)
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     try:
-        yield endpoint
+        yield
     finally:
-        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -80,18 +90,11 @@ class RestartableS3:
 def restartable_s3() -> Iterator[RestartableS3]:
     """Like :func:`s3_server`, but the test holds the server (``stop()``/``start()``)."""
     server = RestartableS3()
-    saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update(CREDENTIALS)
-    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
     try:
-        yield server
+        with _s3_environment(server.endpoint):
+            yield server
     finally:
         server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class BucketView:
