@@ -69,3 +69,35 @@ def test_eval_ood_scores_match_independent_computations() -> None:
         assert metrics[f"ood_accuracy{suffix}"] == pytest.approx(expected), suffix
     # the combined score is its own number, not a copy of either part
     assert metrics["ood_auroc_combined"] not in (metrics["ood_auroc"], metrics["ood_auroc_reconstruction"])
+
+
+def test_combined_score_on_images_uses_the_model_space() -> None:
+    # logit-space images: the combined score takes the model-space log-density (not the data-space
+    # one, which adds the logit Jacobian) and σ² over the D − d = 16 − 3 normal directions
+    from rfdist import ModelSpec, build_model
+    from rfdist.eval_run import EvalData, EvalOptions, evaluate_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        data_shape=(1, 4, 4), latent_dim=3, flow="multiscale", scales=1, couplings=1,
+        conv_hidden=4, conv_blocks=1, density_layers=1, density_hidden=(8,),
+    )  # fmt: skip
+    model = build_model(spec).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(2)
+    bright = torch.randint(60, 256, (120, 1, 4, 4), generator=gen).double()
+    dark = torch.randint(0, 120, (120, 1, 4, 4), generator=gen).double()
+    data = EvalData("in", bright[:60], bright[60:], None, (1, 4, 4))
+    ood = EvalData("out", dark[:60], dark[60:], None, (1, 4, 4))
+    opts = EvalOptions(data="in", ood_train_rows=60, fd_samples=0, plots=False, progress=False)
+    result = evaluate_model(model.eval(), data, opts, preprocess="logit", ood=ood)
+    m, s = result.metrics, result.scores
+
+    sigma2 = s["train_in_reconstruction"].mean() / (16 - 3)
+    assert m["ood_sigma2"] == pytest.approx(sigma2, rel=1e-12)
+    score = {k: s[f"{k}_model"] - s[f"{k}_reconstruction"] / (2 * sigma2) for k in ("test", "test_out")}
+    assert m["ood_auroc_combined"] == pytest.approx(_pairwise_auroc(score["test"], score["test_out"]))
+    in_data = {k: s[f"{k}_data"] - s[f"{k}_reconstruction"] / (2 * sigma2) for k in ("test", "test_out")}
+    assert _pairwise_auroc(in_data["test"], in_data["test_out"]) != pytest.approx(m["ood_auroc_combined"])
