@@ -187,7 +187,7 @@ def report(
         lines.append("| variant | seeds | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 2) + "|")
         for variant in exp["variants"]:
-            runs = [r for r in got if r["variant"] == variant]
+            runs = sorted((r for r in got if r["variant"] == variant), key=lambda r: int(r["seed"]))
             if not runs:
                 continue
             seeds = ",".join(str(r["seed"]) for r in runs)
