@@ -178,9 +178,11 @@ def report(
         "over the true circle or sphere, `fd_*` Fréchet distance of Gaussian fits of samples vs test rows.",
         "",
     ]
+    pending: list[str] = []
     for name, exp in plan["experiments"].items():
         got = [r for r in rows if r["experiment"] == name]
         if not got:
+            pending.append(name)
             continue
         columns = exp.get("report", ["test_nll_data"])
         lines += [f"## {name}", "", exp.get("description", "").strip(), ""]
@@ -205,6 +207,21 @@ def report(
         lines += [*[f"    {c}" for c in commands], ""]
         if exp.get("notes"):
             lines += [exp["notes"].strip(), ""]
+    if pending:
+        lines += ["## Not run yet", "", "Planned in the same plan file; each re-runs with:", ""]
+        for name in pending:
+            parts = [
+                "python",
+                "scripts/reproduce.py",
+                plan_path,
+                "--only",
+                name,
+                "--tracking-uri",
+                TRACKING_URI,
+            ]
+            parts += ["--runs", f"{OUT_DIR}/{name}-runs.jsonl", "--out", f"{OUT_DIR}/{name}.md"]
+            lines += [f"- `{name}`: `{shlex.join(parts)}`"]
+        lines.append("")
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

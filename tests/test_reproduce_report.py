@@ -69,6 +69,11 @@ def test_report_commands_have_no_absolute_paths(reproduce, tmp_path, monkeypatch
     assert any("--variant two-step --set train.batch_size=10 --ray --tracking-uri" in c for c in commands)
     assert "rfdist eval runs:/0123abcd/model --data data/vm --tracking-uri sqlite:///m.db" in commands
     assert "Measured on 2026-11-29, 2026-11-30." in text
+    assert (  # an experiment of the plan without runs is listed with its command
+        "- `sphere`: `python scripts/reproduce.py jobs/configs/paper/cpu.yaml --only sphere "
+        "--tracking-uri sqlite:///runs/paper/mlflow.db --runs runs/paper/sphere-runs.jsonl "
+        "--out runs/paper/sphere.md`"
+    ) in text
     assert "| exact | 0,1 | 1.7 ± 0 | 0.2 ± 0.14 |" in text  # the numbers themselves are untouched
 
 
