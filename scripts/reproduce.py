@@ -208,18 +208,19 @@ def report(
         if exp.get("notes"):
             lines += [exp["notes"].strip(), ""]
     if pending:
-        lines += ["## Not run yet", "", "Planned in the same plan file; each re-runs with:", ""]
+        lines += [
+            "## Not run yet",
+            "",
+            "Planned in the same plan file; each runs with the command below (image",
+        ]
+        lines += ["experiments first need `rfdist data make fashion-mnist --out data/fashion-mnist` and", ""]
+        lines[-1] = "`rfdist data make mnist --out data/mnist`):"
+        lines.append("")
         for name in pending:
-            parts = [
-                "python",
-                "scripts/reproduce.py",
-                plan_path,
-                "--only",
-                name,
-                "--tracking-uri",
-                TRACKING_URI,
-            ]
-            parts += ["--runs", f"{OUT_DIR}/{name}-runs.jsonl", "--out", f"{OUT_DIR}/{name}.md"]
+            parts = ["python", "scripts/reproduce.py", plan_path, "--only", name]
+            parts += ["--ray"] if plan["experiments"][name].get("ray") else []
+            parts += ["--tracking-uri", TRACKING_URI, "--runs", f"{OUT_DIR}/{name}-runs.jsonl"]
+            parts += ["--out", f"{OUT_DIR}/{name}.md"]
             lines += [f"- `{name}`: `{shlex.join(parts)}`"]
         lines.append("")
     text = "\n".join(lines) + "\n"
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     cfg = load_config(ROOT / exp["config"], sets)
                     print(f"== {name} / {variant} / seed {seed}", flush=True)
-                    model_uri, seconds = train_and_log(cfg, tracking_uri, use_ray=args.ray)
+                    use_ray = args.ray or bool(exp.get("ray", False))  # the plan may ask for Ray Train
+                    model_uri, seconds = train_and_log(cfg, tracking_uri, use_ray=use_ray)
                     opts = EvalOptions(**{**exp.get("eval", {}), "seed": seed})
                     result, eval_run = run_eval(model_uri, opts, tracking_uri=tracking_uri)
                     metrics = {**result.metrics, "train_seconds": seconds}
