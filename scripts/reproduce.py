@@ -211,11 +211,11 @@ def report(
         lines += [
             "## Not run yet",
             "",
-            "Planned in the same plan file; each runs with the command below (image",
+            "Planned in the same plan file; each runs with the command below (image experiments first",
+            "need `rfdist data make fashion-mnist --out data/fashion-mnist` and",
+            "`rfdist data make mnist --out data/mnist`):",
+            "",
         ]
-        lines += ["experiments first need `rfdist data make fashion-mnist --out data/fashion-mnist` and", ""]
-        lines[-1] = "`rfdist data make mnist --out data/mnist`):"
-        lines.append("")
         for name in pending:
             parts = ["python", "scripts/reproduce.py", plan_path, "--only", name]
             parts += ["--ray"] if plan["experiments"][name].get("ray") else []
