@@ -72,6 +72,29 @@ TIMEOUTS = {
 }
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``, from /proc (empty where there is none)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _wait_group_gone(pgid: int, seconds: float = 10.0) -> None:
+    """SIGKILL is delivered asynchronously: wait (bounded) until no member of the group is left,
+    so a killed check's grandchildren (torchrun's workers) no longer hold the GPU for the next."""
+    deadline = time.monotonic() + seconds
+    while _group_members(pgid) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 class Kit:
     """Runs the checks and keeps the report."""
 
@@ -187,6 +210,7 @@ class Kit:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 stdout, _ = proc.communicate()
+                _wait_group_gone(proc.pid)
                 rc = 124
                 handle.write(f"\n[gpu-kit] killed after {limit:.0f} s\n")
             finally:

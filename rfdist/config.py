@@ -202,10 +202,18 @@ class ScalingConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """MLflow: ``uri`` overrides ``MLFLOW_TRACKING_URI`` and the embedded sqlite default."""
+    """MLflow: ``uri`` overrides ``MLFLOW_TRACKING_URI`` and the embedded sqlite default.
+
+    ``system_metrics``: sample the training node's CPU/RAM/disk/network (GPU with the ``gpu``
+    extra) every ``system_metrics_interval_s`` seconds into the run (:mod:`rfdist.system_metrics`).
+    ``checkpoint_plots``: log the model picture at every checkpoint (``images/``, by step).
+    """
 
     uri: str | None = None
     experiment: str = "rfdist"
+    system_metrics: bool = True
+    system_metrics_interval_s: float = Field(10.0, gt=0)
+    checkpoint_plots: bool = True
 
 
 class RegistryConfig(_Section):

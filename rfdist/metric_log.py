@@ -1,6 +1,6 @@
 """Rank 0's MLflow sink: training never waits on, or dies with, the tracking server.
 
-Metrics and tags go into a buffer that a background thread sends (``log_batch``, ≤ 1000 metrics
+Metrics, tags and images go into a buffer that a background thread sends (``log_batch``, ≤ 1000 metrics
 a call); while the server answers, a log call returns once its metrics are sent (≤ 5 s). When the server cannot be reached the thread keeps the buffer and retries with
 backoff (1 s doubling to 30 s) while training goes on; once the server is back, everything
 buffered is sent in order, so a 30 s outage leaves no gap in the run's metrics. One line says
@@ -28,7 +28,7 @@ SYNC_WAIT_S = 5.0  # the longest a log call waits for its metrics to be sent
 
 
 class MetricLogger:
-    """``log(metrics, step)`` / ``tag(key, value)`` now, sent to MLflow run ``run_id`` in the background."""
+    """``log(metrics, step)`` / ``tag(key, value)`` / ``image(key, image, step)`` now, sent to run ``run_id`` later."""
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class MetricLogger:
         self._run_id = run_id
         self._metrics: list[Any] = []
         self._tags: list[tuple[str, str]] = []
+        self._images: list[tuple[str, Any, int, int]] = []
         self._lock = threading.Condition()
         self._closed = False
         self._queued = self._sent = 0  # metric values ever queued / sent
@@ -77,20 +78,31 @@ class MetricLogger:
             self._tags.append((key, value))
             self._lock.notify_all()
 
+    def image(self, key: str, image: Any, step: int) -> None:
+        """Queue a PIL image for ``MlflowClient.log_image(key=…, step=…)`` (the UI's per-step images)."""
+        with self._lock:
+            self._images.append((key, image, step, int(time.time() * 1000)))
+            self._lock.notify_all()
+
     def _send_loop(self) -> None:
         backoff, down_since = 1.0, None
         while True:
             with self._lock:
-                while not (self._metrics or self._tags or self._closed):
+                while not (self._metrics or self._tags or self._images or self._closed):
                     self._lock.wait()
-                if not (self._metrics or self._tags):
+                if not (self._metrics or self._tags or self._images):
                     return  # closed and drained
                 metrics, tags = self._metrics[:BATCH], list(self._tags)
+                images = [] if (metrics or tags) else self._images[:1]  # one image when the rest is sent
             try:
                 for key, value in tags:
                     self._client.set_tag(self._run_id, key, value)
                 if metrics:
                     self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
+                for key, image, step, stamp in images:
+                    self._client.log_image(
+                        self._run_id, image, key=key, step=step, timestamp=stamp, synchronous=True
+                    )
             except Exception as exc:  # the server is down or failing: keep everything, retry
                 if down_since is None:
                     down_since = time.monotonic()
@@ -108,6 +120,7 @@ class MetricLogger:
             with self._lock:
                 del self._metrics[: len(metrics)]
                 del self._tags[: len(tags)]
+                del self._images[: len(images)]
                 self._sent += len(metrics)
                 self._down = False
                 self._lock.notify_all()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
+from .builders import ModelSpec
 from .model import RectangularFlow
 
-__all__ = ["pareto_front", "plot_model", "plot_pareto"]
+__all__ = ["model_image", "pareto_front", "plot_model", "plot_pareto"]
 
 
 def _pyplot():
@@ -24,7 +25,9 @@ def _pyplot():
 
 
 @torch.no_grad()
-def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, samples: int = 1000) -> Path:
+def plot_model(
+    model: RectangularFlow, data: torch.Tensor, path: str | Path, *, samples: int = 1000, title: str | None = None
+) -> Path:
     """Save a picture of ``model`` next to ``data`` (rows in data space) as a PNG at ``path``.
 
     - ``D = 2``: data, samples, and the learned curve coloured by its density.
@@ -75,10 +78,37 @@ def plot_model(model: RectangularFlow, data: torch.Tensor, path: str | Path, *, 
         ax.set_xlabel("x0")
         ax.set_ylabel("x1")
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def model_image(
+    model: RectangularFlow, spec: ModelSpec, data: torch.Tensor, *, title: str, samples: int = 256, seed: int = 0
+):
+    """:func:`plot_model` of a CPU copy of ``model`` (built from ``spec``) as a PIL image.
+
+    For the picture logged at every checkpoint: drawn with a forked RNG, so the training model
+    and the training RNG stream are untouched (a resumed run must draw what an uninterrupted
+    one draws).
+    """
+    import tempfile
+
+    from PIL import Image
+
+    from .builders import build_model
+
+    copy = build_model(spec)  # forks the RNG itself
+    copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(seed)
+        path = plot_model(copy, data.detach().cpu(), Path(tmp) / "model.png", samples=samples, title=title)
+        with Image.open(path) as image:
+            return image.convert("RGB")
 
 
 def _grid(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

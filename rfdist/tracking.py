@@ -432,7 +432,8 @@ def _record(client, version) -> ModelRecord:
     metrics = {}
     if version.run_id:
         try:
-            metrics = dict(client.get_run(version.run_id).data.metrics)
+            metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items()
+                       if not k.startswith("system/")}  # fmt: skip  (the node's CPU/RAM: not the model's)
         except Exception:
             metrics = {}
     try:  # the registered model's alias map is authoritative (versions may come without aliases)

@@ -255,6 +255,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train") if train_data is None else None
     val_shard = ray.train.get_dataset_shard("val")
     log = _mlflow_logger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    from .system_metrics import start_monitor
+
+    monitor = start_monitor(
+        loop_config["run_id"], loop_config["tracking_uri"], enabled=cfg.tracking.system_metrics,
+        interval_s=cfg.tracking.system_metrics_interval_s, local_rank=context.get_local_rank(),
+        node_id=f"node{context.get_node_rank()}" if context.get_local_world_size() < world else None,
+    )  # fmt: skip
+    plot_rows = None  # rank 0: the rows drawn beside the model in each checkpoint's picture
     from .data.reader import stream_options
 
     stream_kw = stream_options(device)  # rows arrive as stored (uint8 pixels); prep makes them float
@@ -340,6 +348,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         x = next(stream)
         data_wait = time.perf_counter() - waiting
         step += 1
+        if plot_rows is None and log is not None:
+            plot_rows = x[:256].clone()
         if fail_at is not None and step == fail_at and rank == world - 1 and not marker.exists():
             marker.write_text("failed once")
             print(f"[rfdist] injected failure on rank {rank} at step {step}", flush=True)
@@ -425,13 +435,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(directory))
             else:
                 ray.train.report(report)
+            if log is not None and healthy and cfg.tracking.checkpoint_plots:
+                _log_picture(log, model, spec, plot_rows, step, val_nll)
             saved_any = saved_any or healthy
             if not healthy:
                 raise FloatingPointError(
                     f"validation NLL is not finite at step {step}{_fault_hint(x, cfg, saved_any)}"
                 )
+    if monitor is not None:
+        monitor.finish()
     if log is not None:
         log.close()  # the metrics buffered while the tracking server was away
+
+
+def _log_picture(log: Any, model: Any, spec: ModelSpec, rows: Any, step: int, val_nll: float) -> None:
+    """Queue the model's picture at a checkpoint (MLflow ``images/``, key ``model``, this step)."""
+    from .plots import model_image
+
+    try:
+        image = model_image(model, spec, rows, title=f"step {step} · val NLL {val_nll:.4f}")
+    except Exception as exc:  # a picture must never stop training
+        worker_print(f"[rfdist] warning: no checkpoint picture at step {step} ({type(exc).__name__}: {exc})", flush=True)
+        return
+    log.image("model", image, step)
 
 
 def _fault_hint(x: torch.Tensor, cfg: RunConfig, saved_any: bool) -> str:
@@ -884,8 +910,9 @@ def run_training(
                 sample_data = load_split(info, "val")[:1000]
                 prep = _preprocess_fn(cfg, tuple(spec.data_shape), getattr(info, "stats", None))
                 plot_model(
-                    model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png"
-                )
+                    model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png",
+                    title=f"step {state.step} · val NLL {float(state.metrics.get('val_nll', math.nan)):.4f}",
+                )  # fmt: skip
                 mlflow.log_artifact(str(Path(tmp) / "model.png"), artifact_path="plots")
             val_nll = float(state.metrics.get("val_nll", float("nan")))
             version, aliases = None, []

@@ -33,7 +33,7 @@ def _fresh_ray():
 
 def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     data = make_data(str(tmp_path / "vm"))
-    cfg = small_config(tmp_path, data)
+    cfg = small_config(tmp_path, data, "tracking.system_metrics_interval_s=1")
     result = run_training(cfg)
 
     assert result.metrics["step"] == 300 and result.model_version == "1"
@@ -74,6 +74,13 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "plots", "checkpoint"} <= artifacts
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/model.png"}
+
+    # System metrics of the training node (MLflow's sampler, run from the rank-0 worker).
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in run.data.metrics, sorted(run.data.metrics)
+    # The model's picture at every checkpoint, by step (MLflow's log_image files: KEY+step+N+…).
+    images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [50, 100, 150, 200, 250, 300]
 
 
 def test_hutchinson_and_s3_storage_with_an_mlflow_server(tmp_path: Path, s3_server: str) -> None:
