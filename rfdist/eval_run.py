@@ -16,7 +16,10 @@ dimensions); ``test_bpd_data`` is bits per dimension in data space:
 - ``fd_<features>``: Fréchet distance between model samples and test rows (``raw``,
   ``lenet``, ``inception``);
 - ``ood_accuracy_<score>`` / ``ood_auroc_<score>`` with ``--ood-data``: score ``data``,
-  ``logit`` (log-likelihoods) or ``reconstruction`` (its negative);
+  ``logit`` (log-likelihoods), ``reconstruction`` (its negative) or ``combined`` (the model-space
+  on-manifold log-density minus the reconstruction error over 2σ², σ² fit on the in-distribution
+  train rows, ``ood_sigma2``: :func:`rfdist.evaluate.manifold_ood_score`); the accuracy is the
+  paper's depth-1 stump fit on train rows, both scored on test rows;
 - ``factor_r2_linear`` / ``factor_r2_knn`` (+ ``factor_r2_knn_<name>``) when the dataset has
   true factor columns ``factor_*`` (``shapes64``): R² on the test rows of regressions from the
   encodings g†(x) to the factors, fit on up to 2,000 train rows.
@@ -35,7 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import auroc, encode_rows, factor_r2, frechet_distance, log_likelihoods, ood_stump
+from .evaluate import (
+    auroc,
+    encode_rows,
+    factor_r2,
+    frechet_distance,
+    log_likelihoods,
+    manifold_ood_score,
+    offmanifold_variance,
+    ood_stump,
+    sphere_density_grid,
+    sphere_grid_metrics,
+)
 
 __all__ = ["EvalData", "EvalOptions", "EvalResult", "evaluate_model", "load_eval_data", "run_eval"]
 
@@ -222,6 +236,10 @@ def evaluate_model(
             from .runner import circle_metrics
 
             metrics.update(circle_metrics(model, data.truth))
+        elif data.synthetic == "sphere":  # KL(true ‖ model), mass: quadrature over the true sphere
+            grid = _sphere_grid(model, data.truth)
+            metrics.update(grid.pop("metrics"))
+            scores.update({f"sphere_{k}": v for k, v in grid.items() if k != "points"})
 
     if data.test_factors is not None and data.train is not None:
         rows = min(2000, data.train.shape[0])  # the first rows: factors stay aligned with images
@@ -245,6 +263,14 @@ def evaluate_model(
     return result
 
 
+def _sphere_grid(model, truth) -> dict:
+    """:func:`rfdist.evaluate.sphere_density_grid` of ``model`` plus its ``kl`` / ``mass``."""
+    dtype = next(model.parameters()).dtype
+    grid = sphere_density_grid(lambda x: model.log_prob(x.to(dtype)), truth)
+    grid["metrics"] = sphere_grid_metrics(grid)
+    return grid
+
+
 def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str, float]:
     from .data.errors import DataError
 
@@ -264,7 +290,19 @@ def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str
     if space is not None:
         kinds[space] = "model"
     out: dict[str, float] = {"ood_n_train": float(rows), "ood_n_test_out": float(test_ood.shape[0])}
-    for label, key in [*kinds.items(), ("reconstruction", "reconstruction")]:
+    sigma2 = offmanifold_variance(train_in["reconstruction"], model.data_dim - model.latent_dim)
+    out["ood_sigma2"] = sigma2
+    for name, parts in (
+        ("test", test),
+        ("train_in", train_in),
+        ("train_out", train_out),
+        ("test_out", test_out),
+    ):
+        parts["combined"] = torch.as_tensor(
+            manifold_ood_score(parts["model"], parts["reconstruction"], sigma2)
+        )
+        scores[f"{name}_combined"] = parts["combined"].numpy()
+    for label, key in [*kinds.items(), ("reconstruction", "reconstruction"), ("combined", "combined")]:
         sign = -1.0 if key == "reconstruction" else 1.0  # higher score = more in-distribution
         tr_in, tr_out = sign * train_in[key].numpy(), sign * train_out[key].numpy()
         te_in, te_out = sign * test[key].numpy(), sign * test_out[key].numpy()
@@ -287,6 +325,8 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
         paths.append(plot_model(model, data.test, folder / "manifold.png"))
     elif len(model.data_shape) == 3:
         paths.append(_sample_grid(samples_data, data.test, folder / "samples.png"))
+    if "sphere_log_model" in scores:
+        paths.append(_sphere_density_plot(scores, folder / "sphere_density.png"))
     if "test_out_data" in scores:
         plt = _pyplot()
         key = "model" if preprocess != "none" else "data"
@@ -301,6 +341,26 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
         plt.close(fig)
         paths.append(folder / "ood_hist.png")
     return paths
+
+
+def _sphere_density_plot(scores: dict[str, np.ndarray], path: Path) -> Path:
+    """Learned vs true density on the sphere as latitude/longitude heat maps (one colour scale)."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    lat, lon = np.degrees(np.arcsin(scores["sphere_z"])), np.degrees(scores["sphere_phi"])
+    learned, true = np.exp(scores["sphere_log_model"]), np.exp(scores["sphere_log_true"])
+    top = float(np.nanmax(true)) * 1.5
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, values, title in ((axes[0], learned, "learned p(x)"), (axes[1], true, "true p(x)")):
+        mesh = ax.pcolormesh(lon, lat, np.clip(values, 0, top), shading="nearest", vmin=0, vmax=top)
+        ax.set_title(title)
+        ax.set_xlabel("longitude (°)")
+    axes[0].set_ylabel("latitude (°)")
+    fig.colorbar(mesh, ax=axes, label="density w.r.t. area")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _sample_grid(samples: torch.Tensor, data: torch.Tensor, path: Path, count: int = 64) -> Path:

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import platform
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,62 @@ from rfdist.runner import load_arrays  # noqa: E402
 from rfdist.tracking import log_flow_model, resolve_tracking_uri  # noqa: E402
 
 EXPERIMENT = "rfdist-paper"
+# Where the page's canonical commands put their outputs (relative: runs/ is gitignored).
+TRACKING_URI = "sqlite:///runs/paper/mlflow.db"
+OUT_DIR = "runs/paper"
+_ABSOLUTE = re.compile(r"(?<![\w.~:/])(?:sqlite:////|/)(?:[\w.-]+/)*[\w.-]+")
+
+
+def portable(text: str, roots: list[Path]) -> str:
+    """``text`` with absolute paths under one of ``roots`` rewritten relative to it.
+
+    ``sqlite:////ROOT/runs/x.db`` becomes ``sqlite:///runs/x.db`` (a relative sqlite URI), and
+    ``/ROOT/docs/x.md`` becomes ``docs/x.md``; other text is left as it is.
+    """
+
+    def relative(match: re.Match) -> str:
+        token = match.group(0)
+        prefix, path = (
+            ("sqlite:///", token[len("sqlite:///") :]) if token.startswith("sqlite:") else ("", token)
+        )
+        for root in roots:
+            try:
+                return prefix + Path(path).relative_to(root.resolve()).as_posix()
+            except ValueError:
+                continue
+        return token
+
+    return _ABSOLUTE.sub(relative, text)
+
+
+def canonical_commands(plan_path: str, name: str, exp: dict, runs: list[dict]) -> list[str]:
+    """One re-runnable ``reproduce.py`` command per group of runs sharing the same extra ``--set``s.
+
+    The page shows these instead of the commands as typed (which named scratch stores and output
+    files): relative paths and the preset names, run from a fresh clone's root.
+    """
+    groups: dict[tuple[bool, tuple[str, ...]], list[dict]] = {}
+    for run in runs:
+        known = {*exp.get("set", []), *exp["variants"].get(run["variant"], [])}
+        extra = tuple(
+            s for s in run.get("overrides", [])
+            if s not in known and not s.startswith(("seed=", "name="))
+        )  # fmt: skip
+        ray = "--ray" in shlex.split(run.get("command", ""))
+        groups.setdefault((ray, extra), []).append(run)
+    commands = []
+    for (ray, extra), group in groups.items():
+        seeds = sorted({int(r["seed"]) for r in group})
+        variants = [v for v in exp["variants"] if any(r["variant"] == v for r in group)]
+        parts = ["python", "scripts/reproduce.py", plan_path, "--only", name]
+        parts += ["--seeds", ",".join(map(str, seeds))]
+        if len(variants) < len(exp["variants"]):
+            parts += [a for v in variants for a in ("--variant", v)]
+        parts += [a for s in extra for a in ("--set", s)] + (["--ray"] if ray else [])
+        parts += ["--tracking-uri", TRACKING_URI, "--runs", f"{OUT_DIR}/{name}-runs.jsonl"]
+        parts += ["--out", f"{OUT_DIR}/{name}.md"]
+        commands.append(shlex.join(parts))
+    return commands
 
 
 def train_local(cfg: RunConfig) -> tuple[Any, Any, float]:
@@ -80,6 +138,14 @@ def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[
     return f"runs:/{run.info.run_id}/model", seconds
 
 
+def machine() -> str:
+    """This machine in one line (OS, cores, Python, torch, GPU), recorded with each run."""
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}{' + CUDA' if torch.cuda.is_available() else ', no GPU'}"
+    )
+
+
 def fmt(values: list[float]) -> str:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -90,41 +156,73 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.4g} ± {float(np.std(values, ddof=1)):.2g}"
 
 
-def report(plan: dict, rows: list[dict], out: Path, command: str) -> str:
-    """The results page (Markdown) from the per-run records."""
+def report(
+    plan: dict, rows: list[dict], out: Path, command: str, *, plan_path: str = "jobs/configs/paper/cpu.yaml"
+) -> str:
+    """The results page (Markdown) from the per-run records.
+
+    Commands on the page carry no absolute paths: runs made by this script are shown as
+    :func:`canonical_commands`; other recorded commands (hand-made runs) go through
+    :func:`portable`.
+    """
+    roots = [ROOT, Path.cwd()]
+    command = portable(command, roots)
     lines = [
         "# Reproduction results",
         "",
         f"Page written on {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command}`;",
-        "each section lists the commands that produced its runs.",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}{' + CUDA' if torch.cuda.is_available() else ', no GPU'}.",
+        "each section lists the commands that re-run its experiment, and the date and machine of its runs.",
         "",
         "Cells are mean ± standard deviation (ddof = 1) over the seeds listed; log-likelihoods in nats per",
         "example (`_data`: data space; `_logit`: the logit space images are modelled in), `kl` by quadrature",
-        "over the circle, `fd_*` Fréchet distance of Gaussian fits of samples vs test rows.",
+        "over the true circle or sphere, `fd_*` Fréchet distance of Gaussian fits of samples vs test rows.",
         "",
     ]
+    pending: list[str] = []
     for name, exp in plan["experiments"].items():
         got = [r for r in rows if r["experiment"] == name]
         if not got:
+            pending.append(name)
             continue
         columns = exp.get("report", ["test_nll_data"])
         lines += [f"## {name}", "", exp.get("description", "").strip(), ""]
         lines.append("| variant | seeds | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 2) + "|")
         for variant in exp["variants"]:
-            runs = [r for r in got if r["variant"] == variant]
+            runs = sorted((r for r in got if r["variant"] == variant), key=lambda r: int(r["seed"]))
             if not runs:
                 continue
             seeds = ",".join(str(r["seed"]) for r in runs)
             cells = [fmt([r["metrics"].get(c) for r in runs]) for c in columns]
             lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
-        commands = sorted({r.get("command", command) for r in got})
-        lines += ["Commands:", "", *[f"    {c}" for c in commands], ""]
+        ours = [r for r in got if r.get("command", command).startswith("python scripts/reproduce.py")]
+        commands = canonical_commands(plan_path, name, exp, ours)
+        commands += sorted({portable(r["command"], roots) for r in got if r not in ours})
+        dates = sorted({r["date"] for r in got if r.get("date")})
+        machines = sorted({r["machine"] for r in got if r.get("machine")})
+        when = f" Measured on {', '.join(dates)}" if dates else ""
+        when += f" ({'; '.join(machines)})." if machines else "." if dates else ""
+        lines += [f"Commands (from the repository root; outputs under `{OUT_DIR}/`).{when}", ""]
+        lines += [*[f"    {c}" for c in commands], ""]
         if exp.get("notes"):
             lines += [exp["notes"].strip(), ""]
+    if pending:
+        lines += [
+            "## Not run yet",
+            "",
+            "Planned in the same plan file; each runs with the command below (image experiments first",
+            "need `rfdist data make fashion-mnist --out data/fashion-mnist` and",
+            "`rfdist data make mnist --out data/mnist`):",
+            "",
+        ]
+        for name in pending:
+            parts = ["python", "scripts/reproduce.py", plan_path, "--only", name]
+            parts += ["--ray"] if plan["experiments"][name].get("ray") else []
+            parts += ["--tracking-uri", TRACKING_URI, "--runs", f"{OUT_DIR}/{name}-runs.jsonl"]
+            parts += ["--out", f"{OUT_DIR}/{name}.md"]
+            lines += [f"- `{name}`: `{shlex.join(parts)}`"]
+        lines.append("")
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -150,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = yaml.safe_load(args.plan.read_text())
     runs_path = args.runs or args.out.with_name(args.plan.stem + "-runs.jsonl")
-    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = portable(
+        "python scripts/reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        [ROOT, Path.cwd()],
+    )
+    plan_path = portable(str(args.plan.resolve()), [ROOT])
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     torch.set_num_threads(int(plan.get("threads", torch.get_num_threads())))
     if not args.report_only:
@@ -171,12 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     cfg = load_config(ROOT / exp["config"], sets)
                     print(f"== {name} / {variant} / seed {seed}", flush=True)
-                    model_uri, seconds = train_and_log(cfg, tracking_uri, use_ray=args.ray)
+                    use_ray = args.ray or bool(exp.get("ray", False))  # the plan may ask for Ray Train
+                    model_uri, seconds = train_and_log(cfg, tracking_uri, use_ray=use_ray)
                     opts = EvalOptions(**{**exp.get("eval", {}), "seed": seed})
                     result, eval_run = run_eval(model_uri, opts, tracking_uri=tracking_uri)
                     metrics = {**result.metrics, "train_seconds": seconds}
                     record = {"experiment": name, "variant": variant, "seed": seed, "model_uri": model_uri,
                               "eval_run_id": eval_run, "overrides": sets, "command": command,
+                              "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"), "machine": machine(),
                               "metrics": metrics}  # fmt: skip
                     with runs_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
@@ -188,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if record and key not in seen:  # the first record of a run wins; re-runs append duplicates
             seen.add(key)
             rows.append(record)
-    print(report(plan, rows, args.out, command))
+    print(report(plan, rows, args.out, command, plan_path=plan_path))
     return 0
 
 
