@@ -16,6 +16,7 @@ import getpass
 import hashlib
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,11 @@ def log_dataset(
 
     digest = dataset_digest(uri)
     try:
-        source = resolve_dataset_source(uri)
+        with warnings.catch_warnings():
+            # MLflow registers its local artifact source twice and warns that a local path "can be
+            # interpreted in multiple ways" (both are the same class): nothing a user can act on
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(uri)
     except Exception:  # no MLflow source type for this URI scheme
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
