@@ -172,6 +172,7 @@ def main() -> None:
         parser.error(f"--formats: unknown {unknown[0]!r}; expected some of {sorted(FORMATS)}")
     rows = make(Path(args.dir), args.gb, formats)
     ray.init(
+        address="local",
         num_cpus=max(2, os.cpu_count() or 2),
         include_dashboard=False,
         logging_level="ERROR",

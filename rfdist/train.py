@@ -526,6 +526,10 @@ def start_local_ray(num_cpus: int) -> None:
     private_token()
     dashboard_port = _free_port()
     ray.init(
+        # "local": a new private instance even when a `ray start` head runs on this machine
+        # (a plain ray.init() would join it through /tmp/ray/ray_current_cluster and then
+        # refuse num_cpus)
+        address="local",
         num_cpus=num_cpus,
         object_store_memory=768 * 1024**2,
         include_dashboard=True,

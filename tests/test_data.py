@@ -37,6 +37,7 @@ def ray_local():
     for attempt in range(2):  # Ray's 30 s raylet start limit is hard-coded; a loaded box can miss it
         try:
             ray.init(
+                address="local",  # never a `ray start` head another test runs
                 num_cpus=2,
                 object_store_memory=256 * 1024**2,
                 include_dashboard=False,

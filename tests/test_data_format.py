@@ -92,7 +92,7 @@ def test_ray_streams_uint8_tensors_and_the_old_float_layout(tmp_path: Path) -> N
         str(tmp_path / "new"), {"train": {"x": x, "columns": {"id": np.arange(500)}}}, shard_rows=200
     )
     _old_float_layout(tmp_path / "old", x)
-    ray.init(num_cpus=2, object_store_memory=128 * 1024**2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, object_store_memory=128 * 1024**2, include_dashboard=False, logging_level="ERROR")
     try:
         from ray.data import DataContext
 

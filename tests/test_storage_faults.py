@@ -4,6 +4,7 @@ an S3 endpoint that restarts during a checkpoint upload is retried and the run c
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from .s3_server import BucketView, RestartableS3, make_bucket, restartable_s3  #
 
 pytestmark = pytest.mark.slow
 
+FILLER_CAP_MB = 96  # more than the tmpfs holds, far less than a real disk
 BLIP_S = 5  # longer than pyarrow's default S3 retries last (3 attempts, ~2 s)
 
 
@@ -62,14 +64,21 @@ def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_chec
     )
     run_dir = small_disk / name
 
+    done = threading.Event()
+
     def fill_after_first_checkpoint() -> None:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list(run_dir.glob("checkpoint_*/state.pt")):
+        while not list(run_dir.glob("checkpoint_*/state.pt")):
+            if done.is_set() or time.monotonic() > deadline:
+                return  # training ended (or failed) first: never fill anything
             time.sleep(0.1)
         time.sleep(0.5)  # let the first upload finish
+        # only ever the 64 MiB tmpfs: never the real disk under it (e.g. after an unmount)
         with open(small_disk / "filler", "wb") as filler:  # the disk fills up (another job's data)
             try:
-                while True:
+                for _ in range(FILLER_CAP_MB):
+                    if done.is_set() or not os.path.ismount(small_disk):
+                        break
                     filler.write(b"\0" * 2**20)
                     filler.flush()
             except OSError:
@@ -77,9 +86,12 @@ def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_chec
 
     filler = threading.Thread(target=fill_after_first_checkpoint, daemon=True)
     filler.start()
-    with pytest.raises(TrainingError) as failure:
-        run_training(cfg)
-    filler.join(timeout=60)
+    try:
+        with pytest.raises(TrainingError) as failure:
+            run_training(cfg)
+    finally:
+        done.set()
+        filler.join(timeout=60)
     message = str(failure.value)
     assert "No space left on device" in message, message
     assert len(message.splitlines()) == 1, message  # one line, not a Ray traceback
