@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +42,11 @@ def s3_server() -> Iterator[str]:
 @contextlib.contextmanager
 def _s3_environment(endpoint: str) -> Iterator[None]:
     """Export the test credentials and ``AWS_ENDPOINT_URL``; restore the old values after."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        # a Ray left running by an earlier test has workers started without this endpoint and
+        # these credentials (moto then answers their anonymous writes with 403 AccessDenied)
+        ray.shutdown()
     saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
     os.environ.update(CREDENTIALS)
     os.environ["AWS_ENDPOINT_URL"] = endpoint
