@@ -238,7 +238,7 @@ def evaluate_model(
             metrics.update(circle_metrics(model, data.truth))
         elif data.synthetic == "sphere":  # KL(true ‖ model), mass: quadrature over the true sphere
             grid = _sphere_grid(model, data.truth)
-            metrics.update(grid.pop("metrics"))
+            metrics.update(sphere_grid_metrics(grid))
             scores.update({f"sphere_{k}": v for k, v in grid.items() if k != "points"})
 
     if data.test_factors is not None and data.train is not None:
@@ -264,11 +264,9 @@ def evaluate_model(
 
 
 def _sphere_grid(model, truth) -> dict:
-    """:func:`rfdist.evaluate.sphere_density_grid` of ``model`` plus its ``kl`` / ``mass``."""
+    """:func:`rfdist.evaluate.sphere_density_grid` of ``model`` (in the model's dtype)."""
     dtype = next(model.parameters()).dtype
-    grid = sphere_density_grid(lambda x: model.log_prob(x.to(dtype)), truth)
-    grid["metrics"] = sphere_grid_metrics(grid)
-    return grid
+    return sphere_density_grid(lambda x: model.log_prob(x.to(dtype)), truth)
 
 
 def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str, float]:
