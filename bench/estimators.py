@@ -24,9 +24,12 @@ to the CG truncation alone (vs a converged solve with the same probes).
 
 Image shapes, run only when named (``--shapes image64,image-sweep``): ``image64`` (3×64×64,
 D=12,288, d=64, 3 scales; B=16 on CPU, 64 with ``--image-arch paper``) with two-step,
-hutchinson K=1 (defaults) and exact chunked by each of ``--image-chunks`` (peak memory each; the
-first size also timed, in its own process with its own two-step baseline, so an out-of-memory
-exact step loses no other row); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
+hutchinson K=1 (defaults, and the :data:`OVERRIDES` rows: a fresh Gram preconditioner each step,
+none with 4 / 6 CG iterations; timing and gradient error, the exact gradient chunked by 16) and
+exact chunked by each of ``--image-chunks`` (peak memory each; the first size also timed, in its
+own process with its own two-step baseline, so an out-of-memory exact step loses no other row).
+A variant that reuses its Gram preconditioner (``precond_every`` > 1) is timed without a rebuild
+plus 1/``precond_every`` of a rebuild timed in the same round (``precond_build_s``); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
 the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
 D grows.
 
