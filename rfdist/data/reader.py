@@ -299,7 +299,13 @@ def iter_batches(info: DatasetInfo, split: str, batch_size: int = 1024) -> Itera
     for batch in dataset.to_batches(columns=info.columns(), batch_size=batch_size):
         if batch.num_rows:
             x = arrow_to_numpy(batch, info.features, info.data_dim)
-            yield torch.from_numpy(x).reshape(-1, *info.shape)
+            yield _tensor(x).reshape(-1, *info.shape)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch tensor of ``array``; read-only views of Arrow buffers are copied (torch would warn
+    that writing to them is undefined, and the caller owns what it gets)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def load_split(info: DatasetInfo, split: str, *, labels: bool = False):
@@ -313,7 +319,7 @@ def load_split(info: DatasetInfo, split: str, *, labels: bool = False):
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{info.uri}: cannot read {_short(path, info.uri)}: {str(exc)[:120]}") from None
     table = pa.concat_tables(tables)
-    x = torch.from_numpy(arrow_to_numpy(table, info.features, info.data_dim)).reshape(-1, *info.shape)
+    x = _tensor(arrow_to_numpy(table, info.features, info.data_dim)).reshape(-1, *info.shape)
     if labels:
         y = (
             torch.from_numpy(np.asarray(table.column("label").to_numpy(), dtype=np.int64))
