@@ -293,7 +293,7 @@ def test_unreachable_s3_endpoint_fails_fast() -> None:
         env=env,
         timeout=300,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 1  # a runtime failure, not bad input (2)
     assert "cannot reach the S3 endpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
