@@ -125,7 +125,13 @@ def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[
         cfg.tracking.uri = tracking_uri
         start = time.perf_counter()
         result = run_training(cfg)
-        return f"runs:/{result.run_id}/model", time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if result.already_finished:  # trained before (e.g. its evaluation failed): that run's wall time
+            info = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).info
+            seconds = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+        if result.model_version:  # registered: the URI anyone can re-evaluate
+            return f"models:/{cfg.registry.name}/{result.model_version}", seconds
+        return f"runs:/{result.run_id}/{cfg.registry.name}", seconds  # the logged model's name
     model, spec, seconds = train_local(cfg)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(EXPERIMENT)
