@@ -206,6 +206,7 @@ def _legacy_model(model):
             layer.forward = types.MethodType(_legacy_chain_forward, layer)
             layer.inverse = types.MethodType(_legacy_chain_inverse, layer)
     legacy.density._plain = False  # zuko's own density objects, as on 2026-11-30
+    legacy.share_innermost = False  # encode, then decode (no shared innermost coupling)
     return legacy
 
 

@@ -143,6 +143,12 @@ class AffineCoupling(_ZukoCoupling):
     def _params(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Shift, log-scale and (when ``grads`` collects the activations' derivatives, for
         tangents) the log-scale's derivative in the raw output, from ``x_a``."""
+        shift, raw = self.conditioner(x_a, grads)
+        denom = 1 + raw.abs() / _LOG_MIN_SLOPE
+        return shift, raw / denom, (denom.pow(-2) if grads is not None else denom)
+
+    def conditioner(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The conditioner's raw output for ``x_a``: the shift and the unbounded log-scale."""
         *hidden, last = self._linears()
         h = x_a
         for lin in hidden:
@@ -151,8 +157,7 @@ class AffineCoupling(_ZukoCoupling):
             if grads is not None:
                 grads.append(self.act_grad(pre, h))
         shift, raw = F.linear(h, last.weight, last.bias).unflatten(-1, (-1, 2)).unbind(-1)
-        denom = 1 + raw.abs() / _LOG_MIN_SLOPE
-        return shift, raw / denom, (denom.pow(-2) if grads is not None else denom)
+        return shift, raw
 
     def forward(self, z: Tensor) -> Tensor:
         return self._forward(z)[0]
