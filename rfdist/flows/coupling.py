@@ -193,12 +193,12 @@ class AffineCoupling(_ZukoCoupling):
         """The transformed half ``y_b`` from the halves ``z_a`` (conditioning) and ``z_b``,
         and the log-scales (``ladj = log_scale.sum(-1)``)."""
         shift, log_scale, _ = self._params(z_a)
-        return torch.addcmul(shift, z_b, log_scale.exp()), log_scale
+        return z_b * log_scale.exp() + shift, log_scale  # (as before: bitwise the same training)
 
     def inverse_half(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward_half` undone: ``z_b`` from ``x_a`` and ``x_b``, and the log-scales."""
         shift, log_scale, _ = self._params(x_a)
-        return (x_b - shift) / log_scale.exp(), log_scale
+        return (x_b - shift) * torch.exp(-log_scale), log_scale
 
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         (z_a, z_b), (t_a, t_b) = self._split(z), self._split(t)
