@@ -74,7 +74,9 @@ def _exit_code(exc: Exception) -> int:
     from .preflight import UnreachableError
     from .train import TrainingError
 
-    return 1 if isinstance(exc, FloatingPointError | TrainingError | UnreachableError) else 2
+    if isinstance(exc, FloatingPointError | TrainingError | UnreachableError):
+        return 1
+    return 1 if type(exc).__name__ == "StorageUnreachable" else 2  # data storage: unreachable is runtime
 
 
 def _tracking_ready(tracking_uri: str | None) -> None:
@@ -294,8 +296,10 @@ def eval_model(
     try:
         result, run_id = run_eval(model_uri, opts, tracking_uri=tracking_uri, json_out=json_out)
     except Exception as exc:
-        if _user_error(exc) or isinstance(exc, ValueError | RuntimeError | LookupError):
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if _user_error(exc) or isinstance(exc, ValueError | LookupError):
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, code=_exit_code(exc))
+        if isinstance(exc, RuntimeError):  # a failure while evaluating (torch, memory): not bad input
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, code=1)
         if type(exc).__module__.startswith("mlflow"):
             fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}")
         raise

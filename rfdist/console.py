@@ -13,7 +13,37 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["start_hints", "worker_print"]
+__all__ = ["RayDataConsoleFilter", "quiet_ray_data", "quiet_train_reports", "start_hints", "worker_print"]
+
+RAY_DATA_LOGGING = os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml")
+
+
+class RayDataConsoleFilter:
+    """Drops Ray Data's console notice that progress bars are off (rfdist turns them off)."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.getMessage()).startswith("Progress bars disabled")
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console at WARNING, in this process and the Ray it starts (unless the user set
+    ``RAY_DATA_LOGGING_CONFIG``): its per-read INFO lines (encoding-ratio estimates, "execution
+    finished") go to ``ray-data.log`` in the Ray session's logs instead of the console. Ray's
+    processes also skip DeprecationWarnings about Ray's own internals (unless
+    ``PYTHONWARNINGS`` is set).
+
+    Only for a Ray started here: the variable is a path, which a remote cluster's nodes lack.
+    """
+    # Ray's own processes warn about Ray's own deprecated calls (Ray Train's DatasetManager passes
+    # ExecutionOptions.exclude_resources): nothing a user can act on; a user's setting wins
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ or not os.path.exists(RAY_DATA_LOGGING):
+        return
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = RAY_DATA_LOGGING  # inherited by the local Ray's workers
+    if "ray.data" in sys.modules:  # already configured at import: apply now
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()
 
 
 def worker_print(*objects: Any, **kwargs: Any) -> None:
@@ -23,6 +53,20 @@ def worker_print(*objects: Any, **kwargs: Any) -> None:
     if kwargs.get("file") is None:
         kwargs["file"] = sys.__stdout__ or sys.stdout
     builtins.print(*objects, **kwargs)
+
+
+def quiet_train_reports() -> None:
+    """In a Ray Train worker: no "Reporting training result N: TrainingReport(…)" INFO line per
+    checkpoint on the console (Ray logs it under a logger named by its file path, outside the
+    ``ray.train`` logger that ``LoggingConfig`` sets; rfdist prints each checkpoint's step and
+    val NLL itself)."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep Ray's lines rather than fail
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def start_hints(tracking_uri: str, dashboard_url: str | None = None) -> list[str]:

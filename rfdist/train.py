@@ -26,7 +26,7 @@ from . import worker_state
 from .builders import ModelSpec, build_model
 from .checkpoint import TrainingState, load_state, save_state
 from .config import ConfigError, RunConfig
-from .console import start_hints, worker_print
+from .console import quiet_ray_data, quiet_train_reports, start_hints, worker_print
 from .engine import load_optimizer_state, make_optimizer, train_step
 from .epochs import EmptyEpochError, EpochStream, epoch_seed, epoch_shard, record_rows
 
@@ -214,6 +214,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     print = worker_print  # each progress line once on the driver (see rfdist.console)
+    quiet_train_reports()
     cfg = RunConfig.model_validate(loop_config["config"])
     spec = ModelSpec.from_dict(loop_config["spec"])
     context = ray.train.get_context()
@@ -524,6 +525,7 @@ def start_local_ray(num_cpus: int) -> None:
 
     _loopback_only()
     private_token()
+    quiet_ray_data()
     dashboard_port = _free_port()
     ray.init(
         # "local": a new private instance even when a `ray start` head runs on this machine
@@ -880,6 +882,9 @@ def run_training(
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.storage.max_failures),
             callbacks=callbacks,
+            # Ray Train's INFO lines (worker group, each checkpoint and report) go to its log files
+            # under the Ray session's logs/train/; the console keeps rfdist's own step lines
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.storage.keep,
                 checkpoint_score_attribute="val_nll",

@@ -181,6 +181,19 @@ CASES = {
     "train-storage-bad-scheme": (
         lambda t: _train(t, "storage.path=gs://bucket/runs"), {}, 2, "unsupported URI scheme",
     ),
+    # --- data: storage that cannot be reached is a runtime failure (exit 1)
+    "data-make-s3-unreachable": (
+        lambda t: ["data", "make", "von-mises", "--out", "s3://bucket/vm", "--rows", "50"],
+        {"AWS_ENDPOINT_URL": DEAD_HTTP, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+         "AWS_DEFAULT_REGION": "us-east-1"},
+        1, "s3://bucket/vm: cannot reach the S3 endpoint",
+    ),
+    "data-validate-s3-unreachable": (
+        lambda t: ["data", "validate", "s3://bucket/vm"],
+        {"AWS_ENDPOINT_URL": DEAD_HTTP, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+         "AWS_DEFAULT_REGION": "us-east-1"},
+        1, "s3://bucket/vm: cannot reach the S3 endpoint",
+    ),
     # --- sweep
     "sweep-grace-gt-steps": (
         lambda t: _sweep(t, "train.max_steps=60"), {}, 2, "tune.grace_period: 200 steps is more than the 60",

@@ -6,14 +6,15 @@ from typing import Annotated
 
 import typer
 
-from .errors import DataError
+from .errors import DataError, StorageUnreachable
 
 data_app = typer.Typer(help="Make and validate Parquet datasets.", no_args_is_help=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One ``error:`` line; exit 2 for input the user must change, 1 for a runtime failure."""
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _moments(rows, chunk: int = 4096):
@@ -69,7 +70,7 @@ def make(
             progress=True,
         )
     except DataError as exc:
-        _fail(str(exc))
+        _fail(str(exc), 1 if isinstance(exc, StorageUnreachable) else 2)
     counts = ", ".join(f"{s}={e['rows']}" for s, e in manifest["splits"].items())
     typer.echo(f"wrote {name} to {out}: {counts}; shape {generated.shape}")
 
@@ -88,6 +89,6 @@ def validate(
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(1 if report.unreachable else 2)
     rows = ", ".join(f"{s}={n}" for s, n in report.rows.items())
     typer.echo(f"ok: {uri}  rows {rows}  D={report.data_dim}  shape={report.shape}  bytes={report.bytes}")

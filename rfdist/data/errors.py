@@ -5,6 +5,11 @@ class DataError(Exception):
     """A dataset problem, naming the file/split/column/row and what was expected."""
 
 
+class StorageUnreachable(DataError):
+    """The data's storage could not be reached (network, endpoint): a runtime failure, not bad
+    input, so the CLI exits 1 for it (2 is for input the user must change)."""
+
+
 def arrow_reason(exc: Exception) -> str:
     """Arrow's reason without its "Could not open Parquet input source '<path>':" preamble."""
     text = " ".join(str(exc).split())

@@ -140,6 +140,14 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def is_unreachable(exc: Exception) -> bool:
+    """Whether an S3 failure is the endpoint/network (not credentials, bucket or data)."""
+    lowered = str(exc).lower()
+    return any(word in lowered for word in ("curl", "connect", "resolve", "timeout")) and not (
+        "access denied" in lowered or "403" in lowered
+    )
+
+
 def describe_s3_error(uri: str, exc: Exception) -> str:
     """One line for an S3 failure, classifying the common causes."""
     text = str(exc)
@@ -152,7 +160,7 @@ def describe_s3_error(uri: str, exc: Exception) -> str:
         or ("403" in text)
     ):
         return f"{uri}: S3 refused the credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-    if "curl" in lowered or "connect" in lowered or "resolve" in lowered or "timeout" in lowered:
+    if is_unreachable(exc):
         return f"{uri}: cannot reach the S3 endpoint (check AWS_ENDPOINT_URL and the network)"
     if "nosuchbucket" in lowered or ("bucket" in lowered and "not" in lowered):
         return f"{uri}: the S3 bucket does not exist"

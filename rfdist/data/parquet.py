@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import DataError
-from .fs import describe_s3_error, join, resolve
+from .errors import DataError, StorageUnreachable
+from .fs import describe_s3_error, is_unreachable, join, resolve
 
 __all__ = [
     "IN_PROGRESS",
@@ -141,7 +141,7 @@ def _write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 def _storage_error(uri: str, exc: OSError, action: str) -> DataError:
     """A one-line DataError for a storage failure (S3 failures classified)."""
     if uri.startswith("s3://"):
-        return DataError(describe_s3_error(uri, exc))
+        return (StorageUnreachable if is_unreachable(exc) else DataError)(describe_s3_error(uri, exc))
     return DataError(f"{uri}: cannot {action}: {exc}")
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError, arrow_reason
+from .errors import DataError, StorageUnreachable, arrow_reason
 from .parquet import SHAPE_KEY, list_layout
 from .reader import is_tensor_type, x_layout
 
@@ -35,6 +35,7 @@ class ValidationReport:
     data_dim: int | None = None
     shape: tuple[int, ...] | None = None
     bytes: int = 0
+    unreachable: bool = False  # the storage could not be reached (a runtime failure, not bad data)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ def validate_dataset(
         layout = list_layout(uri, storage_options)
     except DataError as exc:
         report.problems.append(str(exc))
+        report.unreachable = isinstance(exc, StorageUnreachable)
         return report
     fs = layout.filesystem
     manifest_splits = (layout.manifest or {}).get("splits", {})
