@@ -24,9 +24,12 @@ to the CG truncation alone (vs a converged solve with the same probes).
 
 Image shapes, run only when named (``--shapes image64,image-sweep``): ``image64`` (3×64×64,
 D=12,288, d=64, 3 scales; B=16 on CPU, 64 with ``--image-arch paper``) with two-step,
-hutchinson K=1 (defaults) and exact chunked by each of ``--image-chunks`` (peak memory each; the
-first size also timed, in its own process with its own two-step baseline, so an out-of-memory
-exact step loses no other row); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
+hutchinson K=1 (defaults, and the :data:`OVERRIDES` rows: a fresh Gram preconditioner each step,
+none with 4 / 6 CG iterations; timing and gradient error, the exact gradient chunked by 16) and
+exact chunked by each of ``--image-chunks`` (peak memory each; the first size also timed, in its
+own process with its own two-step baseline, so an out-of-memory exact step loses no other row).
+A variant that reuses its Gram preconditioner (``precond_every`` > 1) is timed without a rebuild
+plus 1/``precond_every`` of a rebuild timed in the same round (``precond_build_s``); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
 the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
 D grows.
 
@@ -67,6 +70,12 @@ IMAGE64_ARCH = {
 IMAGE_SWEEP = {"1x28x28": [1, 28, 28], "3x32x32": [3, 32, 32], "3x64x64": [3, 64, 64]}
 
 REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_iters": 13, "check_every": 0}
+# image64's extra hutchinson rows: rfdist's defaults with one option changed (issue 17's K=1 target)
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "gram-fresh": {"precond_every": 1},  # the Gram preconditioner rebuilt every step (before 2026-12-01)
+    "none-cg4": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 4},
+    "none-cg6": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 6},
+}
 
 
 def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str, dict[str, Any]]:
@@ -164,9 +173,11 @@ def _options(
             "matvec": est.matvec,
             "preconditioner": est.preconditioner,
             "precond_rows": est.gram_rows(d, batch),
+            "precond_every": est.gram_every(d, batch),
             "cg_tol": est.cg_tol,
             "check_every": est.check_every,
             "cg_max_iters": min(iters, d) if iters else est.cg_budget(d),
+            **OVERRIDES.get(variant, {}),
         }
     return LossOptions(estimator="hutchinson", num_samples=k, **extra)
 
@@ -242,23 +253,32 @@ def _legacy_train_step(model, optimizer, x, options) -> dict[str, float]:
     return metrics
 
 
-def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
-    """Volume-term gradient error vs exact, for two hutchinson variants with the same probes."""
+def _grad_errors(model, x, ours: dict[int, Any], opts_ref, draws: int, chunk: int | None = None):
+    """Volume-term gradient error vs exact, per hutchinson variant (``ours``: index -> options)
+    and for the reference, all with the same probe seeds. ``chunk``: the exact gradient's
+    chunk size (image shapes: the unchunked one needs the graph of d·B image passes). A variant
+    that reuses its Gram preconditioner (``precond_every`` > 1) gets one built on *another*
+    batch, as it would be in training."""
     import torch
 
-    from rfdist.volume import logdet_exact, logdet_surrogate
+    from rfdist.volume import GramCache, gram_inverse, logdet_exact, logdet_surrogate
 
     params = [p for p in model.flow.parameters() if p.requires_grad]
     u = model.encode(x).detach()
+    ops = model.tangent_ops()
 
     def grad(value):
         gs = torch.autograd.grad(value.sum(), params, allow_unused=True)
         return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, gs)])
 
-    g_exact = grad(logdet_exact(model.decode_flat, u))
+    g_exact = grad(logdet_exact(model.decode_flat, u, chunk_size=chunk, tangents=ops))
     d = u.shape[1]
+    gen = torch.Generator().manual_seed(2)
+    other = (model.sample(x.shape[0]) + 0.05 * torch.randn(x.shape, generator=gen).to(x.device)).detach()
+    u_other = model.encode(other).detach()
 
     def hutch(opts, seed, **over):
+        every = over.pop("precond_every", opts.precond_every)
         kw = {
             "num_samples": opts.num_samples,
             "cg_tol": opts.cg_tol,
@@ -269,19 +289,43 @@ def _grad_error(model, x, opts_ours, opts_ref, draws: int) -> dict[str, float]:
             "check_every": opts.check_every,
             **over,
         }
+        if every > 1 and kw["preconditioner"] == "gram":
+            cache = GramCache(every)
+            cache.get(
+                lambda: gram_inverse(model.decode_flat, u_other, rows=opts.precond_rows, tangents=ops), u
+            )
+            kw["precond_cache"] = cache
         gen = torch.Generator(device=u.device).manual_seed(seed)
-        return grad(logdet_surrogate(model.decode_flat, u, generator=gen, tangents=model.tangent_ops(), **kw))
+        return grad(logdet_surrogate(model.decode_flat, u, generator=gen, tangents=ops, **kw))
 
-    out: dict[str, list[float]] = {"ours": [], "ref": [], "ours_solve": [], "ref_solve": []}
+    first = next(iter(ours.values()))
+    errs: dict[Any, dict[str, list[float]]] = {key: {"err": [], "solve": []} for key in [*ours, "ref"]}
     norm = g_exact.norm()
     for seed in range(draws):
-        solved = hutch(opts_ours, seed, preconditioner="gram", cg_tol=0.0, cg_max_iters=3 * d)
-        g_ours, g_ref = hutch(opts_ours, seed), hutch(opts_ref, seed)
-        out["ours"].append(float((g_ours - g_exact).norm() / norm))
-        out["ref"].append(float((g_ref - g_exact).norm() / norm))
-        out["ours_solve"].append(float((g_ours - solved).norm() / norm))
-        out["ref_solve"].append(float((g_ref - solved).norm() / norm))
-    return {f"grad_err_{k}": statistics.fmean(v) for k, v in out.items()}
+        # a converged solve; at image shapes plain CG to 1e-6 (3d iterations at tol 0 lose
+        # float32 orthogonality at d=64, and 8 Gram rows cost ~100 matvecs there)
+        converge = (
+            {"preconditioner": "none", "precond_every": 1, "cg_tol": 1e-6, "check_every": 8}
+            if chunk
+            else {"preconditioner": "gram", "precond_rows": 8, "cg_tol": 0.0}
+        )
+        solved = hutch(first, seed, cg_max_iters=3 * d, **converge)
+        solved_err = (solved - g_exact).norm() / norm
+        for key, opts in [*ours.items(), ("ref", opts_ref)]:
+            g = hutch(opts, seed)
+            errs[key]["err"].append(float((g - g_exact).norm() / norm))
+            errs[key]["solve"].append(float((g - solved).norm() / norm))
+        errs["ref"].setdefault("converged", []).append(float(solved_err))
+    out = {}
+    for key in ours:
+        out[key] = {
+            "grad_err_ours": statistics.fmean(errs[key]["err"]),
+            "grad_err_ref": statistics.fmean(errs["ref"]["err"]),
+            "grad_err_ours_solve": statistics.fmean(errs[key]["solve"]),
+            "grad_err_ref_solve": statistics.fmean(errs["ref"]["solve"]),
+            "grad_err_converged": statistics.fmean(errs["ref"]["converged"]),
+        }
+    return out
 
 
 def _variant_opts(v: dict[str, Any], d: int, job: dict[str, Any]):
@@ -322,6 +366,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
         for m, old in zip(models, legacy, strict=True)
     ]
     times: list[list[float]] = [[] for _ in variants]
+    builds: list[list[float]] = [[] for _ in variants]
     last: list[dict[str, float]] = [{} for _ in variants]
     for round_ in range(job["warmup"] + job["steps"]):
         for i in range(len(variants)):
@@ -332,12 +377,24 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
                 last[i] = train_step(models[i], optims[i], x, opts[i]).metrics
             if device == "cuda":
                 torch.cuda.synchronize()
+            step = time.perf_counter() - start
+            build = _gram_rebuild_s(models[i], x, opts[i], device)
             if round_ >= job["warmup"]:
-                times[i].append(time.perf_counter() - start)
+                times[i].append(step + build / getattr(opts[i], "precond_every", 1))
+                builds[i].append(build)
     base = times[0]  # variants[0] is two_step
     yardstick = times[legacy.index(True)] if any(legacy) else None
+    ours = {
+        i: o
+        for i, (v, o) in enumerate(zip(variants, opts, strict=True))
+        if v["estimator"] == "hutchinson" and v["variant"] != "reference" and v["num_samples"] == 1
+    }
+    errors = {}
+    if ours and job["draws"] and d >= 5:
+        ref = _options("hutchinson", "reference", 1, d, job["iters"])
+        errors = _grad_errors(model, x, ours, ref, job["draws"], job.get("grad_chunk"))
     out = []
-    for v, o, t, metrics in zip(variants, opts, times, last, strict=True):
+    for i, (v, t, metrics) in enumerate(zip(variants, times, last, strict=True)):
         rec: dict[str, Any] = {
             "step_s": statistics.median(t),
             "x_ts": statistics.median(a / b for a, b in zip(t, base, strict=True)),
@@ -346,11 +403,32 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             rec["x_legacy"] = statistics.median(a / b for a, b in zip(t, yardstick, strict=True))
         if v["estimator"] == "hutchinson":
             rec.update(_matvec_record(metrics, v["num_samples"], x.shape[0]))
-            if v["variant"] == "rfdist" and v["num_samples"] == 1 and job["draws"] and d >= 5:
-                ref = _options("hutchinson", "reference", 1, d, job["iters"])
-                rec.update(_grad_error(model, x, o, ref, job["draws"]))
+            rec["precond_every"] = opts[i].precond_every
+            if any(builds[i]):
+                rec["precond_build_s"] = statistics.median(builds[i])
+            rec.update(errors.get(i, {}))
         out.append(rec)
     return out
+
+
+def _gram_rebuild_s(model, x, opts, device: str) -> float:
+    """For a variant that reuses its Gram preconditioner: seconds to rebuild it once, timed here
+    (and charged 1/``precond_every`` of it per step), with the cache then set to skip the next
+    step's rebuild — so every timed step costs the same, rebuild amortised. 0 for others."""
+    cache = model.__dict__.get("_gram_cache_state")
+    if cache is None or getattr(opts, "precond_every", 1) <= 1 or opts.preconditioner != "gram":
+        return 0.0
+    import torch
+
+    from rfdist.volume import gram_inverse
+
+    u = model.encode(x).detach()
+    start = time.perf_counter()
+    gram_inverse(model.decode_flat, u, rows=opts.precond_rows, tangents=model.tangent_ops())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    cache.calls = 1  # the next step reuses the cached inverse; its rebuild was charged here
+    return time.perf_counter() - start
 
 
 def run_memory(job: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +552,7 @@ def main() -> None:
     image_plan = [  # unchunked exact at D=12288, d=64 needs tens of GB: chunked only
         ("two_step", "-", 1, None),
         ("hutchinson", "rfdist", 1, None),
+        *(("hutchinson", name, 1, None) for name in OVERRIDES),  # timing and grad err only
         *(("exact", "chunked", 1, c) for c in chunks),
     ]
     records = []
@@ -481,7 +560,11 @@ def main() -> None:
     for name in wanted:
         case = all_shapes[name]
         image = name in images
-        plan = image_plan if image else sweep_plan if name.startswith("d-sweep") else paper_plan
+        plan = [  # the OVERRIDES rows at image64 only
+            row
+            for row in (image_plan if image else sweep_plan if name.startswith("d-sweep") else paper_plan)
+            if row[1] not in OVERRIDES or name == "image64"
+        ]
         variants = [
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
             for e, v, k, c in plan
@@ -500,7 +583,9 @@ def main() -> None:
             "case": case,
             "device": args.device,
             "iters": args.iters,
-            "draws": 0 if image else args.draws,  # the reference gradient needs the unchunked exact J
+            # image64: the exact gradient chunked by 16 (~1 GB); the D-sweep rows: none
+            "draws": args.draws if name == "image64" or not image else 0,
+            "grad_chunk": 16 if image else None,
             "steps": args.steps,
             "warmup": args.warmup,
             "threads": args.threads,
@@ -517,7 +602,7 @@ def main() -> None:
         elif not args.memory_only:
             timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
-            if args.memory and v["variant"] != "legacy":
+            if args.memory and v["variant"] not in ("legacy", *OVERRIDES):
                 spawn = _try_spawn if image else _spawn
                 result.update(spawn({**common, "kind": "memory", "variant": v}))
             rec = {

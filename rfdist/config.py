@@ -123,6 +123,8 @@ class ModelConfig(_Section):
 
 PRECONDITIONED_CG_BUDGET = 4
 """Default CG iterations with the Gram preconditioner (see :class:`EstimatorConfig`)."""
+GRAM_REUSE_STEPS = 8
+"""Default steps a Gram preconditioner is reused where building it is dear (see ``gram_every``)."""
 
 
 class EstimatorConfig(_Section):
@@ -131,7 +133,8 @@ class EstimatorConfig(_Section):
     ``auto`` picks exact or hutchinson from :func:`rfdist.costmodel.choose_estimator` (the
     manifold dimension ``d``, ``num_samples``, the CG budget and the device). ``matvec``:
     ``vjp`` (reverse-mode products, cheaper on CPU) or ``jvp`` (forward mode);
-    ``preconditioner``: ``gram`` (mean exact JᵀJ of ``precond_rows`` rows) or ``none``;
+    ``preconditioner``: ``gram`` (mean exact JᵀJ of ``precond_rows`` rows, rebuilt every
+    ``precond_every`` steps) or ``none``;
     ``check_every``: CG iterations between host-synchronising convergence checks (0 = a fixed
     budget of ``cg_max_iters``, no host sync at all). ``chunk_size`` (exact) bounds memory:
     chunks are recomputed in backward.
@@ -152,6 +155,7 @@ class EstimatorConfig(_Section):
     matvec: Literal["jvp", "vjp"] = "vjp"
     preconditioner: Literal["none", "gram"] = "gram"
     precond_rows: int | None = Field(None, ge=1)
+    precond_every: int | None = Field(None, ge=1)
     check_every: int = Field(4, ge=0)
 
     def gram_rows(self, latent_dim: int, batch: int) -> int:
@@ -165,6 +169,15 @@ class EstimatorConfig(_Section):
         if self.precond_rows is not None:
             return self.precond_rows
         return max(1, min(8, 4 * self.num_samples * batch // max(latent_dim, 1)))
+
+    def gram_every(self, latent_dim: int, batch: int) -> int:
+        """Steps between rebuilds of the ``gram`` preconditioner: ``precond_every``, else 1 —
+        or :data:`GRAM_REUSE_STEPS` where :meth:`gram_rows`' cost cap binds (``4·K·batch < 8·d``:
+        even one row costs ~2 matvecs, e.g. 64×64×3 with d=64, B=16). Reused there, it costs
+        ≤ 0.25 matvec a step (bench/estimators.py --shapes image64: K=1 step and grad err)."""
+        if self.precond_every is not None:
+            return self.precond_every
+        return GRAM_REUSE_STEPS if 4 * self.num_samples * batch < 8 * latent_dim else 1
 
     def cg_budget(self, latent_dim: int) -> int:
         """CG iterations per step: ``cg_max_iters``, else the preconditioned default or ``d``."""
@@ -318,6 +331,9 @@ class RunConfig(_Section):
             matvec=self.estimator.matvec,
             preconditioner=self.estimator.preconditioner,
             precond_rows=self.estimator.gram_rows(
+                self.model.latent_dim, max(1, self.train.batch_size // self.scaling.num_workers)
+            ),
+            precond_every=self.estimator.gram_every(
                 self.model.latent_dim, max(1, self.train.batch_size // self.scaling.num_workers)
             ),
             check_every=self.estimator.check_every,

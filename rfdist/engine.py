@@ -45,6 +45,7 @@ class LossOptions:
     matvec: MatvecMode = "jvp"
     preconditioner: PreconditionerKind = "none"
     precond_rows: int = 8
+    precond_every: int = 1
     check_every: int = 4
 
     def kwargs(self) -> dict:

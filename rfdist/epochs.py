@@ -9,8 +9,11 @@ order an uninterrupted one would have:
   exactly once per epoch across the ranks (up to ``world - 1`` rows the equal split leaves out);
 * within a rank, a local shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=…,
   local_shuffle_seed=…)``) mixes rows across blocks, seeded by ``(s, e, rank)``;
-* a streamed split (not materialized) goes through Ray Train's ``streaming_split``; only the
-  local shuffle buffer is seeded then, and the block order is the files' order.
+* a streamed split (not materialized) reads its shards in a seeded order that changes every
+  epoch (``reader.ray_dataset(file_shuffle_seed=…)``: Ray Data reseeds with each execution) and
+  goes through Ray Train's ``streaming_split``, which hands blocks to whichever rank asks first:
+  every row still once per epoch, but which rank sees it is not reproducible, and a resumed run
+  restarts Ray's execution count, so its first epoch repeats the order of the run's first epoch.
 
 :class:`EpochStream` yields batches forever, epoch after epoch, and keeps the
 :class:`DataPosition` (epoch, batches consumed in it) that a checkpoint stores; started from a

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .density import LatentDensity
 from .flows.base import Bijection
 from .volume import (
+    GramCache,
     MatvecMode,
     PreconditionerKind,
     Probe,
@@ -190,6 +191,7 @@ class RectangularFlow(nn.Module):
         matvec: MatvecMode = "jvp",
         preconditioner: PreconditionerKind = "none",
         precond_rows: int = 8,
+        precond_every: int = 1,
         check_every: int = 4,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""Mean training loss over the batch and its detached parts.
@@ -199,7 +201,9 @@ class RectangularFlow(nn.Module):
         value is a gradient surrogate, reported as ``logdet_surrogate``, never as an NLL).
         ``mode="two_step"``: :math:`\beta\|x-g(u)\|^2 - \log p_U(\mathrm{sg}(u))` (no volume).
         ``matvec``, ``preconditioner``, ``precond_rows``, ``check_every``: CG options of
-        :func:`~rfdist.volume.logdet_surrogate` (hutchinson only).
+        :func:`~rfdist.volume.logdet_surrogate` (hutchinson only); ``precond_every`` > 1 keeps
+        the Gram preconditioner in a :class:`~rfdist.volume.GramCache` on this model, rebuilt
+        every that many steps.
 
         Returns:
             ``(loss, parts)``; ``parts`` holds 0-dim detached tensors: ``loss``, ``log_pu``,
@@ -245,6 +249,7 @@ class RectangularFlow(nn.Module):
                     precond_rows=precond_rows,
                     check_every=check_every,
                     tangents=self.tangent_ops(),
+                    precond_cache=self._gram_cache(precond_every if preconditioner == "gram" else 1),
                 )
                 parts["logdet_surrogate"] = logdet.detach().mean()
                 parts["cg_iterations"] = stats.cg_iterations
@@ -261,6 +266,15 @@ class RectangularFlow(nn.Module):
         parts["log_pu"] = log_pu.detach().mean()
         parts["reconstruction"] = reconstruction.detach().mean()
         return loss, parts
+
+    def _gram_cache(self, every: int) -> GramCache | None:
+        """This model's :class:`~rfdist.volume.GramCache` (kept across steps), or ``None`` at 1."""
+        if every <= 1:
+            return None
+        cache = self.__dict__.get("_gram_cache_state")
+        if cache is None or cache.every != every:
+            cache = self.__dict__["_gram_cache_state"] = GramCache(every)
+        return cache
 
     def forward(self, x: Tensor, **loss_options) -> tuple[Tensor, dict[str, Tensor]]:
         """Same as :meth:`loss`, so a ``DistributedDataParallel`` wrapper syncs gradients."""

@@ -762,6 +762,7 @@ def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
 
     Re-streaming a small Parquet dataset every epoch costs more than a training step, so
     datasets under :data:`MATERIALIZE_BYTES` are read once (a sweep reads once for all trials).
+    A streamed training split reads its shards in a new seeded order every epoch (``data.shuffle``).
     """
     from .data.reader import materialize_limit, ray_dataset
 
@@ -775,7 +776,9 @@ def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
                 datasets["train"] = datasets["train"].repartition(
                     target_num_rows_per_block=cfg.train.batch_size
                 )
-            datasets = {split: ds.materialize() for split, ds in datasets.items()}
+            return {split: ds.materialize() for split, ds in datasets.items()}
+    if cfg.data.shuffle:
+        datasets["train"] = ray_dataset(info, "train", file_shuffle_seed=epoch_seed(cfg.seed, 0))
     return datasets
 
 

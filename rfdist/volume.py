@@ -31,10 +31,12 @@ from torch.func import jvp, vjp, vmap
 
 __all__ = [
     "CGInfo",
+    "GramCache",
     "ReverseLinearization",
     "TangentOps",
     "VolumeStats",
     "conjugate_gradient",
+    "gram_inverse",
     "gram_preconditioner",
     "jacobian_and_output",
     "logdet_exact",
@@ -396,22 +398,22 @@ class ReverseLinearization:
         return self.vjp(self.jvp(v))
 
 
-def gram_preconditioner(
+def gram_inverse(
     fn: Callable[[Tensor], Tensor],
     z: Tensor,
     *,
     rows: int = 8,
     ridge: float = 1e-3,
     tangents: TangentOps | None = None,
-) -> Callable[[Tensor], Tensor]:
-    r""":math:`M^{-1}` for :math:`M` = the mean :math:`J^\top J` over the first ``rows`` rows.
+) -> Tensor:
+    r""":math:`M^{-1}` (``d × d``) for :math:`M` = the mean :math:`J^\top J` over the first ``rows`` rows.
 
     One vmapped forward-mode pass over ``d`` tangents on ``rows`` rows (``d·rows`` tangent
     rows, about one matvec's worth when ``rows·d ≈ 2B``) gives exact Jacobians there; their
     mean Gram matrix (plus ``ridge`` × its mean diagonal, which keeps it SPD) is shared by the
     whole batch. It captures what the rows have in common (the flow's scale per latent
     direction), which is most of the conditioning of a coupling flow's :math:`J^\top J`.
-    No host sync (``cholesky_ex``); the returned map is :math:`r \mapsto r M^{-1}`.
+    No host sync (``cholesky_ex``).
     """
     with torch.no_grad():
         sub = z.detach()[: max(1, int(rows))]
@@ -426,8 +428,57 @@ def gram_preconditioner(
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         gram = gram + ridge * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny) * eye
         chol, _ = torch.linalg.cholesky_ex(gram)
-        inverse = torch.cholesky_inverse(chol)
+        return torch.cholesky_inverse(chol)
+
+
+def gram_preconditioner(
+    fn: Callable[[Tensor], Tensor],
+    z: Tensor,
+    *,
+    rows: int = 8,
+    ridge: float = 1e-3,
+    tangents: TangentOps | None = None,
+) -> Callable[[Tensor], Tensor]:
+    r"""The map :math:`r \mapsto r M^{-1}` of :func:`gram_inverse` (CG's preconditioner)."""
+    inverse = gram_inverse(fn, z, rows=rows, ridge=ridge, tangents=tangents)
     return lambda r: r @ inverse
+
+
+class GramCache:
+    r"""The Gram preconditioner's :math:`M^{-1}` carried across training steps.
+
+    A fresh :func:`gram_inverse` costs ``d·rows`` tangent rows — at 64×64×3 with d = 64 and
+    B = 16 one row is already 2 matvec-equivalents, a third of the step's volume-term budget.
+    :math:`M` only has to capture what :math:`J^\top J` has in common across rows (the flow's
+    scale per latent direction), which changes slowly with the parameters, so this cache
+    rebuilds it every ``every`` calls (on the current batch's first rows) and reuses it in
+    between. Any SPD :math:`M` leaves CG's solution unchanged; a stale one can only make a
+    fixed budget of iterations less accurate (``bench/estimators.py``'s ``grad err`` measures
+    it). Also rebuilt when ``d``, dtype or device change. Not part of a checkpoint: a resumed
+    run rebuilds it on its first step.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"GramCache: every must be >= 1, got {every}")
+        self.every = int(every)
+        self.inverse: Tensor | None = None
+        self.calls = 0  # calls since the last rebuild
+
+    def get(self, build: Callable[[], Tensor], like: Tensor) -> tuple[Tensor, bool]:
+        """``(M⁻¹, rebuilt)``: the cached inverse, or ``build()``'s when due or incompatible."""
+        d = like.shape[-1]
+        stale = (
+            self.inverse is None
+            or self.calls >= self.every
+            or self.inverse.shape[-1] != d
+            or self.inverse.dtype != like.dtype
+            or self.inverse.device != like.device
+        )
+        if stale:
+            self.inverse, self.calls = build(), 0
+        self.calls += 1
+        return self.inverse, stale
 
 
 def logdet_surrogate(
@@ -447,6 +498,7 @@ def logdet_surrogate(
     precond_rows: int = 8,
     probes: Tensor | None = None,
     tangents: TangentOps | None = None,
+    precond_cache: GramCache | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""A per-row scalar whose gradient estimates :math:`\nabla\log\det(J^\top J)` without bias.
 
@@ -478,6 +530,9 @@ def logdet_surrogate(
             all ``2^d`` Rademacher vectors make the estimate exact).
         tangents: hand-written derivatives of ``fn``; when given, ``matvec`` is moot: CG runs
             on the cached linearisation and the surrogate is the forward-mode form.
+        precond_cache: a :class:`GramCache` that keeps the ``"gram"`` preconditioner across
+            calls (rebuilt every ``precond_cache.every`` calls); ``stats`` then reports its
+            cost amortised over that period.
 
     Returns:
         ``(B,)`` surrogate values (and ``fn(z)`` if ``return_output``).
@@ -508,7 +563,15 @@ def logdet_surrogate(
         eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
     # d = 1: CG's first step is already exact, a preconditioner can only cost time
     use_precond = preconditioner == "gram" and d > 1
-    precond = gram_preconditioner(fn, z, rows=precond_rows, tangents=tangents) if use_precond else None
+    precond, precond_cost = None, 0
+    if use_precond:
+        build = lambda: gram_inverse(fn, z, rows=precond_rows, tangents=tangents)  # noqa: E731
+        if precond_cache is None:
+            inverse, every = build(), 1
+        else:
+            inverse, every = precond_cache.get(build, z)[0], precond_cache.every
+        precond = lambda r: r @ inverse  # noqa: E731
+        precond_cost = min(precond_rows, batch) * d / every  # tangent rows, amortised
     max_iters = d if cg_max_iters is None else cg_max_iters
     if tangents is not None:
         return _surrogate_tangents(
@@ -519,7 +582,7 @@ def logdet_surrogate(
             max_iters=max_iters,
             check_every=check_every,
             precond=precond,
-            precond_cost=(min(precond_rows, batch) * d) if precond else 0,
+            precond_cost=precond_cost,
             stats=stats,
             return_output=return_output,
         )
@@ -532,7 +595,7 @@ def logdet_surrogate(
             max_iters=max_iters,
             check_every=check_every,
             precond=precond,
-            precond_cost=(min(precond_rows, batch) * d) if precond else 0,
+            precond_cost=precond_cost,
             stats=stats,
             return_output=return_output,
         )
@@ -569,11 +632,11 @@ def logdet_surrogate(
     output, pushed = vmap(lambda t: jvp(fn, (z,), (t,)), out_dims=(None, 0))(tangents)
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
 
-    _record_cg(stats, info, z, min(precond_rows, batch) * d if precond is not None else 0)
+    _record_cg(stats, info, z, precond_cost)
     return (surrogate, output) if return_output else surrogate
 
 
-def _record_cg(stats: VolumeStats | None, info: CGInfo, z: Tensor, precond_cost: int) -> None:
+def _record_cg(stats: VolumeStats | None, info: CGInfo, z: Tensor, precond_cost: float) -> None:
     """Add one CG solve's counters to ``stats`` (device tensors: no host sync)."""
     if stats is None:
         return
@@ -595,7 +658,7 @@ def _surrogate_reverse(
     max_iters: int,
     check_every: int,
     precond: Callable[[Tensor], Tensor] | None,
-    precond_cost: int,
+    precond_cost: float,
     stats: VolumeStats | None,
     return_output: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -640,7 +703,7 @@ def _surrogate_tangents(
     max_iters: int,
     check_every: int,
     precond: Callable[[Tensor], Tensor] | None,
-    precond_cost: int,
+    precond_cost: float,
     stats: VolumeStats | None,
     return_output: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:

@@ -124,6 +124,29 @@ def test_ray_dataset_reads_a_block_per_shard_and_leaves_the_process_context_alon
     np.testing.assert_array_equal(_sorted_rows(_ray_rows(held)), _sorted_rows(expected))
 
 
+def test_streamed_split_reads_shards_in_a_new_seeded_order_every_epoch(tmp_path: Path, ray_local) -> None:
+    out = str(tmp_path / "vm")
+    result = cli("data", "make", "von-mises", "--out", out, "--rows", "400", "--shard-rows", "50", "--seed", "2")
+    assert result.exit_code == 0, result.output
+    info = open_dataset(out)
+
+    def epochs(ds, count: int) -> list[np.ndarray]:
+        ds.context.execution_options.preserve_order = True  # block order = file order, for comparing
+        return [_ray_rows(ds) for _ in range(count)]
+
+    expected = _sorted_rows(load_split(info, "train").numpy())
+    first, second = epochs(ray_dataset(info, "train", file_shuffle_seed=7), 2)
+    for rows in (first, second):
+        np.testing.assert_array_equal(_sorted_rows(rows), expected)  # every row once per epoch
+    assert not np.array_equal(first, second)  # a new order each epoch (1 in 8! to be equal)
+    again = epochs(ray_dataset(info, "train", file_shuffle_seed=7), 1)[0]
+    np.testing.assert_array_equal(again, first)  # seeded: the same run's epoch 0 again
+    other = epochs(ray_dataset(info, "train", file_shuffle_seed=8), 1)[0]
+    assert not np.array_equal(other, first)
+    unshuffled = epochs(ray_dataset(info, "train"), 2)
+    np.testing.assert_array_equal(unshuffled[0], unshuffled[1])
+
+
 def test_mnist_and_fashion_mnist_carry_the_real_statistics_and_standard_splits(tmp_path: Path) -> None:
     """test = the official 10,000; val = a seeded draw from the 60,000; uint8 pixels."""
     for name, mean in (("mnist", 33.32), ("fashion-mnist", 72.94)):

@@ -101,8 +101,11 @@ TINY = {"scales": 3, "couplings": 1, "conv_hidden": 4, "conv_blocks": 1}
         LossOptions(mode="two_step"),
         LossOptions(estimator="exact", chunk_size=16),
         LossOptions(estimator="hutchinson", num_samples=1, matvec="vjp", preconditioner="gram"),
+        LossOptions(
+            estimator="hutchinson", matvec="vjp", preconditioner="gram", precond_rows=1, precond_every=8
+        ),
     ],
-    ids=["two-step", "exact-chunked", "hutchinson"],
+    ids=["two-step", "exact-chunked", "hutchinson", "hutchinson-reused-gram"],
 )
 def test_tiny_image64_flow_trains_with_each_estimator(options: LossOptions) -> None:
     torch.manual_seed(0)

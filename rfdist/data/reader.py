@@ -225,8 +225,12 @@ def _to_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: b
     return out
 
 
-def ray_dataset(info: DatasetInfo, split: str):
+def ray_dataset(info: DatasetInfo, split: str, *, file_shuffle_seed: int | None = None):
     """A Ray Dataset of ``split``: column ``x`` as ``(N, *shape)`` tensors (+ ``label``).
+
+    ``file_shuffle_seed``: read the shards in a seeded random order that changes with every
+    execution (epoch) — Ray Data's ``FileShuffleConfig(seed, reseed_after_execution=True)``: the
+    per-epoch block order of a split streamed from Parquet.
 
     uint8 tensor columns are read straight from Parquet (no per-batch conversion: Ray hands
     ``iter_torch_batches`` ndarray views of the Arrow buffers; dequantisation happens on the
@@ -238,15 +242,15 @@ def ray_dataset(info: DatasetInfo, split: str):
         raise DataError(f"{info.uri}: no {split!r} split (found {sorted(info.splits)})")
     files, columns = info.splits[split], info.columns()
     if info.tensor:
-        return _read_parquet(files, info.filesystem, columns)
+        return _read_parquet(files, info.filesystem, columns, file_shuffle_seed)
     if info.features:
-        return _read_parquet(files, info.filesystem, columns).map_batches(
+        return _read_parquet(files, info.filesystem, columns, file_shuffle_seed).map_batches(
             _to_rows,
             batch_format="pyarrow",
             batch_size=None,
             fn_kwargs={"features": info.features, "dim": info.data_dim, "has_label": info.has_label},
         )
-    return _read_parquet(files, info.filesystem, columns).map_batches(
+    return _read_parquet(files, info.filesystem, columns, file_shuffle_seed).map_batches(
         _as_tensors, batch_format="pyarrow", batch_size=None, fn_kwargs={"shape": info.shape}
     )
 
@@ -255,6 +259,7 @@ def _read_parquet(
     files: list[str],
     filesystem: pafs.FileSystem,
     columns: list[str],
+    file_shuffle_seed: int | None = None,
 ):
     """``ray.data.read_parquet`` of ``files``: one read task (and block) per file, through Ray
     Data's file-fragment reader, with reads free to use every CPU the budget allows.
@@ -274,7 +279,9 @@ def _read_parquet(
 
     """
     import ray.data
+    from ray.data import FileShuffleConfig
 
+    shuffle = None if file_shuffle_seed is None else FileShuffleConfig(seed=file_shuffle_seed)
     context = ray.data.DataContext.get_current()
     previous = (context.use_datasource_v2, context.op_resource_reservation_enabled)
     context.use_datasource_v2, context.op_resource_reservation_enabled = False, False
@@ -284,6 +291,7 @@ def _read_parquet(
             filesystem=filesystem,
             columns=columns,
             override_num_blocks=len(files),
+            shuffle=shuffle,
         )
     finally:
         context.use_datasource_v2, context.op_resource_reservation_enabled = previous
