@@ -204,6 +204,7 @@ def _legacy_model(model):
     import copy
     import types
 
+    from rfdist.flows.base import Chain
     from rfdist.flows.coupling import AffineCoupling, _ZukoCoupling
 
     legacy = copy.deepcopy(model)
@@ -212,8 +213,24 @@ def _legacy_model(model):
             for name in ("forward", "inverse", "forward_and_ladj", "inverse_and_ladj"):
                 setattr(layer, name, types.MethodType(getattr(_ZukoCoupling, name), layer))
             layer.supports_tangents = False
+        if isinstance(layer, Chain):  # the layer-by-layer loops of that day (no half-passing)
+            layer.forward = types.MethodType(_legacy_chain_forward, layer)
+            layer.inverse = types.MethodType(_legacy_chain_inverse, layer)
     legacy.density._plain = False  # zuko's own density objects, as on 2026-11-30
+    legacy.share_innermost = False  # encode, then decode (no shared innermost coupling)
     return legacy
+
+
+def _legacy_chain_forward(chain, z):
+    for layer in chain.layers:
+        z = layer(z)
+    return z
+
+
+def _legacy_chain_inverse(chain, x):
+    for layer in reversed(chain.layers):
+        x = layer.inverse(x)
+    return x
 
 
 def _legacy_train_step(model, optimizer, x, options) -> dict[str, float]:

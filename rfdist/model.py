@@ -84,6 +84,8 @@ class RectangularFlow(nn.Module):
         if latent_index.shape != (self.latent_dim,) or latent_index.unique().numel() != self.latent_dim:
             raise ValueError(f"latent_index must hold {self.latent_dim} distinct positions")
         self.register_buffer("latent_index", latent_index.clone())
+        #: whether :meth:`round_trip` shares the innermost coupling (a fixed property of the layout)
+        self.share_innermost = self._can_share_innermost()
 
     # ----------------------------------------------------------------- the maps
     def pad(self, u: Tensor) -> Tensor:
@@ -119,6 +121,38 @@ class RectangularFlow(nn.Module):
             return out, (lambda t: lin.jvp(pad(t))), (lambda w: lin.vjp(w).index_select(-1, index))
 
         return TangentOps(push, linearize)
+
+    def round_trip(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``u = encode(x)`` and ``decode_flat(u)`` in one pass (the two-step loss's maps).
+
+        When the innermost coupling conditions on exactly the latent positions (a vector flow of
+        alternating checkered couplings at ``D = 2, d = 1``: von Mises), ``decode`` feeds it the
+        same conditioning half as ``encode`` and zeros as the other half, so its output there is
+        its shift: one conditioner evaluation serves both, and that layer's inverse half (which
+        ``encode`` drops) is skipped. Same values and gradients as the two calls.
+        """
+        if not self.share_innermost:
+            u = self.encode(x)
+            return u, self.decode_flat(u)
+        layers = list(self.flow.layers)
+        a, b = layers[-1]._split(x.flatten(1))  # (conditioning, transformed) halves
+        for layer in layers[:0:-1]:
+            a, b = layer.inverse_half(a, b)[0], a
+        u = a  # the innermost layer's conditioning half: the latent positions, in order
+        a, b = layers[0].conditioner(u)[0], u  # its output half: the shift (zero padding in)
+        for layer in layers[1:]:
+            a, b = layer.forward_half(a, b)[0], a
+        return u, layers[-1]._merge(b, a)
+
+    def _can_share_innermost(self) -> bool:
+        """Whether :meth:`round_trip` can share the innermost coupling (checked once, at init)."""
+        layers = list(getattr(self.flow, "layers", ()))
+        if len(self.data_shape) != 1 or not layers or not hasattr(layers[0], "conditioner"):
+            return False
+        strides = [getattr(layer, "half_stride", None) for layer in layers]
+        if strides[0] is None or any(s != (strides[0] + i) % 2 for i, s in enumerate(strides)):
+            return False  # not one run of alternating checkered couplings
+        return layers[0].idx_a.tolist() == self.latent_index.tolist()
 
     def encode(self, x: Tensor) -> Tensor:
         """:math:`g^\\dagger(x)`: data ``(B, *data_shape)`` → latent ``(B, d)``."""
@@ -179,14 +213,14 @@ class RectangularFlow(nn.Module):
         if mode not in ("ml", "two_step"):
             raise ValueError(f"mode must be 'ml' or 'two_step', got {mode!r}")
         x_flat = x.flatten(1)
-        u = self.encode(x)
         parts: dict[str, Tensor] = {}
         if mode == "two_step":
-            recon_x = self.decode_flat(u)
+            u, recon_x = self.round_trip(x)
             log_pu = self.density.log_prob(u.detach())
             reconstruction = (x_flat - recon_x).pow(2).sum(-1)
             loss = (beta * reconstruction - log_pu).mean()
         else:
+            u = self.encode(x)
             stats = VolumeStats()
             log_pu = self.density.log_prob(u)
             if estimator == "exact":

@@ -91,6 +91,35 @@ def test_two_step_keeps_the_density_out_of_the_flow() -> None:
     assert "logdet" not in parts and "logdet_surrogate" not in parts
 
 
+def test_round_trip_shares_the_innermost_coupling_with_the_same_values_and_gradients() -> None:
+    """At D = 2, d = 1 (von Mises) the two-step round trip evaluates the innermost coupling's
+    conditioner once; it must equal encode-then-decode, values and gradients (x and parameters)."""
+    shared = build_model(ModelSpec(data_shape=(2,), latent_dim=1, flow_layers=4, flow_hidden=(8,)))
+    assert shared.share_innermost
+    assert not build_model(SPECS["affine"]).share_innermost  # D = 4, d = 2: the latent is not a half
+    assert not build_model(ModelSpec(data_shape=(2,), latent_dim=1, actnorm=True)).share_innermost
+    model = shared.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(9, 2, dtype=torch.float64)
+    inputs = [x, *model.flow.parameters()]
+
+    def value_and_grads(u, recon):
+        value = (weights * recon).sum() + (u * u).sum()
+        return value, torch.autograd.grad(value, inputs, allow_unused=True)
+
+    u, recon = model.round_trip(x)
+    u_ref = model.encode(x)
+    recon_ref = model.decode_flat(u_ref)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(recon, recon_ref, rtol=1e-12, atol=1e-12)
+    (_, grads), (_, grads_ref) = value_and_grads(u, recon), value_and_grads(u_ref, recon_ref)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_ml_gradient_reaches_the_flow_through_the_volume_term() -> None:
     model = _model("affine")
     x = torch.randn(6, 4, dtype=torch.float64)

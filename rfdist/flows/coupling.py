@@ -143,6 +143,12 @@ class AffineCoupling(_ZukoCoupling):
     def _params(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Shift, log-scale and (when ``grads`` collects the activations' derivatives, for
         tangents) the log-scale's derivative in the raw output, from ``x_a``."""
+        shift, raw = self.conditioner(x_a, grads)
+        denom = 1 + raw.abs() / _LOG_MIN_SLOPE
+        return shift, raw / denom, (denom.pow(-2) if grads is not None else denom)
+
+    def conditioner(self, x_a: Tensor, grads: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The conditioner's raw output for ``x_a``: the shift and the unbounded log-scale."""
         *hidden, last = self._linears()
         h = x_a
         for lin in hidden:
@@ -150,26 +156,49 @@ class AffineCoupling(_ZukoCoupling):
             h = self.act(pre)
             if grads is not None:
                 grads.append(self.act_grad(pre, h))
-        phi = F.linear(h, last.weight, last.bias).unflatten(-1, (-1, 2))
-        shift, raw = phi[..., 0], phi[..., 1]
-        denom = 1 + raw.abs() / _LOG_MIN_SLOPE
-        return shift, raw / denom, (denom.pow(-2) if grads is not None else denom)
+        shift, raw = F.linear(h, last.weight, last.bias).unflatten(-1, (-1, 2)).unbind(-1)
+        return shift, raw
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.forward_and_ladj(z)[0]
+        return self._forward(z)[0]
 
     def inverse(self, x: Tensor) -> Tensor:
-        return self.inverse_and_ladj(x)[0]
+        return self._inverse(x)[0]
 
     def forward_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        z_a, z_b = self._split(z)
-        shift, log_scale, _ = self._params(z_a)
-        return self._merge(z_a, z_b * log_scale.exp() + shift), log_scale.sum(-1)
+        y, log_scale = self._forward(z)
+        return y, log_scale.sum(-1)
 
     def inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, log_scale = self._inverse(x)
+        return z, -log_scale.sum(-1)
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        z_a, z_b = self._split(z)
+        y_b, log_scale = self.forward_half(z_a, z_b)
+        return self._merge(z_a, y_b), log_scale
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = self._split(x)
+        z_b, log_scale = self.inverse_half(x_a, x_b)
+        return self._merge(x_a, z_b), log_scale
+
+    @property
+    def half_stride(self) -> int | None:
+        """0 or 1 for a checkered mask (the conditioning half's first position), else None:
+        :class:`~rfdist.flows.base.Chain` then passes halves between alternating couplings."""
+        return self._stride_a
+
+    def forward_half(self, z_a: Tensor, z_b: Tensor) -> tuple[Tensor, Tensor]:
+        """The transformed half ``y_b`` from the halves ``z_a`` (conditioning) and ``z_b``,
+        and the log-scales (``ladj = log_scale.sum(-1)``)."""
+        shift, log_scale, _ = self._params(z_a)
+        return z_b * log_scale.exp() + shift, log_scale  # (as before: bitwise the same training)
+
+    def inverse_half(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_half` undone: ``z_b`` from ``x_a`` and ``x_b``, and the log-scales."""
         shift, log_scale, _ = self._params(x_a)
-        return self._merge(x_a, (x_b - shift) * torch.exp(-log_scale)), -log_scale.sum(-1)
+        return (x_b - shift) * torch.exp(-log_scale), log_scale
 
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         (z_a, z_b), (t_a, t_b) = self._split(z), self._split(t)
