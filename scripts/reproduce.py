@@ -115,8 +115,25 @@ def train_local(cfg: RunConfig) -> tuple[Any, Any, float]:
     return model, spec, time.perf_counter() - start
 
 
-def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[str, float]:
-    """Train ``cfg`` and log it to MLflow; returns (model URI, training seconds)."""
+def step_timing(client: Any, run_id: str) -> dict[str, float]:
+    """Rank 0's mean step time and data-wait share over a Ray Train run, from its MLflow history.
+
+    ``perf/step_s`` and ``data/wait_s`` are means over each ``train.log_every`` window; the first
+    window (pipeline start, compilation) is left out when there are others.
+    """
+    step = [m.value for m in sorted(client.get_metric_history(run_id, "perf/step_s"), key=lambda m: m.step)]
+    wait = [m.value for m in sorted(client.get_metric_history(run_id, "data/wait_s"), key=lambda m: m.step)]
+    step, wait = (step[1:], wait[1:]) if len(step) > 1 else (step, wait)
+    if not step:
+        return {}
+    out = {"step_seconds": float(np.mean(step))}
+    if wait:
+        out["data_wait_fraction"] = float(np.mean(wait) / np.mean(step))
+    return out
+
+
+def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[str, float, dict[str, float]]:
+    """Train ``cfg`` and log it to MLflow; returns (model URI, training seconds, step timing)."""
     import mlflow
 
     if use_ray:
@@ -126,12 +143,14 @@ def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[
         start = time.perf_counter()
         result = run_training(cfg)
         seconds = time.perf_counter() - start
+        client = mlflow.MlflowClient(tracking_uri)
         if result.already_finished:  # trained before (e.g. its evaluation failed): that run's wall time
-            info = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).info
+            info = client.get_run(result.run_id).info
             seconds = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+        timing = step_timing(client, result.run_id)
         if result.model_version:  # registered: the URI anyone can re-evaluate
-            return f"models:/{cfg.registry.name}/{result.model_version}", seconds
-        return f"runs:/{result.run_id}/{cfg.registry.name}", seconds  # the logged model's name
+            return f"models:/{cfg.registry.name}/{result.model_version}", seconds, timing
+        return f"runs:/{result.run_id}/{cfg.registry.name}", seconds, timing  # the logged model's name
     model, spec, seconds = train_local(cfg)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(EXPERIMENT)
@@ -141,7 +160,7 @@ def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[
             mlflow.log_params(dict(list(params.items())[i : i + 100]))
         mlflow.log_metric("train_seconds", seconds)
         log_flow_model(model, spec)
-    return f"runs:/{run.info.run_id}/model", seconds
+    return f"runs:/{run.info.run_id}/model", seconds, {"step_seconds": seconds / max(cfg.train.max_steps, 1)}
 
 
 def machine() -> str:
@@ -280,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                     cfg = load_config(ROOT / exp["config"], sets)
                     print(f"== {name} / {variant} / seed {seed}", flush=True)
                     use_ray = args.ray or bool(exp.get("ray", False))  # the plan may ask for Ray Train
-                    model_uri, seconds = train_and_log(cfg, tracking_uri, use_ray=use_ray)
+                    model_uri, seconds, timing = train_and_log(cfg, tracking_uri, use_ray=use_ray)
                     opts = EvalOptions(**{**exp.get("eval", {}), "seed": seed})
                     result, eval_run = run_eval(model_uri, opts, tracking_uri=tracking_uri)
-                    metrics = {**result.metrics, "train_seconds": seconds}
+                    metrics = {**result.metrics, "train_seconds": seconds, **timing}
                     record = {"experiment": name, "variant": variant, "seed": seed, "model_uri": model_uri,
                               "eval_run_id": eval_run, "overrides": sets, "command": command,
                               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"), "machine": machine(),

@@ -83,3 +83,20 @@ def test_portable_rewrites_only_paths_under_the_roots(reproduce, tmp_path) -> No
         reproduce.portable(text, [tmp_path])
         == "a sqlite:///runs/m.db b docs/x.md c /elsewhere/y runs:/abc/model"
     )
+
+
+def test_step_timing_reads_rank0_history_and_skips_the_first_window(reproduce, tmp_path) -> None:
+    # A real sqlite MLflow store with the history a Ray Train run logs every train.log_every steps:
+    # the first window (pipeline start) is slow and must not count.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("timing")).info.run_id
+    for step, (step_s, wait_s) in zip((10, 20, 30), ((5.0, 2.0), (1.0, 0.01), (3.0, 0.03)), strict=True):
+        client.log_metric(run_id, "perf/step_s", step_s, step=step)
+        client.log_metric(run_id, "data/wait_s", wait_s, step=step)
+    timing = reproduce.step_timing(client, run_id)
+    assert timing["step_seconds"] == pytest.approx(2.0)
+    assert timing["data_wait_fraction"] == pytest.approx(0.02 / 2.0)
+    empty = client.create_run(client.get_experiment_by_name("timing").experiment_id).info.run_id
+    assert reproduce.step_timing(client, empty) == {}
