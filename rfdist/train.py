@@ -526,6 +526,10 @@ def start_local_ray(num_cpus: int) -> None:
     _loopback_only()
     private_token()
     quiet_ray_data()
+    # Ray Train's PreemptionWatcher polls for draining nodes, which a private one-node instance
+    # never has; its actor printed a core_worker "constructor arguments in the object store" error
+    # line (ray-project/ray#53727) on some runs, which nobody can act on. A user's setting wins.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     dashboard_port = _free_port()
     ray.init(
         # "local": a new private instance even when a `ray start` head runs on this machine
