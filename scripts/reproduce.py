@@ -121,9 +121,12 @@ def step_timing(client: Any, run_id: str) -> dict[str, float]:
     ``perf/step_s`` and ``data/wait_s`` are means over each ``train.log_every`` window; the first
     window (pipeline start, compilation) is left out when there are others.
     """
-    step = [m.value for m in sorted(client.get_metric_history(run_id, "perf/step_s"), key=lambda m: m.step)]
-    wait = [m.value for m in sorted(client.get_metric_history(run_id, "data/wait_s"), key=lambda m: m.step)]
-    step, wait = (step[1:], wait[1:]) if len(step) > 1 else (step, wait)
+
+    def history(key: str) -> list[float]:
+        values = [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        return values[1:] if len(values) > 1 else values
+
+    step, wait = history("perf/step_s"), history("data/wait_s")
     if not step:
         return {}
     out = {"step_seconds": float(np.mean(step))}
