@@ -184,6 +184,27 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.4g} ± {float(np.std(values, ddof=1)):.2g}"
 
 
+# EvalOptions fields that are `rfdist eval` flags (plots, progress: no effect on the numbers).
+_EVAL_FLAGS = ("ood_data", "features", "max_rows", "ood_train_rows", "fd_samples", "preprocess", "batch_size")
+
+
+def eval_command(exp: dict, run: dict) -> str:
+    """The ``rfdist eval`` command that re-scores ``run``'s model as this script did.
+
+    Same options as the plan's ``eval`` section and the run's seed (the evaluation is seeded, so
+    it gives the table's numbers), against the page's store (``TRACKING_URI``).
+    """
+    opts = EvalOptions(**{**exp.get("eval", {}), "seed": int(run["seed"])})
+    defaults = EvalOptions(data=opts.data)
+    parts = ["rfdist", "eval", run["model_uri"], "--data", opts.data]
+    for name in _EVAL_FLAGS:
+        value = getattr(opts, name)
+        if value is not None and value != getattr(defaults, name):
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    parts += ["--seed", str(opts.seed), "--tracking-uri", TRACKING_URI]
+    return shlex.join(parts)
+
+
 def report(
     plan: dict, rows: list[dict], out: Path, command: str, *, plan_path: str = "jobs/configs/paper/cpu.yaml"
 ) -> str:
@@ -233,6 +254,15 @@ def report(
         when += f" ({'; '.join(machines)})." if machines else "." if dates else ""
         lines += [f"Commands (from the repository root; outputs under `{OUT_DIR}/`).{when}", ""]
         lines += [*[f"    {c}" for c in commands], ""]
+        registered = [r for r in got if str(r.get("model_uri", "")).startswith("models:/")]
+        if registered:
+            lines += [
+                "Re-evaluate the registered models (in that store; the evaluation is seeded, so each gives",
+                "its row's numbers; `--json FILE` writes them to a file):",
+                "",
+                *[f"    {eval_command(exp, r)}" for r in sorted(registered, key=lambda r: r["model_uri"])],
+                "",
+            ]
         if exp.get("notes"):
             lines += [exp["notes"].strip(), ""]
     if pending:

@@ -51,6 +51,7 @@ def test_report_commands_have_no_absolute_paths(reproduce, tmp_path, monkeypatch
             [*base, "train.mode=two_step", "train.batch_size=10", "seed=0", "name=c"],
             2.0,
         ),
+        {**_record("hutchinson-k4", 2, hand, [], 0.2), "model_uri": "models:/vm-k4/3"},
         {**_record("hutchinson-k1", 0, hand, [], 0.05), "date": "2026-11-30"},
     ]
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -75,6 +76,12 @@ def test_report_commands_have_no_absolute_paths(reproduce, tmp_path, monkeypatch
         "--out runs/paper/sphere.md`"
     ) in text
     assert "| exact | 0,1 | 1.7 ± 0 | 0.2 ± 0.14 |" in text  # the numbers themselves are untouched
+    # A registered model's re-evaluation: the plan's eval options (non-default ones) and its seed.
+    assert (
+        "rfdist eval models:/vm-k4/3 --data synthetic:von-mises --max-rows 5000 --seed 2 "
+        "--tracking-uri sqlite:///runs/paper/mlflow.db"
+    ) in commands
+    assert sum(c.startswith("rfdist eval models:/") for c in commands) == 1  # runs:/ URIs are not listed
 
 
 def test_portable_rewrites_only_paths_under_the_roots(reproduce, tmp_path) -> None:
@@ -100,3 +107,43 @@ def test_step_timing_reads_rank0_history_and_skips_the_first_window(reproduce, t
     assert timing["data_wait_fraction"] == pytest.approx(0.02 / 2.0)
     empty = client.create_run(client.get_experiment_by_name("timing").experiment_id).info.run_id
     assert reproduce.step_timing(client, empty) == {}
+
+
+def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monkeypatch) -> None:
+    # reproduce.py trains and evaluates a small run into the page's relative store; the page's
+    # `rfdist eval` command, run as a user would (a new process, the CLI), must give its numbers.
+    import shlex
+    import subprocess
+    import sys
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    exp = {
+        "config": "jobs/configs/von-mises.yaml",
+        "set": ["train.max_steps=30", "train.batch_size=200"],
+        "variants": {"two-step": ["train.mode=two_step"]},
+        "eval": {"data": "synthetic:von-mises", "max_rows": 400, "fd_samples": 300, "ood_train_rows": 200,
+                 "progress": False},
+        "report": ["test_nll", "kl"],
+    }  # fmt: skip
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({"seeds": [1], "threads": 1, "experiments": {"tiny": exp}}))
+    argv = ["plan.yaml", "--tracking-uri", reproduce.TRACKING_URI, "--runs", "runs.jsonl", "--out", "page.md"]
+    assert reproduce.main(argv) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    command = reproduce.eval_command(exp, record)
+    assert command.startswith(f"rfdist eval {record['model_uri']} --data synthetic:von-mises ")
+    assert "--max-rows 400 --ood-train-rows 200 --fd-samples 300 --seed 1 " in command
+
+    args = shlex.split(command)[1:] + ["--json", "again.json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "rfdist.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads((tmp_path / "again.json").read_text())
+    again = again.get("metrics", again)
+    timing = {"train_seconds", "step_seconds", "eval_seconds"}
+    recorded = {k: v for k, v in record["metrics"].items() if k not in timing}
+    assert {"test_nll", "kl", "fd_raw"} <= recorded.keys()
+    for key, value in recorded.items():
+        assert again[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
