@@ -127,7 +127,9 @@ def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monke
                  "progress": False},
         "report": ["test_nll", "kl"],
     }  # fmt: skip
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({"seeds": [1], "threads": 1, "experiments": {"tiny": exp}}))
+    (tmp_path / "plan.yaml").write_text(
+        yaml.safe_dump({"seeds": [1], "threads": 1, "experiments": {"tiny": exp}})
+    )
     argv = ["plan.yaml", "--tracking-uri", reproduce.TRACKING_URI, "--runs", "runs.jsonl", "--out", "page.md"]
     assert reproduce.main(argv) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
@@ -135,7 +137,7 @@ def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monke
     assert command.startswith(f"rfdist eval {record['model_uri']} --data synthetic:von-mises ")
     assert "--max-rows 400 --ood-train-rows 200 --fd-samples 300 --seed 1 " in command
 
-    args = shlex.split(command)[1:] + ["--json", "again.json"]
+    args = [*shlex.split(command)[1:], "--json", "again.json"]
     done = subprocess.run(
         [sys.executable, "-m", "rfdist.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
