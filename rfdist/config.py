@@ -191,9 +191,13 @@ class TrainConfig(_Section):
 
     ``eval_every``: steps between validation passes logged as ``val_nll``; every checkpoint
     (``checkpoint_every``) is validated as well, and the best checkpoint is chosen by that value.
+    ``manifold_steps`` (two-step only): the manifold trains for this many steps and is frozen
+    after them, while the latent density trains throughout (a sequential two-step, as M-flows
+    are trained); unset, both train together on every step.
     """
 
     mode: Literal["ml", "two_step"] = "ml"
+    manifold_steps: int | None = Field(None, ge=1)
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(1000, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -204,6 +208,15 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(200, ge=1)
     max_consecutive_skips: int = Field(20, ge=1)
     log_every: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _manifold_steps_for_two_step(self) -> TrainConfig:
+        if self.manifold_steps is not None and self.mode != "two_step":
+            raise ValueError(
+                f"train.manifold_steps={self.manifold_steps} needs train.mode=two_step (got {self.mode!r}): "
+                "maximum likelihood trains the manifold and its density together"
+            )
+        return self
 
 
 class ScalingConfig(_Section):

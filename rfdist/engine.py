@@ -89,6 +89,7 @@ def train_step(
     *,
     grad_clip: float | None = None,
     likelihood_weight: float | None = None,
+    freeze_manifold: bool = False,
 ) -> StepResult:
     """Forward, backward and (unless the gradient is non-finite) an optimizer step.
 
@@ -104,6 +105,10 @@ def train_step(
         options: loss options.
         grad_clip: clip the global gradient norm to this value (``None`` = no clipping).
         likelihood_weight: overrides ``options.likelihood_weight`` (for warm-up schedules).
+        freeze_manifold: two-step's density phase: only the latent density's parameters move.
+            The loss keeps the reconstruction term at weight 0, so every parameter still takes
+            part (DDP's reducer needs that) with an exactly zero gradient, and the manifold's
+            gradients are then dropped, so the optimizer skips them (no momentum drift either).
 
     Returns:
         A :class:`StepResult` with the loss parts, ``grad_norm`` and ``skipped`` as floats.
@@ -111,9 +116,19 @@ def train_step(
     kwargs = options.kwargs()
     if likelihood_weight is not None:
         kwargs["likelihood_weight"] = likelihood_weight
+    if freeze_manifold:
+        if options.mode != "two_step":
+            raise ValueError(f"freeze_manifold needs mode='two_step', got {options.mode!r}")
+        kwargs["beta"] = 0.0
     optimizer.zero_grad(set_to_none=True)
     loss, parts = model(x, **kwargs)
     loss.backward()
+    if freeze_manifold:
+        density = {id(p) for p in getattr(model, "module", model).density.parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in density:
+                    p.grad = None
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grads = [p.grad for p in params]
     grad_norm = torch.nn.utils.get_total_norm(grads)
@@ -173,11 +188,14 @@ def fit(
     log_every: int = 0,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = False,
+    manifold_steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on the rows of ``data`` for ``steps`` Adam steps (single process).
 
     A likelihood warm-up ramps the likelihood weight from 0 to 1 over ``warmup_steps`` (ML mode
-    only). Learning rate follows a cosine decay to 10 %. Returns the per-step metrics.
+    only). Learning rate follows a cosine decay to 10 %. ``manifold_steps`` (two-step only):
+    after that many steps the manifold is frozen and only the latent density trains (see
+    :func:`train_step`'s ``freeze_manifold``). Returns the per-step metrics.
 
     Example:
         >>> from rfdist import ModelSpec, build_model
@@ -204,8 +222,9 @@ def fit(
         start = time.perf_counter()
         weight = min(1.0, step / warmup_steps) if warmup_steps else None
         result = train_step(
-            model, optimizer, next(batches), options, grad_clip=grad_clip, likelihood_weight=weight
-        )
+            model, optimizer, next(batches), options, grad_clip=grad_clip, likelihood_weight=weight,
+            freeze_manifold=manifold_steps is not None and step > manifold_steps,
+        )  # fmt: skip
         schedule.step()
         skips = skips + 1 if result.skipped else 0
         if skips >= max_consecutive_skips:

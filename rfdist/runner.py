@@ -91,6 +91,7 @@ def run_local(cfg: RunConfig, *, progress: bool = True) -> tuple[RectangularFlow
         seed=cfg.seed,
         log_every=cfg.train.log_every,
         progress=progress,
+        manifold_steps=cfg.train.manifold_steps,
     )
     elapsed = time.perf_counter() - start
     metrics = {

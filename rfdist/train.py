@@ -357,9 +357,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             os._exit(1)
         tick = time.perf_counter()
         warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else None
+        frozen = cfg.train.manifold_steps is not None and step > cfg.train.manifold_steps
         result = train_step(
-            ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip, likelihood_weight=warm
-        )
+            ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip, likelihood_weight=warm,
+            freeze_manifold=frozen,
+        )  # fmt: skip
         scheduler.step()
         examples += x.shape[0] * world
         if result.skipped:

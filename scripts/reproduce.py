@@ -111,6 +111,7 @@ def train_local(cfg: RunConfig) -> tuple[Any, Any, float]:
         model, data.train, steps=cfg.train.max_steps, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
         options=cfg.loss_options(), grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps,
         max_consecutive_skips=cfg.train.max_consecutive_skips, seed=cfg.seed, progress=True,
+        manifold_steps=cfg.train.manifold_steps,
     )  # fmt: skip
     return model, spec, time.perf_counter() - start
 

@@ -21,6 +21,7 @@ PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "von-mises.y
         ("estimator.num_samples=0", "estimator.num_samples"),
         ("estimator.cg_tol=-0.1", "estimator.cg_tol"),
         ("estimator.name=magic", "estimator.name"),
+        ("train.manifold_steps=100", "train.manifold_steps=100 needs train.mode=two_step"),
     ],
 )
 def test_bad_values_name_the_key(override: str, expected: str) -> None:
