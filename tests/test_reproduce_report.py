@@ -149,3 +149,23 @@ def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monke
     assert {"test_nll", "kl", "fd_raw"} <= recorded.keys()
     for key, value in recorded.items():
         assert again[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("plan_name", ["cpu.yaml", "gpu.yaml"])
+def test_every_planned_run_is_a_valid_config(reproduce, plan_name) -> None:
+    # A typo in a plan's overrides would otherwise surface after the hour-long runs before it.
+    import yaml
+
+    from rfdist.config import load_config
+
+    plan = yaml.safe_load((PLAN.parent / plan_name).read_text())
+    loaded = 0
+    for name, exp in plan["experiments"].items():
+        for variant, overrides in exp["variants"].items():
+            cfg = load_config(
+                ROOT / exp["config"], [*exp.get("set", []), *overrides, "seed=0", f"name={name}"]
+            )
+            reproduce.EvalOptions(**{**exp.get("eval", {}), "seed": 0})  # the eval section's keys too
+            assert cfg.name == name, variant
+            loaded += 1
+    assert loaded >= len(plan["experiments"])
