@@ -256,12 +256,13 @@ def report(
         lines += [f"Commands (from the repository root; outputs under `{OUT_DIR}/`).{when}", ""]
         lines += [*[f"    {c}" for c in commands], ""]
         registered = [r for r in got if str(r.get("model_uri", "")).startswith("models:/")]
+        order = {variant: i for i, variant in enumerate(exp["variants"])}
         if registered:
             lines += [
                 "Re-evaluate the registered models (in that store; the evaluation is seeded, so each gives",
                 "its row's numbers; `--json FILE` writes them to a file):",
                 "",
-                *[f"    {eval_command(exp, r)}" for r in sorted(registered, key=lambda r: r["model_uri"])],
+                *[f"    {eval_command(exp, r)}" for r in sorted(registered, key=lambda r: (order.get(r["variant"], 0), int(r["seed"])))],
                 "",
             ]
         if exp.get("notes"):
