@@ -358,6 +358,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tick = time.perf_counter()
         warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else None
         frozen = cfg.train.manifold_steps is not None and step > cfg.train.manifold_steps
+        if frozen and step == cfg.train.manifold_steps + 1 and rank == 0:
+            print(f"[rfdist] step {step}: manifold frozen (train.manifold_steps), the latent density trains on",
+                  flush=True)  # fmt: skip
         result = train_step(
             ddp_model, optimizer, x, options, grad_clip=cfg.train.grad_clip, likelihood_weight=warm,
             freeze_manifold=frozen,
