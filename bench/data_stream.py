@@ -111,7 +111,7 @@ def _once(key: str, build: Callable[[], object]) -> object:
 def scan_rfdist(info, batch_size: int) -> int:
     import torch
 
-    from rfdist.data.reader import ray_dataset, stream_options
+    from rfdist.runtime.datasets import ray_dataset, stream_options
 
     rows = 0
     ds = _once(f"stream:{info.uri}", lambda: ray_dataset(info, "train"))
@@ -142,7 +142,7 @@ def scan_rfdist_train(info, batch_size: int) -> int:
     """
     import torch
 
-    from rfdist.data.reader import ray_dataset, stream_options
+    from rfdist.runtime.datasets import ray_dataset, stream_options
 
     ds = _MATERIALIZED.get(info.uri) or ray_dataset(info, "train")
     rows = 0
@@ -175,8 +175,9 @@ def main() -> None:
 
     import ray
 
-    from rfdist.data.reader import materialize_limit, open_dataset, ray_dataset
-    from rfdist.train import MATERIALIZE_BYTES
+    from rfdist.data.reader import open_dataset
+    from rfdist.recipes.train import MATERIALIZE_BYTES
+    from rfdist.runtime.datasets import materialize_limit, ray_dataset
 
     formats = args.formats.split(",")
     unknown = sorted(set(formats) - set(FORMATS))

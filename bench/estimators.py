@@ -157,7 +157,7 @@ def _rss_mb() -> float:
 def _options(
     estimator: str, variant: str, k: int, d: int, iters: int, chunk: int | None = None, batch: int = 1000
 ):
-    from rfdist.engine import LossOptions
+    from rfdist.core.engine import LossOptions
 
     if estimator == "two_step":  # variant "legacy": today's step, the fixed yardstick
         return LossOptions(mode="two_step")
@@ -204,8 +204,8 @@ def _legacy_model(model):
     import copy
     import types
 
-    from rfdist.flows.base import Chain
-    from rfdist.flows.coupling import AffineCoupling, _ZukoCoupling
+    from rfdist.core.flows.base import Chain
+    from rfdist.core.flows.coupling import AffineCoupling, _ZukoCoupling
 
     legacy = copy.deepcopy(model)
     for layer in legacy.modules():
@@ -234,7 +234,7 @@ def _legacy_chain_inverse(chain, x):
 
 
 def _legacy_train_step(model, optimizer, x, options) -> dict[str, float]:
-    """rfdist.engine.train_step as of 2026-11-30 (frozen, for the ``legacy`` yardstick)."""
+    """rfdist.core.engine.train_step as of 2026-11-30 (frozen, for the ``legacy`` yardstick)."""
     import torch
 
     optimizer.zero_grad(set_to_none=True)
@@ -261,7 +261,7 @@ def _grad_errors(model, x, ours: dict[int, Any], opts_ref, draws: int, chunk: in
     batch, as it would be in training."""
     import torch
 
-    from rfdist.volume import GramCache, gram_inverse, logdet_exact, logdet_surrogate
+    from rfdist.core.volume import GramCache, gram_inverse, logdet_exact, logdet_surrogate
 
     params = [p for p in model.flow.parameters() if p.requires_grad]
     u = model.encode(x).detach()
@@ -351,7 +351,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     import torch
 
-    from rfdist.engine import make_optimizer, train_step
+    from rfdist.core.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]
@@ -420,7 +420,7 @@ def _gram_rebuild_s(model, x, opts, device: str) -> float:
         return 0.0
     import torch
 
-    from rfdist.volume import gram_inverse
+    from rfdist.core.volume import gram_inverse
 
     u = model.encode(x).detach()
     start = time.perf_counter()
@@ -435,7 +435,7 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one step of one variant, in this (fresh) process."""
     import torch
 
-    from rfdist.engine import make_optimizer, train_step
+    from rfdist.core.engine import make_optimizer, train_step
 
     torch.manual_seed(0)
     device = job["device"]

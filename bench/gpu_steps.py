@@ -98,14 +98,14 @@ def step_env(args: argparse.Namespace) -> dict[str, Any]:
     """Torch/CUDA/GPU facts, package versions, and one train_step of a small model on the device."""
     import torch
 
-    import rfdist.checkpoint
     import rfdist.config  # pydantic + yaml: carried as wheels on the GPU machine
+    import rfdist.core.density
+    import rfdist.core.flows
+    import rfdist.core.volume
     import rfdist.data.reader  # pyarrow
-    import rfdist.density
-    import rfdist.flows
-    import rfdist.volume
+    import rfdist.runtime.checkpoint
     from rfdist import ModelSpec, build_model
-    from rfdist.engine import LossOptions, train_step
+    from rfdist.core.engine import LossOptions, train_step
 
     figures: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -117,7 +117,7 @@ def step_env(args: argparse.Namespace) -> dict[str, Any]:
             for p in ("numpy", "pyarrow", "zuko", "pydantic", "pydantic-core", "pyyaml", "scipy", "pytest")
         },
         "ray_mlflow": "blocked (imports raise ImportError in every kit step)",
-        "rfdist_from": str(Path(rfdist.volume.__file__).resolve().parents[1]),
+        "rfdist_from": str(Path(rfdist.core.volume.__file__).resolve().parents[1]),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -168,7 +168,7 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.func import jvp, vjp
 
-    from rfdist.volume import conjugate_gradient, logdet_surrogate
+    from rfdist.core.volume import conjugate_gradient, logdet_surrogate
 
     torch.manual_seed(0)
     dev = args.device
@@ -306,11 +306,11 @@ def step_train(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from rfdist.builders import ModelSpec, build_model
-    from rfdist.checkpoint import TrainingState, load_state, save_state
+    from rfdist.core.builders import ModelSpec, build_model
+    from rfdist.core.engine import evaluate_nll, fit
     from rfdist.data.preprocess import batch_preprocessor
     from rfdist.data.reader import load_split, open_dataset
-    from rfdist.engine import evaluate_nll, fit
+    from rfdist.runtime.checkpoint import TrainingState, load_state, save_state
 
     device = args.device
     cfg = _config(args.data, args.tiny, args.max_steps, str(ROOT / "jobs/configs/mnist.yaml"))
@@ -415,8 +415,8 @@ def step_ddp_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from rfdist import ModelSpec, build_model
+    from rfdist.core.engine import LossOptions, train_step
     from rfdist.data.synthetic import VonMisesCircle
-    from rfdist.engine import LossOptions, train_step
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = args.device

@@ -4,8 +4,8 @@
 
 Logs a small von Mises-shaped flow (D=2, d=1) to a temporary sqlite MLflow store, writes a
 ``--rows`` test split in ``--shards`` Parquet shards, then times, in one run: (1) a plain loop in
-this process (pyarrow batches → :func:`rfdist.score.score_table` → one Parquet file) and
-(2) :func:`rfdist.score.score_dataset` on a local Ray (read, actor-pool ``map_batches``, write,
+this process (pyarrow batches → :func:`rfdist.recipes.score.score_table` → one Parquet file) and
+(2) :func:`rfdist.recipes.score.score_dataset` on a local Ray (read, actor-pool ``map_batches``, write,
 ``_SUCCESS``), Ray start-up excluded. Prints rows/s for both and the ratio Ray / loop, and
 writes them as JSON. On a shared machine compare the ratio, not the absolute figures.
 """
@@ -39,9 +39,9 @@ def main() -> None:
     from rfdist import ModelSpec, build_model
     from rfdist.data.parquet import write_dataset
     from rfdist.data.reader import open_dataset
-    from rfdist.score import score_dataset, score_table
-    from rfdist.tracking import load_flow, log_flow_model
-    from rfdist.train import connect_or_start_ray
+    from rfdist.recipes.score import score_dataset, score_table
+    from rfdist.recipes.train import connect_or_start_ray
+    from rfdist.tracking.models import load_flow, log_flow_model
 
     root = Path(tempfile.mkdtemp(prefix="rfdist-bench-score-"))
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -5,7 +5,7 @@ over the single-process loop on the same config, in one run.
     python bench/train_scaling.py --mnist-wait [--steps 20] [--json bench/results/data_wait.json]
 
 Runs von-mises (synthetic, exact estimator) and digits (real 8×8 images, hutchinson K=1)
-for ``--steps`` steps each: single process (``rfdist.runner.run_local``), Ray with 1 worker and
+for ``--steps`` steps each: single process (``rfdist.recipes.local.run_local``), Ray with 1 worker and
 Ray with 2 workers (DDP, gloo). Step time is the worker's median per-step compute time as logged
 to MLflow (rank 0); examples/s is global throughput over the whole loop (incl. data wait).
 
@@ -40,13 +40,13 @@ def main() -> None:
     import ray
 
     from rfdist.config import load_config
-    from rfdist.runner import run_local
-    from rfdist.train import run_training
+    from rfdist.recipes.local import run_local
+    from rfdist.recipes.train import run_training
 
     tmp = Path(tempfile.mkdtemp(prefix="rfdist-scaling-"))
     from typer.testing import CliRunner
 
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     CliRunner().invoke(app, ["data", "make", "digits", "--out", str(tmp / "digits")])
     CliRunner().invoke(app, ["data", "make", "von-mises", "--out", str(tmp / "vm"), "--rows", "20000"])
@@ -126,9 +126,9 @@ def mnist_wait(steps: int, json_path: str | None) -> None:
     import ray
     from typer.testing import CliRunner
 
-    from rfdist.cli import app
+    from rfdist.cli.main import app
     from rfdist.config import load_config
-    from rfdist.train import run_training
+    from rfdist.recipes.train import run_training
 
     tmp = Path(tempfile.mkdtemp(prefix="rfdist-wait-"))
     made = CliRunner().invoke(app, ["data", "make", "mnist", "--out", str(tmp / "mnist")])

@@ -3,7 +3,7 @@
 The same batch scoring as ``rfdist score``; inside a Ray job, ``RAY_ADDRESS`` points at the cluster.
 """
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 
 if __name__ == "__main__":
     import sys

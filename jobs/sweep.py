@@ -3,8 +3,8 @@
 The same sweep as ``rfdist sweep``; inside a Ray job, ``RAY_ADDRESS`` points at the cluster.
 """
 
-from rfdist.cli import app
-from rfdist.submit import job_argv
+from rfdist.cli.main import app
+from rfdist.recipes.submit import job_argv
 
 if __name__ == "__main__":
     import sys

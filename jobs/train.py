@@ -2,11 +2,11 @@
 
 The same run as ``rfdist train``; inside a Ray job, ``RAY_ADDRESS`` points at the cluster.
 ``rfdist submit`` may pass ``@inline:NAME`` for a config that is not in the uploaded project
-(see :func:`rfdist.submit.job_argv`).
+(see :func:`rfdist.recipes.submit.job_argv`).
 """
 
-from rfdist.cli import app
-from rfdist.submit import job_argv
+from rfdist.cli.main import app
+from rfdist.recipes.submit import job_argv
 
 if __name__ == "__main__":
     import sys

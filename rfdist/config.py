@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .builders import ModelSpec, build_model
-from .engine import LossOptions
+from rfdist.core.builders import ModelSpec, build_model
+from rfdist.core.engine import LossOptions
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
 
@@ -42,7 +42,7 @@ class DataConfig(_Section):
     ``features``: column names assembled into ``x`` for a user's table of numeric columns.
     ``materialize``: hold the splits in Ray's object store before training (``auto``: when they
     take under 256 MiB) — re-streaming small Parquet files every epoch costs more than a step.
-    ``shuffle``: a new order every epoch, seeded by ``seed`` and the epoch (rfdist.epochs);
+    ``shuffle``: a new order every epoch, seeded by ``seed`` and the epoch (rfdist.runtime.epochs);
     ``shuffle_buffer``: rows in each worker's local shuffle buffer (0: block order only).
     """
 
@@ -67,7 +67,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Architecture (see :class:`rfdist.builders.ModelSpec`); ``data_shape`` comes from the data.
+    """Architecture (see :class:`rfdist.core.builders.ModelSpec`); ``data_shape`` comes from the data.
 
     ``data_dim``, when set, states the D the model is meant for; a dataset of another D is refused.
     """
@@ -130,7 +130,7 @@ GRAM_REUSE_STEPS = 8
 class EstimatorConfig(_Section):
     """How the volume term's gradient is computed.
 
-    ``auto`` picks exact or hutchinson from :func:`rfdist.costmodel.choose_estimator` (the
+    ``auto`` picks exact or hutchinson from :func:`rfdist.core.costmodel.choose_estimator` (the
     manifold dimension ``d``, ``num_samples``, the CG budget and the device). ``matvec``:
     ``vjp`` (reverse-mode products, cheaper on CPU) or ``jvp`` (forward mode);
     ``preconditioner``: ``gram`` (mean exact JᵀJ of ``precond_rows`` rows, rebuilt every
@@ -231,7 +231,7 @@ class TrackingConfig(_Section):
     """MLflow: ``uri`` overrides ``MLFLOW_TRACKING_URI`` and the embedded sqlite default.
 
     ``system_metrics``: sample the training node's CPU/RAM/disk/network (GPU with the ``gpu``
-    extra) every ``system_metrics_interval_s`` seconds into the run (:mod:`rfdist.system_metrics`).
+    extra) every ``system_metrics_interval_s`` seconds into the run (:mod:`rfdist.runtime.system_metrics`).
     ``checkpoint_plots``: log the model picture at every checkpoint (``images/``, by step).
     """
 
@@ -249,7 +249,7 @@ class RegistryConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """Sweep settings (used by ``rfdist sweep``; see :mod:`rfdist.sweep`).
+    """Sweep settings (used by ``rfdist sweep``; see :mod:`rfdist.recipes.sweep`).
 
     ``space`` maps dotted config keys to a distribution, e.g.
     ``{"estimator.num_samples": {"choice": [1, 4]}, "train.lr": {"loguniform": [1e-3, 1e-2]}}``
@@ -321,8 +321,8 @@ class RunConfig(_Section):
         return value
 
     def loss_options(self) -> LossOptions:
-        """The :class:`~rfdist.engine.LossOptions` this config asks for (``auto`` resolved)."""
-        from .costmodel import choose_estimator
+        """The :class:`~rfdist.core.engine.LossOptions` this config asks for (``auto`` resolved)."""
+        from rfdist.core.costmodel import choose_estimator
 
         estimator = self.estimator.name
         if estimator == "auto":

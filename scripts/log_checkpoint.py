@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rfdist.builders import ModelSpec, build_model
 from rfdist.config import load_config
-from rfdist.tracking import log_flow_model, resolve_tracking_uri
+from rfdist.core.builders import ModelSpec, build_model
+from rfdist.tracking.models import log_flow_model, resolve_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:

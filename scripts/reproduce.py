@@ -4,8 +4,8 @@
     python scripts/reproduce.py jobs/configs/paper/cpu.yaml --only von-mises
     python scripts/reproduce.py jobs/configs/paper/gpu.yaml --ray           # full presets on Ray Train
 
-Each run trains in this process (``--ray``: on Ray Train via ``rfdist.train.run_training``), is
-logged to MLflow as a run with the model, then evaluated by ``rfdist.eval_run.run_eval`` (a new
+Each run trains in this process (``--ray``: on Ray Train via ``rfdist.recipes.train.run_training``), is
+logged to MLflow as a run with the model, then evaluated by ``rfdist.recipes.evaluate.run_eval`` (a new
 evaluation run linked to the training run). Every finished run appends one JSON line to
 ``--runs`` (so an interrupted reproduction keeps what it did and ``--report-only`` rebuilds the
 page); the page (``--out``, default ``docs/results.md``) has one table per experiment with
@@ -34,12 +34,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rfdist.builders import build_model  # noqa: E402
 from rfdist.config import RunConfig, load_config  # noqa: E402
-from rfdist.engine import fit  # noqa: E402
-from rfdist.eval_run import EvalOptions, run_eval  # noqa: E402
-from rfdist.runner import load_arrays  # noqa: E402
-from rfdist.tracking import log_flow_model, resolve_tracking_uri  # noqa: E402
+from rfdist.core.builders import build_model  # noqa: E402
+from rfdist.core.engine import fit  # noqa: E402
+from rfdist.recipes.evaluate import EvalOptions, run_eval  # noqa: E402
+from rfdist.recipes.local import load_arrays  # noqa: E402
+from rfdist.tracking.models import log_flow_model, resolve_tracking_uri  # noqa: E402
 
 EXPERIMENT = "rfdist-paper"
 # Where the page's canonical commands put their outputs (relative: runs/ is gitignored).
@@ -141,7 +141,7 @@ def train_and_log(cfg: RunConfig, tracking_uri: str, *, use_ray: bool) -> tuple[
     import mlflow
 
     if use_ray:
-        from rfdist.train import run_training
+        from rfdist.recipes.train import run_training
 
         cfg.tracking.uri = tracking_uri
         start = time.perf_counter()

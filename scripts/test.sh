@@ -2,7 +2,8 @@
 # Run the test suite (the README's test command). pytest's "no tests collected" (exit 5) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check rfdist tests bench jobs cluster || exit 1
+.venv/bin/ruff check rfdist tests bench jobs cluster scripts || exit 1
+.venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
 .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rfdist.builders import build_model
 from rfdist.config import load_config
-from rfdist.engine import fit
-from rfdist.runner import load_arrays
+from rfdist.core.builders import build_model
+from rfdist.core.engine import fit
+from rfdist.recipes.local import load_arrays
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "von-mises.yaml"

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 VM = ROOT / "jobs" / "configs" / "von-mises.yaml"
@@ -36,9 +36,9 @@ def _no_ray(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("Ray was started: the bad input was not caught up front")
 
-    monkeypatch.setattr("rfdist.train._init_ray", tripwire)
-    monkeypatch.setattr("rfdist.sweep._init_ray", tripwire)
-    monkeypatch.setattr("rfdist.train.connect_or_start_ray", tripwire)
+    monkeypatch.setattr("rfdist.recipes.train._init_ray", tripwire)
+    monkeypatch.setattr("rfdist.recipes.sweep._init_ray", tripwire)
+    monkeypatch.setattr("rfdist.recipes.train.connect_or_start_ray", tripwire)
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
 
@@ -297,7 +297,7 @@ def test_missing_dataset_keeps_its_hint_and_a_corrupt_one_gets_none(tmp_path: Pa
 
 def test_quote_safe_filter_values() -> None:
     from rfdist.config import ConfigError
-    from rfdist.preflight import filter_value
+    from rfdist.tracking.runs import filter_value
 
     assert filter_value("runs") == "'runs'" and filter_value("it's") == '"it\'s"'
     with pytest.raises(ConfigError, match="both"):

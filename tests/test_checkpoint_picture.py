@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rfdist.builders import ModelSpec, build_model
-from rfdist.plots import model_image
+from rfdist.core.builders import ModelSpec, build_model
+from rfdist.eval.plots import model_image
 
 
 def test_checkpoint_picture_leaves_the_rng_and_model_untouched() -> None:

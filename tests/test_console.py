@@ -18,7 +18,7 @@ def test_worker_print_emits_one_copy_under_ray_trains_print_patch(capfd) -> None
     """Ray Train V2 patches print in workers (logger + tee when stdout is wrapped): two copies."""
     from ray.train.v2._internal.logging.patch_print import redirected_print  # what workers run
 
-    from rfdist.console import worker_print
+    from rfdist.runtime.console import worker_print
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -44,8 +44,8 @@ def test_worker_print_emits_one_copy_under_ray_trains_print_patch(capfd) -> None
 
 
 def test_version_flag() -> None:
-    from rfdist.cli import app
-    from rfdist.tracking import DIST_NAME
+    from rfdist.cli.main import app
+    from rfdist.tracking.models import DIST_NAME
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("rfdist ") and DIST_NAME in result.output

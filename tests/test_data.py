@@ -15,11 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.data.parquet import IN_PROGRESS, MANIFEST, write_dataset
 from rfdist.data.preprocess import dequantize_logit, logit_inverse
-from rfdist.data.reader import iter_batches, load_split, open_dataset, ray_dataset
+from rfdist.data.reader import iter_batches, load_split, open_dataset
 from rfdist.data.sources import read_idx
+from rfdist.runtime.datasets import ray_dataset
 
 from .s3_server import make_bucket, s3_server  # noqa: F401 - fixture
 

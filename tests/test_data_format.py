@@ -12,10 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.data.parquet import SHAPE_KEY, write_dataset
 from rfdist.data.preprocess import batch_preprocessor
-from rfdist.data.reader import load_split, open_dataset, ray_dataset
+from rfdist.data.reader import load_split, open_dataset
+from rfdist.runtime.datasets import ray_dataset
 
 runner = CliRunner()
 
@@ -162,7 +163,7 @@ def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Pa
 
     from rfdist.config import load_config
     from rfdist.data.sources import generate
-    from rfdist.train import run_training
+    from rfdist.recipes.train import run_training
 
     splits = generate("digits").splits
     write_dataset(str(tmp_path / "uint8"), splits)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rfdist.data.parquet import write_dataset
-from rfdist.data.reader import open_dataset, ray_dataset, stream_options
+from rfdist.data.reader import open_dataset
+from rfdist.runtime.datasets import ray_dataset, stream_options
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,8 @@ def test_dataset_larger_than_the_object_store_streams(tmp_path: Path) -> None:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-        from rfdist.data.reader import materialize_limit
-        from rfdist.train import MATERIALIZE_BYTES
+        from rfdist.recipes.train import MATERIALIZE_BYTES
+        from rfdist.runtime.datasets import materialize_limit
 
         # training would stream it (data.materialize=auto), not hold it in the store and spill
         assert ROWS * info.data_dim > materialize_limit(MATERIALIZE_BYTES)

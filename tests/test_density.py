@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rfdist.density import LatentDensity
+from rfdist.core.density import LatentDensity
 
 
 def test_plain_elementwise_spline_density_is_zukos() -> None:

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from rfdist.engine import load_optimizer_state, make_optimizer
+from rfdist.core.engine import load_optimizer_state, make_optimizer
 
 
 def test_fused_adam_takes_the_default_adams_steps_and_loads_its_state() -> None:

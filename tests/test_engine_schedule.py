@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rfdist.builders import build_model
 from rfdist.config import load_config
-from rfdist.engine import LossOptions, fit, train_step
+from rfdist.core.builders import build_model
+from rfdist.core.engine import LossOptions, fit, train_step
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
 BETA = 50.0

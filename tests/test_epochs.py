@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from rfdist.checkpoint import TrainingState, load_state, save_state
-from rfdist.epochs import DataPosition, EpochStream, epoch_seed
-from rfdist.worker_state import capture, restore
+from rfdist.runtime.checkpoint import TrainingState, load_state, save_state
+from rfdist.runtime.epochs import DataPosition, EpochStream, epoch_seed
+from rfdist.runtime.worker_state import capture, restore
 
 
 def _epoch(e: int) -> list[int]:

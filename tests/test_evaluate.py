@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rfdist.evaluate import (
+from rfdist.eval.metrics import (
     auroc,
     frechet_distance,
     frechet_gaussians,
@@ -164,9 +164,9 @@ def logged_model(tmp_path_factory):
     import mlflow
 
     from rfdist import ModelSpec, build_model
+    from rfdist.core.engine import fit
     from rfdist.data.synthetic import VonMisesCircle
-    from rfdist.engine import fit
-    from rfdist.tracking import log_flow_model
+    from rfdist.tracking.models import log_flow_model
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -185,7 +185,7 @@ def logged_model(tmp_path_factory):
 def test_cli_eval_logs_metrics_linked_to_the_model_run(logged_model, tmp_path) -> None:
     import mlflow
 
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     uri, train_run = logged_model
     data = tmp_path / "vm"
@@ -212,7 +212,7 @@ def test_cli_eval_logs_metrics_linked_to_the_model_run(logged_model, tmp_path) -
 
 
 def test_cli_eval_synthetic_data_reports_kl_and_ood(logged_model, tmp_path) -> None:
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     uri, _ = logged_model
     out = tmp_path / "m.json"
@@ -236,7 +236,7 @@ def test_cli_eval_synthetic_data_reports_kl_and_ood(logged_model, tmp_path) -> N
 
 
 def test_cli_eval_bad_data_path_is_one_error_line(logged_model, tmp_path) -> None:
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     uri, _ = logged_model
     missing = tmp_path / "no-such-dataset"
@@ -249,7 +249,7 @@ def test_cli_eval_bad_data_path_is_one_error_line(logged_model, tmp_path) -> Non
 
 
 def test_lenet_features_are_trained_once_and_cached(tmp_path) -> None:
-    from rfdist.features import get_extractor
+    from rfdist.eval.features import get_extractor
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (96,), generator=gen)
@@ -263,7 +263,7 @@ def test_lenet_features_are_trained_once_and_cached(tmp_path) -> None:
 
 
 def test_inception_features_never_download(tmp_path) -> None:
-    from rfdist.features import get_extractor
+    from rfdist.eval.features import get_extractor
 
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         get_extractor(f"inception:{tmp_path / 'missing.pth'}")

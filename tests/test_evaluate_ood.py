@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rfdist.evaluate import manifold_ood_score, offmanifold_variance
+from rfdist.eval.metrics import manifold_ood_score, offmanifold_variance
 
 
 def _pairwise_auroc(s_in: np.ndarray, s_out: np.ndarray) -> float:
@@ -33,7 +33,7 @@ def test_combined_score_by_hand() -> None:
 def test_eval_ood_scores_match_independent_computations() -> None:
     from rfdist import ModelSpec, build_model
     from rfdist.data.synthetic import VonMisesCircle
-    from rfdist.eval_run import EvalData, EvalOptions, evaluate_model
+    from rfdist.recipes.evaluate import EvalData, EvalOptions, evaluate_model
 
     torch.manual_seed(0)
     spec = ModelSpec(data_shape=(2,), latent_dim=1, flow_layers=2, flow_hidden=(8,), density_layers=1,
@@ -75,7 +75,7 @@ def test_combined_score_on_images_uses_the_model_space() -> None:
     # logit-space images: the combined score takes the model-space log-density (not the data-space
     # one, which adds the logit Jacobian) and σ² over the D − d = 16 − 3 normal directions
     from rfdist import ModelSpec, build_model
-    from rfdist.eval_run import EvalData, EvalOptions, evaluate_model
+    from rfdist.recipes.evaluate import EvalData, EvalOptions, evaluate_model
 
     torch.manual_seed(0)
     spec = ModelSpec(

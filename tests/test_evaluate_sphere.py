@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rfdist.data.synthetic import SphereVMFMixture
-from rfdist.evaluate import sphere_metrics
+from rfdist.eval.metrics import sphere_metrics
 
 
 def _vmf(mean, kappa: float = 6.0) -> SphereVMFMixture:
@@ -47,7 +47,7 @@ def test_half_the_mass_off_the_sphere_shows_in_mass_and_kl() -> None:
 
 def test_eval_on_the_sphere_reports_kl_mass_and_plots_the_density(tmp_path) -> None:
     from rfdist import ModelSpec, build_model
-    from rfdist.eval_run import EvalOptions, evaluate_model, load_eval_data
+    from rfdist.recipes.evaluate import EvalOptions, evaluate_model, load_eval_data
 
     torch.manual_seed(0)
     spec = ModelSpec(data_shape=(3,), latent_dim=2, flow_layers=2, flow_hidden=(8,), density_layers=1,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import jvp, vjp, vmap
 
-from rfdist.flows import (
+from rfdist.core.flows import (
     ActNorm,
     AffineCoupling,
     Chain,
@@ -16,7 +16,7 @@ from rfdist.flows import (
     SplineCoupling,
     vector_flow,
 )
-from rfdist.flows.image import squeeze, unsqueeze
+from rfdist.core.flows.image import squeeze, unsqueeze
 
 
 def _perturbed(layer: torch.nn.Module) -> torch.nn.Module:

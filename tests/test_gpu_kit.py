@@ -39,10 +39,10 @@ def test_math_and_engine_import_and_train_without_ray_or_mlflow() -> None:
             else:
                 raise SystemExit(f"{name} was importable: the blocker does not work")
         import torch
-        import rfdist.volume, rfdist.flows, rfdist.density, rfdist.model, rfdist.builders
-        import rfdist.engine, rfdist.checkpoint, rfdist.config, rfdist.data.reader, rfdist.runner
+        import rfdist.core.volume, rfdist.core.flows, rfdist.core.density, rfdist.core.model, rfdist.core.builders
+        import rfdist.core.engine, rfdist.runtime.checkpoint, rfdist.config, rfdist.data.reader, rfdist.recipes.local
         from rfdist import ModelSpec, build_model
-        from rfdist.engine import LossOptions, train_step
+        from rfdist.core.engine import LossOptions, train_step
         model = build_model(ModelSpec(data_shape=(4,), latent_dim=2, flow_hidden=(8,)))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         result = train_step(model, opt, torch.randn(16, 4), LossOptions(estimator="hutchinson"))

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
-from rfdist.runner import load_arrays, run_local
+from rfdist.recipes.local import load_arrays, run_local
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
 

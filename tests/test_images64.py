@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rfdist.builders import ModelSpec, build_model
-from rfdist.cli import app
+from rfdist.cli.main import app
+from rfdist.core.builders import ModelSpec, build_model
+from rfdist.core.engine import LossOptions, train_step
+from rfdist.core.volume import logdet_exact
 from rfdist.data.images64 import BANDS, FACTORS, _hsv_to_rgb, _photographs, render_shapes
-from rfdist.engine import LossOptions, train_step
-from rfdist.volume import logdet_exact
 
 
 def _pixels(column: pa.ChunkedArray) -> np.ndarray:
@@ -157,7 +157,7 @@ def _r2_lstsq(a: np.ndarray, fa: np.ndarray, b: np.ndarray, fb: np.ndarray) -> f
 
 
 def test_factor_r2_credits_a_nonlinear_invertible_code_and_not_noise() -> None:
-    from rfdist.evaluate import factor_r2
+    from rfdist.eval.metrics import factor_r2
 
     rng = np.random.default_rng(0)
     f = rng.uniform(-1, 1, size=(1500, 2))
@@ -172,8 +172,8 @@ def test_factor_r2_credits_a_nonlinear_invertible_code_and_not_noise() -> None:
 def test_evaluate_shapes64_reports_reconstruction_and_factor_r2(tmp_path: Path) -> None:
     """rfdist eval's metrics on shapes64: factor R² from the rows' own factors (aligned with the
     images), equal to an independent least-squares fit on the same encodings."""
-    from rfdist.eval_run import EvalOptions, evaluate_model, load_eval_data
-    from rfdist.evaluate import encode_rows
+    from rfdist.eval.metrics import encode_rows
+    from rfdist.recipes.evaluate import EvalOptions, evaluate_model, load_eval_data
 
     out, _ = _make(tmp_path, "shapes64", 120)
     data = load_eval_data(str(out))

@@ -11,13 +11,13 @@ import ray
 import torch
 from typer.testing import CliRunner
 
-from rfdist.builders import ModelSpec, build_model
-from rfdist.checkpoint import load_state
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
+from rfdist.core.builders import ModelSpec, build_model
 from rfdist.data.reader import load_split, open_dataset
-from rfdist.tracking import load_model
-from rfdist.train import run_training
+from rfdist.recipes.train import run_training
+from rfdist.runtime.checkpoint import load_state
+from rfdist.tracking.models import load_model
 
 pytestmark = pytest.mark.slow
 

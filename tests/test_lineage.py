@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_worker_run_console_and_lineage(tmp_path: Path) -> None:
     import mlflow
 
-    from rfdist.lineage import dataset_digest, git_commit
+    from rfdist.tracking.lineage import dataset_digest, git_commit
 
     data = make_data(str(tmp_path / "vm"), rows=2000)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -39,7 +39,7 @@ def test_two_worker_run_console_and_lineage(tmp_path: Path) -> None:
     assert console.count("[rfdist] step 100  val_nll") == 1, console
     for noise in (
         "Downloading artifacts", "Add type hints", "serialized using CloudPickle",
-        # Ray's own INFO/notice lines and warnings about Ray's internals (rfdist.console)
+        # Ray's own INFO/notice lines and warnings about Ray's internals (rfdist.runtime.console)
         "Reporting training result", "Checkpoint successfully created", "Progress bars disabled",
         "Estimated parquet", "execution finished", "DeprecationWarning",
         "NumPy array is not writable",  # torch.from_numpy on a read-only Arrow view
@@ -63,7 +63,7 @@ def test_two_worker_run_console_and_lineage(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     shown = CliRunner().invoke(app, ["models", "show", "lineage", "--tracking-uri", uri])
     assert shown.exit_code == 0, shown.output

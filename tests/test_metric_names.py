@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlflow
 
-from rfdist.metric_log import MetricLogger
+from rfdist.tracking.metric_log import MetricLogger
 
 
 def test_per_step_series_are_namespaced_and_keep_their_steps(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rfdist import ModelSpec, RectangularFlow, build_model
-from rfdist.engine import LossOptions, train_step
+from rfdist.core.engine import LossOptions, train_step
 
 from .conftest import available_devices
 from .helpers import brute_logdet

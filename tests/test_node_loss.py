@@ -14,9 +14,9 @@ import mlflow
 import pytest
 import ray
 
-from rfdist.checkpoint import load_state
-from rfdist.localray import loopback_only
-from rfdist.train import run_training
+from rfdist.recipes.train import run_training
+from rfdist.runtime.checkpoint import load_state
+from rfdist.runtime.cluster import loopback_only
 
 from .ray_training import make_data, small_config
 from .s3_server import BucketView, make_bucket, s3_server  # noqa: F401  (fixture)

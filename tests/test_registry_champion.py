@@ -11,10 +11,10 @@ from pathlib import Path
 import mlflow
 from typer.testing import CliRunner
 
-from rfdist.builders import build_model
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
-from rfdist.tracking import log_flow_model, register_with_aliases
+from rfdist.core.builders import build_model
+from rfdist.tracking.models import log_flow_model, register_with_aliases
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
 

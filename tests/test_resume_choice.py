@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from ray.train import Checkpoint
 
-from rfdist.checkpoint import TrainingState, save_state
-from rfdist.train import _state_to_resume, _unregistered_checkpoint
+from rfdist.recipes.train import _state_to_resume, _unregistered_checkpoint
+from rfdist.runtime.checkpoint import TrainingState, save_state
 
 CPU = torch.device("cpu")
 
@@ -54,7 +54,7 @@ def test_the_higher_step_wins_and_a_vanished_folder_is_ignored(tmp_path: Path) -
 
 def test_a_corrupt_newest_checkpoint_is_skipped_with_one_warning(tmp_path: Path) -> None:
     """A truncated newest state.pt (Ray's registered one): warn naming it, take the older one."""
-    from rfdist.train import _storage_checkpoints
+    from rfdist.recipes.train import _storage_checkpoints
 
     run = tmp_path / "runs" / "vm"
     _write(run / "checkpoint_2026-11-29_06-39-41.367635", 50)

@@ -21,7 +21,7 @@ def registered(tmp_path_factory):
     """A small flow (D=2, d=1) registered as NAME in a tmp sqlite store; a local dataset beside it."""
     import mlflow
 
-    from rfdist.tracking import log_flow_model
+    from rfdist.tracking.models import log_flow_model
 
     root = tmp_path_factory.mktemp("score")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -46,7 +46,7 @@ def registered(tmp_path_factory):
 
 def _check(table, model, x: np.ndarray) -> None:
     """One row per input row, in any order; scores equal the model's own, all finite."""
-    from rfdist.score import latent_matrix
+    from rfdist.recipes.score import latent_matrix
 
     assert table.num_rows == ROWS
     order = np.argsort(table.column("label").to_numpy())
@@ -62,7 +62,7 @@ def _check(table, model, x: np.ndarray) -> None:
 
 
 def test_score_rejects_bad_input_before_ray(registered, tmp_path) -> None:
-    from rfdist.cli import app
+    from rfdist.cli.main import app
 
     uri, _, root, _ = registered
     wide = tmp_path / "wide"
@@ -85,8 +85,8 @@ def test_score_rejects_bad_input_before_ray(registered, tmp_path) -> None:
 def test_score_local_and_s3_one_row_per_input(registered, s3_server, tmp_path) -> None:
     import ray
 
-    from rfdist.cli import app
-    from rfdist.score import SUCCESS, read_scores, score_dataset
+    from rfdist.cli.main import app
+    from rfdist.recipes.score import SUCCESS, read_scores, score_dataset
 
     uri, model, root, splits = registered
     out = tmp_path / "scores"
@@ -115,7 +115,7 @@ def test_score_local_and_s3_one_row_per_input(registered, s3_server, tmp_path) -
 def test_submit_score_job_runs_the_score_entry_point() -> None:
     from pathlib import Path
 
-    from rfdist.submit import build_job
+    from rfdist.recipes.submit import build_job
 
     root = Path(__file__).resolve().parents[1]
     spec = build_job("score", "models:/vm@champion", extra_args=["--data", "s3://b/vm", "--out", "s3://b/scores"],

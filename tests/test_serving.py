@@ -30,7 +30,7 @@ def registered(tmp_path_factory):
     """A small von Mises-shaped flow (D=2, d=1) registered as NAME@champion in a tmp sqlite store."""
     import mlflow
 
-    from rfdist.tracking import log_flow_model
+    from rfdist.tracking.models import log_flow_model
 
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -59,7 +59,7 @@ def _model_dir(uri: str, tmp_path: Path) -> Path:
 
 
 def test_model_dir_carries_code_and_no_foreign_requirement(registered, tmp_path) -> None:
-    from rfdist.tracking import verify_model_code
+    from rfdist.tracking.models import verify_model_code
 
     uri, _, _ = registered
     local = _model_dir(uri, tmp_path)
@@ -81,7 +81,7 @@ def test_load_model_runs_no_code_from_the_artifact_store(registered, tmp_path) -
     """Plant code in the stored model's code/ and pickle: rfdist's loader must execute neither."""
     import pickle
 
-    from rfdist.tracking import ModelIntegrityError, load_model
+    from rfdist.tracking.models import ModelIntegrityError, load_model
 
     uri, model, root = registered
     marker = tmp_path / "executed"
@@ -118,7 +118,7 @@ def test_load_model_runs_no_code_from_the_artifact_store(registered, tmp_path) -
 def test_pyfunc_wrong_width_is_a_clear_error(registered) -> None:
     import mlflow
 
-    from rfdist.mlflow_model import InputWidthError, rows_to_tensor
+    from rfdist.tracking.pyfunc import InputWidthError, rows_to_tensor
 
     uri, _, _ = registered
     mlflow.set_registry_uri(uri)

@@ -38,7 +38,7 @@ def test_profile_endpoint_and_option_errors(s3_server: str, tmp_path: Path, monk
 
 def test_checkpoint_storage_goes_through_the_same_layer(s3_server: str) -> None:
     """Ray Train's storage: ``bucket/prefix`` and this layer's filesystem (same endpoint, timeouts)."""
-    from rfdist.train import _storage
+    from rfdist.recipes.train import _storage
 
     make_bucket(s3_server, "ckpt")
     path, fs = _storage("s3://ckpt/runs/")

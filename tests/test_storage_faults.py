@@ -15,8 +15,8 @@ import mlflow
 import pytest
 import ray
 
-from rfdist.checkpoint import load_state
-from rfdist.train import TrainingError, run_training
+from rfdist.recipes.train import TrainingError, run_training
+from rfdist.runtime.checkpoint import load_state
 
 from .ray_training import make_data, small_config
 from .s3_server import BucketView, RestartableS3, make_bucket, restartable_s3  # noqa: F401  (fixture)

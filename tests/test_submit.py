@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rfdist.cli import app
-from rfdist.submit import (
+from rfdist.cli.main import app
+from rfdist.recipes.submit import (
     INLINE_CONFIG_ENV,
     Redactor,
     SubmitError,
@@ -181,7 +181,7 @@ def test_the_upload_leaves_data_runs_and_environments_home(tmp_path: Path) -> No
     package = tmp_path / "pkg.zip"
     create_package(str(ROOT), package, include_gitignore=True)
     names = zipfile.ZipFile(package).namelist()
-    assert "jobs/train.py" in names and "rfdist/submit.py" in names and "cluster/local_head.py" in names
+    assert "jobs/train.py" in names and "rfdist/recipes/submit.py" in names and "cluster/local_head.py" in names
     banned = (".venv/", "runs/", ".rfdist/", "mlruns/", "data/", ".git/")
     assert not [n for n in names if n.startswith(banned) or n.endswith((".db", ".parquet"))]
     assert package.stat().st_size < 5 * 1024**2
@@ -324,7 +324,7 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
     import mlflow
     import torch
 
-    from rfdist.tracking import load_model
+    from rfdist.tracking.models import load_model
 
     name = f"vm-job-{uuid.uuid4().hex[:6]}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"

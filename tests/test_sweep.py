@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rfdist.cli import app
-from rfdist.tracking import load_model
+from rfdist.cli.main import app
+from rfdist.tracking.models import load_model
 
 from .ray_training import PRESET, make_data
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rfdist.config import load_config
-from rfdist.sweep import search_space, trial_config
+from rfdist.recipes.sweep import search_space, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

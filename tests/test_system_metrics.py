@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from rfdist.system_metrics import start_monitor
+from rfdist.runtime.system_metrics import start_monitor
 
 
 def test_node_metrics_reach_the_run_only_from_local_rank_zero(tmp_path: Path) -> None:

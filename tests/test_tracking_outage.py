@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import ray
 
-from rfdist.train import run_training
+from rfdist.recipes.train import run_training
 
 from .ray_training import make_data, small_config
 from .s3_server import free_port

@@ -13,11 +13,11 @@ import pytest
 import ray
 import torch
 
-from rfdist.builders import ModelSpec, build_model
-from rfdist.checkpoint import load_state
+from rfdist.core.builders import ModelSpec, build_model
 from rfdist.data.reader import load_split, open_dataset
-from rfdist.tracking import load_model
-from rfdist.train import run_training
+from rfdist.recipes.train import run_training
+from rfdist.runtime.checkpoint import load_state
+from rfdist.tracking.models import load_model
 
 from .ray_training import make_data, small_config
 from .s3_server import free_port, make_bucket, s3_server  # noqa: F401
@@ -55,7 +55,7 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["scaling.num_workers"] == "2" and params["estimator.name"] == "exact"
-    for key in (  # per-step series in the UI's namespaces (rfdist.metric_names)
+    for key in (  # per-step series in the UI's namespaces (rfdist.tracking.metric_names)
         "train/loss",
         "train/log_pu",
         "train/logdet",

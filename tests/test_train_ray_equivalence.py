@@ -19,15 +19,15 @@ import ray
 import torch
 from typer.testing import CliRunner
 
-from rfdist.builders import ModelSpec, build_model
-from rfdist.checkpoint import load_state
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
+from rfdist.core.builders import ModelSpec, build_model
+from rfdist.core.engine import make_optimizer, train_step
 from rfdist.data.parquet import write_dataset
 from rfdist.data.reader import load_split, open_dataset
 from rfdist.data.synthetic import make_synthetic
-from rfdist.engine import make_optimizer, train_step
-from rfdist.train import _cosine, run_training
+from rfdist.recipes.train import _cosine, run_training
+from rfdist.runtime.checkpoint import load_state
 
 pytestmark = pytest.mark.slow
 

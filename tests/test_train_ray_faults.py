@@ -13,7 +13,7 @@ import mlflow
 import pytest
 import ray
 
-from rfdist.train import run_training
+from rfdist.recipes.train import run_training
 
 from .ray_training import PRESET, make_data, small_config
 
@@ -57,7 +57,7 @@ def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     args = [
         sys.executable,
         "-m",
-        "rfdist.cli",
+        "rfdist.cli.main",
         "train",
         str(PRESET),
         "--set",

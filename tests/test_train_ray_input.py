@@ -15,10 +15,10 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from rfdist.cli import app
+from rfdist.cli.main import app
 from rfdist.config import load_config
 from rfdist.data.parquet import write_dataset
-from rfdist.train import TrainingError, run_training
+from rfdist.recipes.train import TrainingError, run_training
 
 from .ray_training import PRESET, make_data
 
@@ -130,7 +130,7 @@ def test_non_finite_data_is_named_once_and_no_checkpoint_is_claimed(tmp_path: Pa
 
 def test_empty_train_or_val_shards_fail_instead_of_hanging(tmp_path: Path) -> None:
     """The worker-side guards, for shards the driver's row counts cannot see (datasets passed in)."""
-    from rfdist.train import _init_ray, prepare_data, ray_datasets
+    from rfdist.recipes.train import _init_ray, prepare_data, ray_datasets
 
     data = make_data(str(tmp_path / "vm"), rows=2000)
     _init_ray(load_config(PRESET, _overrides(tmp_path, data, "vm-empty")), None)  # rfdist's local Ray

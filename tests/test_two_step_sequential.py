@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from rfdist import ModelSpec, build_model
-from rfdist.engine import LossOptions, fit, make_optimizer, train_step
+from rfdist.core.engine import LossOptions, fit, make_optimizer, train_step
 
 TWO_STEP = LossOptions(mode="two_step", beta=5.0)
 

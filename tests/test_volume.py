@@ -1,4 +1,4 @@
-"""rfdist.volume against independent computations: brute-force Jacobians and dense solves."""
+"""rfdist.core.volume against independent computations: brute-force Jacobians and dense solves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rfdist import ModelSpec, build_model
-from rfdist.volume import VolumeStats, conjugate_gradient, logdet_exact, logdet_surrogate
+from rfdist.core.volume import VolumeStats, conjugate_gradient, logdet_exact, logdet_surrogate
 
 from .conftest import available_devices
 from .helpers import brute_logdet, flat, mlp_decoder, param_grads, rel_err

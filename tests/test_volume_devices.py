@@ -1,4 +1,4 @@
-"""rfdist.volume on every available device and in float32/float64, against float64 CPU brute force.
+"""rfdist.core.volume on every available device and in float32/float64, against float64 CPU brute force.
 
 Marked ``gpu``: the GPU kit (``bench/gpu_check.sh``) runs ``pytest -m gpu -k cuda``; on a machine
 without a GPU the same tests run on CPU only. TF32 is switched off here so float32 on CUDA is
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rfdist import ModelSpec, build_model
-from rfdist.volume import conjugate_gradient, logdet_exact, logdet_surrogate
+from rfdist.core.volume import conjugate_gradient, logdet_exact, logdet_surrogate
 
 from .conftest import available_devices
 from .helpers import brute_logdet, flat, mlp_decoder, param_grads, rel_err

@@ -7,7 +7,7 @@ import torch
 
 from rfdist import ModelSpec, build_model
 from rfdist.config import load_config
-from rfdist.volume import GramCache, VolumeStats, conjugate_gradient, gram_inverse
+from rfdist.core.volume import GramCache, VolumeStats, conjugate_gradient, gram_inverse
 
 from .helpers import brute_jacobians, flat, mlp_decoder, rel_err
 from .test_volume import _all_rademacher, _exact_grads, _surrogate_grads

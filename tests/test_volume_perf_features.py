@@ -1,4 +1,4 @@
-"""The fast paths of rfdist.volume (issue 8) against independent dense computations."""
+"""The fast paths of rfdist.core.volume (issue 8) against independent dense computations."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from rfdist import ModelSpec, build_model
 from rfdist.config import load_config
-from rfdist.costmodel import choose_estimator
-from rfdist.volume import (
+from rfdist.core.costmodel import choose_estimator
+from rfdist.core.volume import (
     ReverseLinearization,
     VolumeStats,
     conjugate_gradient,
@@ -245,7 +245,7 @@ def test_config_defaults_meet_the_matvec_and_accuracy_budget(monkeypatch: pytest
 
 
 def test_measured_choice_prefers_exact_unless_hutchinson_is_clearly_faster() -> None:
-    from rfdist.costmodel import choose_measured
+    from rfdist.core.costmodel import choose_measured
 
     assert choose_measured({"exact": 1.0, "hutchinson": 0.9}) == "exact"  # within the margin
     assert choose_measured({"exact": 3.0, "hutchinson": 1.0}) == "hutchinson"
@@ -254,9 +254,9 @@ def test_measured_choice_prefers_exact_unless_hutchinson_is_clearly_faster() -> 
 
 
 def test_measuring_the_estimators_leaves_the_model_untouched() -> None:
-    from rfdist.costmodel import choose_measured, measure_estimators
-    from rfdist.engine import LossOptions
-    from rfdist.train import _resolve_auto
+    from rfdist.core.costmodel import choose_measured, measure_estimators
+    from rfdist.core.engine import LossOptions
+    from rfdist.recipes.train import _resolve_auto
 
     model = _model_decoder(5)
     before = {k: v.clone() for k, v in model.state_dict().items()}

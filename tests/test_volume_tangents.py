@@ -1,4 +1,4 @@
-"""The hand-written-tangent paths of rfdist.volume (issue 16) against brute force and torch.func."""
+"""The hand-written-tangent paths of rfdist.core.volume (issue 16) against brute force and torch.func."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rfdist import ModelSpec, build_model
-from rfdist.volume import VolumeStats, gram_preconditioner, logdet_exact, logdet_surrogate
+from rfdist.core.volume import VolumeStats, gram_preconditioner, logdet_exact, logdet_surrogate
 
 from .helpers import brute_logdet, flat, param_grads, rel_err
 from .test_volume import _SyncCounter

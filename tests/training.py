@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from rfdist.config import load_config
-from rfdist.runner import run_local
+from rfdist.recipes.local import run_local
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "jobs" / "configs"

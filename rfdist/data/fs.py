@@ -27,8 +27,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ..s3retry import RetryingS3FileSystem
-from .errors import DataError
+from rfdist.data.errors import DataError
+from rfdist.data.s3retry import RetryingS3FileSystem
 
 __all__ = ["describe_s3_error", "join", "resolve", "storage_location"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from rfdist.data.errors import DataError
 
 __all__ = ["FACTORS", "INTRINSIC_DIM", "make_patches64", "make_shapes64", "render_shapes"]
 

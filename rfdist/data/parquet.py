@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import DataError, StorageUnreachable
-from .fs import describe_s3_error, is_unreachable, join, resolve
+from rfdist.data.errors import DataError, StorageUnreachable
+from rfdist.data.fs import describe_s3_error, is_unreachable, join, resolve
 
 __all__ = [
     "IN_PROGRESS",

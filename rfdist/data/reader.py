@@ -1,4 +1,6 @@
-"""Read an rfdist Parquet dataset: metadata, a Ray Dataset per split, or plain pyarrow batches.
+"""Read an rfdist Parquet dataset: metadata, plain pyarrow batches, or a split in memory.
+
+Ray Data datasets of a split are built by :mod:`rfdist.runtime.datasets`.
 
 Example:
     >>> import tempfile, numpy as np
@@ -23,19 +25,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from .errors import DataError
-from .parquet import SHAPE_KEY, list_layout
+from rfdist.data.errors import DataError
+from rfdist.data.parquet import SHAPE_KEY, list_layout
 
 __all__ = [
     "DatasetInfo",
     "arrow_to_numpy",
+    "feature_rows",
     "is_tensor_type",
     "iter_batches",
     "load_split",
-    "materialize_limit",
     "open_dataset",
-    "ray_dataset",
-    "stream_options",
+    "tensor_columns",
     "x_layout",
 ]
 
@@ -201,7 +202,7 @@ def arrow_to_numpy(
     return values if dtype is None else values.astype(dtype, copy=False)
 
 
-def _as_tensors(batch: pa.Table, shape: tuple[int, ...]) -> pa.Table:
+def tensor_columns(batch: pa.Table, shape: tuple[int, ...]) -> pa.Table:
     """Column ``x`` of fixed-size float lists → float32 ``arrow.fixed_shape_tensor`` (no copy).
 
     The tensor type's storage *is* a fixed-size list, so this only relabels the buffers; Ray
@@ -218,83 +219,12 @@ def _as_tensors(batch: pa.Table, shape: tuple[int, ...]) -> pa.Table:
     )
 
 
-def _to_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: bool) -> dict[str, np.ndarray]:
+def feature_rows(batch: pa.Table, features: list[str] | None, dim: int, has_label: bool) -> dict[str, np.ndarray]:
+    """One batch of a table of plain numeric columns as ``x`` rows (+ ``label``), for Ray Data."""
     out = {"x": arrow_to_numpy(batch, features, dim)}
     if has_label:
         out["label"] = np.asarray(batch.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
     return out
-
-
-def ray_dataset(info: DatasetInfo, split: str, *, file_shuffle_seed: int | None = None):
-    """A Ray Dataset of ``split``: column ``x`` as ``(N, *shape)`` tensors (+ ``label``).
-
-    ``file_shuffle_seed``: read the shards in a seeded random order that changes with every
-    execution (epoch) — Ray Data's ``FileShuffleConfig(seed, reseed_after_execution=True)``: the
-    per-epoch block order of a split streamed from Parquet.
-
-    uint8 tensor columns are read straight from Parquet (no per-batch conversion: Ray hands
-    ``iter_torch_batches`` ndarray views of the Arrow buffers; dequantisation happens on the
-    worker's device). Older fixed-size-list columns are relabelled as float32 tensors without a
-    copy; only a user's table of plain feature columns is assembled row-wise. Other columns
-    (factors, ids) are not read.
-    """
-    if split not in info.splits:
-        raise DataError(f"{info.uri}: no {split!r} split (found {sorted(info.splits)})")
-    files, columns = info.splits[split], info.columns()
-    if info.tensor:
-        return _read_parquet(files, info.filesystem, columns, file_shuffle_seed)
-    if info.features:
-        return _read_parquet(files, info.filesystem, columns, file_shuffle_seed).map_batches(
-            _to_rows,
-            batch_format="pyarrow",
-            batch_size=None,
-            fn_kwargs={"features": info.features, "dim": info.data_dim, "has_label": info.has_label},
-        )
-    return _read_parquet(files, info.filesystem, columns, file_shuffle_seed).map_batches(
-        _as_tensors, batch_format="pyarrow", batch_size=None, fn_kwargs={"shape": info.shape}
-    )
-
-
-def _read_parquet(
-    files: list[str],
-    filesystem: pafs.FileSystem,
-    columns: list[str],
-    file_shuffle_seed: int | None = None,
-):
-    """``ray.data.read_parquet`` of ``files``: one read task (and block) per file, through Ray
-    Data's file-fragment reader, with reads free to use every CPU the budget allows.
-
-    Two of Ray Data 2.60's defaults are switched off for this dataset only (the process's
-    ``DataContext`` is restored; the dataset keeps its own copy), each measured with
-    ``bench/data_stream.py`` on a 2-core machine (32 shards of 10,000 MNIST-sized uint8 rows):
-
-    * the DataSourceV2 reader (``use_datasource_v2``): a listing task that waits seconds
-      before the first read, then reads bucketed into two ~120 MB blocks, so nothing overlaps
-      (0.2x a raw pyarrow scan; V1 with a task per file: ~0.45x);
-    * per-operator resource reservation (``op_resource_reservation_enabled``): with a single
-      read operator it held the reads to one task at a time (a concurrency of ~0.9 on 2 CPUs);
-      without it both CPUs read (~0.7x). The object-store budget still bounds what is in
-      flight, so a dataset larger than the store streams in bounded memory
-      (tests/test_data_larger_than_store.py).
-
-    """
-    import ray.data
-    from ray.data import FileShuffleConfig
-
-    shuffle = None if file_shuffle_seed is None else FileShuffleConfig(seed=file_shuffle_seed)
-    context = ray.data.DataContext.get_current()
-    previous = (context.use_datasource_v2, context.op_resource_reservation_enabled)
-    context.use_datasource_v2, context.op_resource_reservation_enabled = False, False
-    try:
-        return ray.data.read_parquet(
-            files,
-            filesystem=filesystem,
-            columns=columns,
-            override_num_blocks=len(files),
-            shuffle=shuffle,
-        )
-    finally:
-        context.use_datasource_v2, context.op_resource_reservation_enabled = previous
 
 
 def iter_batches(info: DatasetInfo, split: str, batch_size: int = 1024) -> Iterator[torch.Tensor]:
@@ -338,21 +268,3 @@ def load_split(info: DatasetInfo, split: str, *, labels: bool = False):
     return x
 
 
-def stream_options(device: torch.device) -> dict[str, Any]:
-    """``iter_torch_batches`` options for a worker on ``device``: rows stay as stored (uint8).
-
-    On CUDA, batches are pinned and prefetched so the host→device copy overlaps the step.
-    """
-    if device.type == "cuda":
-        return {"prefetch_batches": 4, "pin_memory": True}
-    return {"prefetch_batches": 2}
-
-
-def materialize_limit(limit: int) -> float:
-    """Bytes a dataset may take to be held in Ray's object store: ``limit``, and at most half the
-    store, so a dataset larger than the store (or near it) streams instead of spilling to disk.
-    """
-    import ray
-
-    store = ray.cluster_resources().get("object_store_memory", float("inf"))
-    return min(limit, store / 2)

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
-from .images64 import make_patches64, make_shapes64
-from .synthetic import make_synthetic
+from rfdist.data.errors import DataError
+from rfdist.data.images64 import make_patches64, make_shapes64
+from rfdist.data.synthetic import make_synthetic
 
 __all__ = ["SOURCES", "Generated", "generate", "read_idx"]
 

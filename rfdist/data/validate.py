@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError, StorageUnreachable, arrow_reason
-from .parquet import SHAPE_KEY, list_layout
-from .reader import is_tensor_type, x_layout
+from rfdist.data.errors import DataError, StorageUnreachable, arrow_reason
+from rfdist.data.parquet import SHAPE_KEY, list_layout
+from rfdist.data.reader import is_tensor_type, x_layout
 
 __all__ = ["ValidationReport", "validate_dataset"]
 

@@ -1,0 +1,235 @@
+"""Batch scoring of a dataset with a logged flow on Ray Data (``rfdist score``).
+
+The model is rebuilt on the driver with the installed rfdist (:func:`rfdist.tracking.models.load_flow`:
+no code from the artifact store), its weights handed to a pool of scoring actors
+(``map_batches`` with a callable class; one GPU each when the cluster has GPUs), and every row
+of the chosen split becomes one output row: the input's ``id``/``label`` columns, ``log_prob``
+(data space), ``log_prob_model`` (the model's space, e.g. logit space for images),
+``reconstruction_error`` (``‖z − g(g†(z))‖²``) and ``latent`` (``d`` floats). Logit
+preprocessing is scored without dequantisation noise, so a re-run gives the same numbers.
+
+Output (local folder or ``s3://``) is Parquet plus ``_SUCCESS`` (a JSON summary listing the
+files), written last: locally the whole folder appears at once (written beside, then renamed);
+on S3 (no renames) a reader trusts only the files ``_SUCCESS`` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from rfdist.data.errors import DataError
+
+__all__ = ["SUCCESS", "ScoreResult", "Scorer", "score_dataset", "score_table"]
+
+SUCCESS = "_SUCCESS"
+PASSTHROUGH = ("id", "label")
+SCORE_COLUMNS = ("log_prob", "log_prob_model", "reconstruction_error", "latent")
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`score_dataset` wrote."""
+
+    out: str
+    rows: int
+    files: list[str]
+
+
+def score_table(
+    model, table: pa.Table, *, features: list[str] | None, dim: int, preprocess: dict | None, device: str
+) -> pa.Table:
+    """Score one Arrow batch: pass-through columns + log_prob, log_prob_model, reconstruction_error, latent."""
+    from rfdist.data.reader import arrow_to_numpy
+    from rfdist.tracking.pyfunc import score_rows
+
+    x = torch.from_numpy(arrow_to_numpy(table, features, dim)).to(device)
+    scores = score_rows(model, x, preprocess)
+    latent = scores["latent"].float().cpu().numpy()
+    columns = {name: table.column(name) for name in PASSTHROUGH if name in table.column_names}
+    columns["log_prob"] = pa.array(scores["log_prob"].cpu().numpy())
+    columns["log_prob_model"] = pa.array(scores["log_prob_model"].cpu().numpy())
+    columns["reconstruction_error"] = pa.array(scores["reconstruction_error"].cpu().numpy())
+    columns["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(latent.reshape(-1)), latent.shape[1])
+    return pa.table(columns)
+
+
+class Scorer:
+    """A Ray Data actor: builds the flow once, then scores Arrow batches on its device."""
+
+    def __init__(self, spec: dict, state: dict, preprocess: dict | None, features, dim: int) -> None:
+        from rfdist.core.builders import ModelSpec, build_model
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = build_model(ModelSpec.from_dict(spec))
+        model.load_state_dict(state)
+        self.model = model.to(self.device).eval()
+        self.preprocess, self.features, self.dim = preprocess, features, dim
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return score_table(
+            self.model, batch, features=self.features, dim=self.dim, preprocess=self.preprocess, device=self.device
+        )
+
+
+def _output(out: str) -> tuple[pafs.FileSystem, str, bool]:
+    """``(filesystem, root, is_s3)``; refuses a non-empty folder that is not a previous score output."""
+    from rfdist.data.fs import join, resolve
+
+    fs, root = resolve(out)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise DataError(f"--out {out}: is a file, expected a folder")
+    if info.type == pafs.FileType.Directory:
+        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if entries and fs.get_file_info(join(root, SUCCESS)).type != pafs.FileType.File:
+            raise DataError(f"--out {out}: exists and is not an `rfdist score` output (no {SUCCESS}); choose a new folder")
+    return fs, root, out.startswith("s3://")
+
+
+def _publish(fs: pafs.FileSystem, folder: str, summary: dict[str, Any]) -> None:
+    """Write ``_SUCCESS`` atomically (tmp + move locally, one PUT on S3)."""
+    from rfdist.data.fs import join
+
+    data = json.dumps(summary, indent=1).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = join(folder, f"{SUCCESS}.tmp-{uuid.uuid4().hex}")
+        with fs.open_output_stream(tmp) as handle:
+            handle.write(data)
+        fs.move(tmp, join(folder, SUCCESS))
+    else:
+        with fs.open_output_stream(join(folder, SUCCESS)) as handle:
+            handle.write(data)
+
+
+def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    entries = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    return sorted((e for e in entries if e.base_name.endswith(".parquet")), key=lambda e: e.path)
+
+
+def score_dataset(
+    model_uri: str,
+    data: str,
+    out: str,
+    *,
+    split: str = "test",
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    batch_size: int = 1024,
+    actors: int | None = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Score ``split`` of ``data`` with ``model_uri`` and write Parquet to ``out`` (see module doc).
+
+    Everything that can be checked (model, dataset, split, row width, output folder) is checked
+    before Ray starts; bad input raises ``DataError`` with one line naming the option.
+    """
+    from rfdist.data.fs import join
+    from rfdist.data.reader import open_dataset
+    from rfdist.tracking.models import load_flow, resolve_tracking_uri
+
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1 (got {batch_size})")
+    loaded = load_flow(model_uri, tracking_uri=resolve_tracking_uri(tracking_uri))
+    model = loaded.model
+    try:
+        info = open_dataset(data)
+    except DataError as exc:
+        raise DataError(f"--data: {exc}") from None
+    if split not in info.splits:
+        raise DataError(f"--split {split}: {data} has no such split (found {', '.join(sorted(info.splits))})")
+    if info.data_dim != model.data_dim:
+        raise DataError(f"--data {data}: rows have {info.data_dim} values, the model expects {model.data_dim}")
+    preprocess = loaded.preprocess
+    if preprocess is None:  # models logged before preprocess.json: the evaluation default
+        preprocess = {"kind": "logit" if len(model.data_shape) == 3 else "none", "stats": info.stats}
+    fs, root, is_s3 = _output(out)
+
+    import ray
+    import ray.data
+
+    from rfdist.recipes.train import connect_or_start_ray
+
+    connect_or_start_ray(address, 4)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    pool = actors or (gpus or max(1, math.floor(ray.cluster_resources().get("CPU", 1) / 2)))
+    schema = pq.read_schema(info.splits[split][0], filesystem=info.filesystem)
+    columns = [*info.columns(), *(["id"] if "id" in schema.names and "id" not in info.columns() else [])]
+    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(columns)
+    scored = ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "spec": loaded.spec.to_dict(),
+            "state": {k: v.cpu() for k, v in model.state_dict().items()},
+            "preprocess": preprocess,
+            "features": info.features,
+            "dim": info.data_dim,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=(1, pool),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1,
+    )
+    target = root if is_s3 else f"{root}.tmp-{uuid.uuid4().hex[:12]}"
+    if is_s3 and fs.get_file_info(join(root, SUCCESS)).type == pafs.FileType.File:
+        fs.delete_file(join(root, SUCCESS))  # the previous output is no longer complete
+        fs.delete_dir_contents(root, missing_dir_ok=True)
+    try:
+        scored.write_parquet(target, filesystem=fs)
+        files = _parquet_files(fs, target)
+        rows = sum(pq.read_metadata(e.path, filesystem=fs).num_rows for e in files)
+        summary = {
+            "model_uri": model_uri,
+            "data": data,
+            "split": split,
+            "rows": rows,
+            "files": [e.path[len(target) + 1 :] for e in files],
+            "columns": [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS],
+        }
+        fs.create_dir(target, recursive=True)
+        _publish(fs, target, summary)
+        if not is_s3:  # the whole folder appears at once
+            old = None
+            if fs.get_file_info(root).type == pafs.FileType.Directory:
+                old = f"{root}.old-{uuid.uuid4().hex[:12]}"
+                fs.move(root, old)
+            fs.move(target, root)
+            if old:
+                fs.delete_dir(old)
+    except BaseException:
+        if not is_s3 and fs.get_file_info(target).type == pafs.FileType.Directory:
+            fs.delete_dir(target)
+        raise
+    expected = info.rows.get(split)
+    if expected is not None and rows != expected:
+        raise RuntimeError(f"scored {rows} rows of {expected} in split {split!r}")
+    return ScoreResult(out=out, rows=rows, files=summary["files"])
+
+
+def read_scores(out: str) -> pa.Table:
+    """The table an ``rfdist score`` run wrote (only the files its ``_SUCCESS`` lists)."""
+    from rfdist.data.fs import join, resolve
+
+    fs, root = resolve(out)
+    with fs.open_input_stream(join(root, SUCCESS)) as handle:
+        summary = json.loads(handle.read())
+    tables = [pq.read_table(join(root, name), filesystem=fs) for name in summary["files"]]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def latent_matrix(table: pa.Table) -> np.ndarray:
+    """The ``latent`` column as an ``(N, d)`` float32 array."""
+    column = table.column("latent").combine_chunks()
+    return np.asarray(column.flatten().to_numpy(), dtype=np.float32).reshape(len(column), -1)

@@ -1,0 +1,502 @@
+"""MLflow: where runs are tracked, how a RectangularFlow is logged, registered and loaded back.
+
+A flow is logged as an MLflow *pyfunc* (:mod:`rfdist.tracking.pyfunc`) with its weights
+(``state.pt``, read with ``torch.load(weights_only=True)``), its ``ModelSpec`` (JSON), its
+preprocessing, a signature and input example, and rfdist's sources in ``code/`` so that
+``mlflow models serve`` works in a fresh environment; the requirements never name ``rfdist``
+(that name on the public index is another project; ours is :data:`DIST_NAME`).
+:func:`load_model` rebuilds the flow with the *installed* rfdist and executes nothing from the
+artifact store, after checking the weights' sha256 against the one recorded at logging time.
+
+Example:
+    >>> resolve_tracking_uri("sqlite:///relative.db").startswith("sqlite:////")
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import torch
+
+from rfdist.core.builders import ModelSpec
+from rfdist.core.model import RectangularFlow
+
+__all__ = [
+    "DEFAULT_DB",
+    "ModelRecord",
+    "get_model_record",
+    "list_models",
+    "load_flow",
+    "load_model",
+    "log_flow_model",
+    "promote",
+    "redact_uri",
+    "register_with_aliases",
+    "resolve_tracking_uri",
+    "verify_model_code",
+]
+
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(configured: str | None = None, *, workdir: str | Path | None = None) -> str:
+    """``configured``, else ``MLFLOW_TRACKING_URI``, else an absolute sqlite file in ``workdir``.
+
+    Relative sqlite URIs are made absolute: Ray changes workers' working directories, so a
+    relative database path would silently split one run's records across several files.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    base = Path(workdir or os.getcwd()).resolve()
+    if not uri:
+        return f"sqlite:///{base / DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///') :]).resolve()}"
+    if "://" not in uri:  # a bare path: treat as a sqlite file
+        return f"sqlite:///{(base / uri).resolve()}"
+    return uri
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed, for printing and logging."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+DIST_NAME = "rfdist-flows"
+"""The distribution name on the package index (``rfdist`` there is somebody else's project)."""
+
+CODE_DIGEST_KEY = "rfdist_code_sha256"
+STATE_DIGEST_KEY = "rfdist_state_sha256"
+SPEC_DIGEST_KEY = "rfdist_spec_sha256"
+
+
+def dist_version() -> str:
+    """This project's installed version (``rfdist.__version__`` from a plain checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DIST_NAME)
+    except PackageNotFoundError:
+        from rfdist import __version__
+
+        return __version__
+
+
+def _requirements() -> list[str]:
+    """What the pyfunc needs from the index: rfdist itself travels in the model's ``code/``.
+
+    Never a line naming rfdist: the index's ``rfdist`` is an unrelated project.
+    """
+    import numpy
+    import zuko
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"zuko=={zuko.__version__}",
+        f"numpy=={numpy.__version__}",
+        f"mlflow=={_mlflow().__version__}",
+    ]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of one file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digest(root: str | Path) -> str:
+    """sha256 over every file under ``root`` (relative path + content), bytecode caches skipped."""
+    import hashlib
+
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + file_digest(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _stage_code(folder: Path) -> Path:
+    """A copy of the installed rfdist package's sources under ``folder/rfdist`` (what serving runs)."""
+    import shutil
+
+    package = Path(__file__).resolve().parents[1]  # the rfdist package, not this layer
+    target = folder / "rfdist"
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+@contextlib.contextmanager
+def quiet_mlflow():
+    """No MLflow download bars, pyfunc type-hint advice or pickle caveat on the console.
+
+    The pickle caveat is answered by design: the pickle only names
+    :class:`rfdist.tracking.pyfunc.RectangularFlowPyfunc`, and rfdist's own loader never unpickles.
+    """
+    import logging
+    import warnings
+
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    loggers = [logging.getLogger(name) for name in ("mlflow.pyfunc", "mlflow.models.model")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def _example_rows(model: RectangularFlow, preprocess: dict | None, rows: int = 4):
+    """Data-space rows for the input example: model samples when no training rows are given."""
+    import numpy as np
+
+    from rfdist.tracking.pyfunc import to_data_space
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        samples = model.sample(rows).reshape(rows, -1).float()
+    return np.asarray(to_data_space(samples, preprocess).numpy(), dtype=np.float32)
+
+
+def log_flow_model(
+    model: RectangularFlow,
+    spec: ModelSpec,
+    *,
+    name: str | None = None,
+    registered_model_name: str | None = None,
+    input_example: Any = None,
+    preprocess: dict | None = None,
+):
+    """Log ``model`` to the active MLflow run as a pyfunc (optionally registering it).
+
+    The model directory holds ``state.pt`` (weights only), ``spec.json``, ``preprocess.json``,
+    rfdist's sources in ``code/rfdist`` (for ``mlflow models serve`` in a fresh environment;
+    their sha256 is in MLmodel's metadata and on the registered version), a signature (rows of
+    ``D`` floats, params ``output``/``space``/``count``/``seed``) and an input example
+    (``input_example`` rows, else model samples). ``name`` defaults to the registry name.
+    Refuses a model with non-finite parameters: a NaN model must never reach the registry.
+    """
+    import numpy as np
+
+    with quiet_mlflow():
+        from rfdist.tracking.pyfunc import DEFAULT_PARAMS, RectangularFlowPyfunc, score_rows
+
+    mlflow = _mlflow()
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"refusing to log a model with non-finite parameter {key!r}")
+    model = model.eval()
+    data_dim = int(np.prod(model.data_shape))
+    if input_example is None:
+        example = _example_rows(model, preprocess)
+    else:
+        example = np.asarray(input_example, dtype=np.float32).reshape(-1, data_dim)[:4]
+    output = score_rows(model, torch.from_numpy(example), preprocess)["log_prob"].numpy()
+    signature = mlflow.models.infer_signature(example, output, params=DEFAULT_PARAMS)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        state_path, spec_path = folder / "state.pt", folder / "spec.json"
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, state_path)
+        spec_path.write_text(json.dumps(spec.to_dict()))
+        artifacts = {"state": str(state_path), "spec": str(spec_path)}
+        if preprocess:
+            (folder / "preprocess.json").write_text(json.dumps(preprocess))
+            artifacts["preprocess"] = str(folder / "preprocess.json")
+        code = _stage_code(folder / "code")
+        metadata = {
+            CODE_DIGEST_KEY: tree_digest(code),
+            STATE_DIGEST_KEY: file_digest(state_path),
+            SPEC_DIGEST_KEY: file_digest(spec_path),
+            "rfdist_dist": f"{DIST_NAME}=={dist_version()}",
+        }
+        with quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name=name or registered_model_name or "model",
+                python_model=RectangularFlowPyfunc(),
+                artifacts=artifacts,
+                code_paths=[str(code)],
+                pip_requirements=_requirements(),
+                signature=signature,
+                input_example=example,
+                metadata=metadata,
+                registered_model_name=registered_model_name,
+            )
+    if registered_model_name and info.registered_model_version is not None:
+        client = mlflow.MlflowClient()
+        for key, value in metadata.items():  # the registry's copy: the artifact store can't change it
+            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
+    return info
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model's files do not match the digests recorded when it was logged."""
+
+
+@dataclass
+class LoadedFlow:
+    """What :func:`load_flow` returns: the flow, its preprocessing and its MLmodel metadata."""
+
+    model: RectangularFlow
+    spec: ModelSpec
+    preprocess: dict | None
+    metadata: dict[str, Any]
+
+
+def _version_tags(uri: str) -> dict[str, str]:
+    """The registered version's tags for a ``models:/`` URI ({} otherwise or when not found)."""
+    if not uri.startswith("models:/"):
+        return {}
+    ref = uri[len("models:/") :]
+    client = _mlflow().MlflowClient()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = ref.rsplit("/", 1)
+            if number == "latest":
+                versions = client.search_model_versions(f"name='{_quote(name)}'")
+                version = max(versions, key=lambda v: int(v.version))
+            else:
+                version = client.get_model_version(name, number)
+    except Exception:
+        return {}
+    return dict(version.tags or {})
+
+
+def _quote(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def load_flow(uri: str, *, tracking_uri: str | None = None) -> LoadedFlow:
+    """Rebuild a logged flow with the INSTALLED rfdist — nothing from the artifact store is executed.
+
+    Reads ``MLmodel`` (YAML), ``spec.json`` (JSON), ``state.pt`` (``torch.load(weights_only=True)``)
+    and ``preprocess.json``, after checking the weights and spec against the sha256 recorded at
+    logging time (on the registered version when ``uri`` is ``models:/…``, else in MLmodel).
+    """
+    import yaml
+
+    mlflow = _mlflow()
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    uri = _resolve_latest(uri)
+    with quiet_mlflow(), tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        metadata = dict(mlmodel.get("metadata") or {})
+        artifacts = mlmodel["flavors"]["python_function"].get("artifacts") or {}
+        paths = {key: local / entry["path"] for key, entry in artifacts.items()}
+        expected = {**metadata, **_version_tags(uri)}
+        for key, digest_key in (("state", STATE_DIGEST_KEY), ("spec", SPEC_DIGEST_KEY)):
+            want = expected.get(digest_key)
+            if want and file_digest(paths[key]) != want:
+                raise ModelIntegrityError(
+                    f"{uri}: {paths[key].name} does not match the sha256 recorded when it was logged"
+                )
+        spec = ModelSpec.from_dict(json.loads(paths["spec"].read_text()))
+        state = torch.load(paths["state"], map_location="cpu", weights_only=True)
+        preprocess = json.loads(paths["preprocess"].read_text()) if "preprocess" in paths else None
+    from rfdist.core.builders import build_model
+
+    model = build_model(spec)
+    model.load_state_dict(state)
+    return LoadedFlow(model=model.eval(), spec=spec, preprocess=preprocess, metadata=metadata)
+
+
+def load_model(uri: str, *, tracking_uri: str | None = None) -> RectangularFlow:
+    """Load a logged flow (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/…``).
+
+    Returns a :class:`RectangularFlow` in eval mode whose ``log_prob`` and ``sample`` work,
+    built by the installed rfdist (see :func:`load_flow`).
+    """
+    return load_flow(uri, tracking_uri=tracking_uri).model
+
+
+def verify_model_code(local_dir: str | Path) -> bool:
+    """Whether a downloaded model directory's ``code/rfdist`` matches the digest in its MLmodel."""
+    import yaml
+
+    local_dir = Path(local_dir)
+    metadata = yaml.safe_load((local_dir / "MLmodel").read_text()).get("metadata") or {}
+    want = metadata.get(CODE_DIGEST_KEY)
+    return bool(want) and tree_digest(local_dir / "code" / "rfdist") == want
+
+
+def _resolve_latest(uri: str) -> str:
+    """``models:/NAME@latest`` → ``models:/NAME/latest`` (MLflow reserves the alias name)."""
+    if uri.startswith("models:/") and uri.lower().endswith("@latest"):
+        return uri[: -len("@latest")] + "/latest"
+    return uri
+
+
+@dataclass
+class ModelRecord:
+    """One registered model version, as ``rfdist models show`` prints it."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    source: str
+    metrics: dict[str, float]
+    created: int
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _quoted(value: str) -> str:
+    from rfdist.tracking.runs import filter_value
+
+    return filter_value(value)
+
+
+def _client(tracking_uri: str | None):
+    mlflow = _mlflow()
+    uri = resolve_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def register_with_aliases(
+    name: str,
+    version: str,
+    *,
+    metric: str = "val_nll",
+    value: float | None,
+    lower_is_better: bool = True,
+    tracking_uri: str | None = None,
+) -> list[str]:
+    """Set ``champion`` on ``version`` when it beats the current champion on ``metric``.
+
+    ``latest`` needs no alias: MLflow reserves that name, and rfdist resolves
+    ``models:/NAME@latest`` to the newest version (which ``version`` is, just registered).
+    Returns the aliases that now point at ``version`` (``latest`` is none of them: it is not an
+    alias). A non-finite ``value`` never wins.
+    """
+    client = _client(tracking_uri)
+    aliases: list[str] = []
+    if value is None or not math.isfinite(value):
+        return aliases
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except Exception:  # no champion yet
+        current = None
+    best = None
+    if current is not None and current.run_id:
+        best = client.get_run(current.run_id).data.metrics.get(metric)
+    better = best is None or (value < best if lower_is_better else value > best)
+    if better:
+        client.set_registered_model_alias(name, "champion", version)
+        aliases.append("champion")
+    return aliases
+
+
+def _record(client, version) -> ModelRecord:
+    metrics = {}
+    if version.run_id:
+        try:
+            metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items()
+                       if not k.startswith("system/")}  # fmt: skip  (the node's CPU/RAM: not the model's)
+        except Exception:
+            metrics = {}
+    try:  # the registered model's alias map is authoritative (versions may come without aliases)
+        alias_map = dict(getattr(client.get_registered_model(version.name), "aliases", None) or {})
+    except Exception:
+        alias_map = {}
+    aliases = sorted({*(getattr(version, "aliases", []) or []),
+                      *(a for a, v in alias_map.items() if str(v) == str(version.version))})  # fmt: skip
+    return ModelRecord(
+        name=version.name,
+        version=str(version.version),
+        aliases=aliases,
+        run_id=version.run_id,
+        source=version.source,
+        metrics=metrics,
+        created=int(version.creation_timestamp or 0),
+        description=version.description or "",
+        tags=dict(version.tags or {}),
+    )
+
+
+def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Registered models with their latest version and aliases."""
+    client = _client(tracking_uri)
+    out = []
+    for model in client.search_registered_models():
+        versions = client.search_model_versions(f"name={_quoted(model.name)}")
+        aliases = {}
+        for alias, version in (getattr(model, "aliases", None) or {}).items():
+            aliases[alias] = str(version)
+        out.append(
+            {
+                "name": model.name,
+                "versions": len(versions),
+                "latest_version": max((int(v.version) for v in versions), default=0),
+                "aliases": aliases,
+            }
+        )
+    return out
+
+
+def get_model_record(ref: str, *, tracking_uri: str | None = None) -> ModelRecord:
+    """``NAME``, ``NAME@ALIAS`` or ``NAME/VERSION`` (a ``models:/`` prefix is accepted)."""
+    client = _client(tracking_uri)
+    ref = ref.removeprefix("models:/")
+    if ref.lower().endswith("@latest"):
+        ref = ref[: -len("@latest")]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif "/" in ref:
+        name, number = ref.split("/", 1)
+        version = client.get_model_version(name, number)
+    else:
+        versions = client.search_model_versions(f"name={_quoted(ref)}")
+        if not versions:
+            raise LookupError(f"no registered model named {ref!r}")
+        version = max(versions, key=lambda v: int(v.version))
+    return _record(client, version)
+
+
+def promote(name: str, version: str, alias: str, *, tracking_uri: str | None = None) -> None:
+    """Point ``alias`` of model ``name`` at ``version``."""
+    client = _client(tracking_uri)
+    client.get_model_version(name, version)  # raises a clear MLflow error when missing
+    client.set_registered_model_alias(name, alias, version)
