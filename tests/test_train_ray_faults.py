@@ -57,7 +57,7 @@ def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     args = [
         sys.executable,
         "-m",
-        "rfdist.cli.main",
+        "rfdist.cli",
         "train",
         str(PRESET),
         "--set",
