@@ -17,12 +17,12 @@ from rfdist.runtime import ray_internals
 YAML = Path(ray_internals.__file__).with_name("ray_data_logging.yaml")
 
 
-def _load(dotted: str):
+def _load(dotted: str, user: str = "rfdist.runtime.ray_internals"):
     module, _, name = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        pytest.fail(f"Ray internal {dotted} is gone ({exc}): update rfdist.runtime.ray_internals")
+        pytest.fail(f"Ray internal {dotted} is gone ({exc}): update {user}")
 
 
 def test_auth_setup_logger_is_the_one_that_warns_about_opting_out() -> None:
@@ -89,10 +89,10 @@ def test_ray_data_logging_yaml_names_importable_classes() -> None:
     """Each class path in ray_data_logging.yaml imports and is built as the YAML builds it."""
     config = yaml.safe_load(YAML.read_text())
     for name, spec in config["filters"].items():
-        factory = _load(spec["()"])
+        factory = _load(spec["()"], YAML.name)
         assert callable(factory().filter), f"filter {name}: {spec['()']} has no filter()"
     for name, spec in config["handlers"].items():
-        cls = _load(spec["class"])
+        cls = _load(spec["class"], YAML.name)
         assert issubclass(cls, logging.Handler), f"handler {name}: {spec['class']} is not a Handler"
         kwargs = {k: v for k, v in spec.items() if k not in {"class", "level", "formatter", "filters"}}
         cls(**kwargs).close()  # Ray passes the remaining keys to the constructor
@@ -130,3 +130,17 @@ def test_refresh_ray_config_makes_ray_see_a_new_auth_mode(monkeypatch) -> None:
         monkeypatch.undo()
         assert os.environ.get("RAY_AUTH_MODE") == initial
         ray_internals.refresh_ray_config()  # back to this process's own settings
+
+
+def test_ray_data_logging_yaml_follows_rays_own_default() -> None:
+    """rfdist's YAML is Ray Data's default config with a quieter console: same classes, same file."""
+    default = _load("ray.data._internal.logging.DEFAULT_CONFIG", YAML.name)
+    ours = yaml.safe_load(YAML.read_text())
+    assert ours["filters"]["console_filter"] == default["filters"]["console_filter"]
+    for name in ("file", "console"):
+        assert ours["handlers"][name]["class"] == default["handlers"][name]["class"], (
+            f"Ray's {name} handler changed"
+        )
+    assert ours["handlers"]["file"]["filename"] == default["handlers"]["file"]["filename"]
+    assert ours["formatters"]["ray"] == default["formatters"]["ray"]
+    assert set(ours["loggers"]) == set(default["loggers"]) == {"ray.data"}
