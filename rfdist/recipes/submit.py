@@ -358,10 +358,10 @@ def _enable_token_mode() -> None:
     """``RAY_AUTH_MODE=token`` when unset and a token source exists (Ray's own head rule)."""
     if "RAY_AUTH_MODE" not in os.environ and _token_available(os.environ):
         os.environ["RAY_AUTH_MODE"] = "token"
-    with contextlib.suppress(Exception):  # RayConfig caches the mode: refresh it
-        from ray._raylet import Config
+    from rfdist.runtime.ray_internals import refresh_ray_config
 
-        Config.initialize("")
+    with contextlib.suppress(Exception):  # RayConfig caches the mode: refresh it
+        refresh_ray_config()
 
 
 def _auth_message(address: str, exc: Exception) -> str:

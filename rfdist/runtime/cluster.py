@@ -10,13 +10,13 @@ import logging
 import os
 import secrets
 import stat
-import sys
 from pathlib import Path
+
+from rfdist.runtime.ray_internals import auth_setup_logger, keep_loaded_ray_single_machine
 
 __all__ = ["loopback_only", "private_token"]
 
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # a logger name only
 
 
 def loopback_only() -> None:
@@ -28,17 +28,14 @@ def loopback_only() -> None:
     127.0.0.1. A local Ray uses it unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` is set (to let
     other machines join it).
 
-    No public API: Ray reads the variable once, at import, into
-    ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``. The variable goes into ``os.environ`` (for
-    Ray's child processes and a later import); when Ray is already imported the constant is set
-    too — the only Ray internal rfdist touches, and only here.
+    The variable goes into ``os.environ`` (for Ray's child processes and a later import); a Ray
+    already imported has read it, so it is told too
+    (:func:`~rfdist.runtime.ray_internals.keep_loaded_ray_single_machine`).
     """
     if os.environ.get(CLUSTER_ENV, "").lower() in ("1", "true"):
         return
     os.environ[CLUSTER_ENV] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node IP
+    keep_loaded_ray_single_machine()
 
 
 def _tighten(path: Path) -> None:
@@ -72,7 +69,7 @@ def private_token() -> None:
     in this process (its config is cached). A ``RAY_AUTH_MODE`` or ``RAY_AUTH_TOKEN`` the user
     set is respected as is (no file is written then).
     """
-    logging.getLogger(RAY_AUTH_LOGGER).addFilter(_QUIET)  # idempotent
+    auth_setup_logger().addFilter(_QUIET)  # idempotent
     if "RAY_AUTH_MODE" in os.environ or os.environ.get("RAY_AUTH_TOKEN"):
         return
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")

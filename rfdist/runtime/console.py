@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from rfdist.runtime.ray_internals import apply_ray_data_logging, train_report_logger
+
 __all__ = ["RayDataConsoleFilter", "quiet_ray_data", "quiet_train_reports", "start_hints", "worker_print"]
 
 RAY_DATA_LOGGING = os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml")
@@ -41,9 +43,7 @@ def quiet_ray_data() -> None:
         return
     os.environ["RAY_DATA_LOGGING_CONFIG"] = RAY_DATA_LOGGING  # inherited by the local Ray's workers
     if "ray.data" in sys.modules:  # already configured at import: apply now
-        from ray.data._internal.logging import configure_logging
-
-        configure_logging()
+        apply_ray_data_logging()
 
 
 def worker_print(*objects: Any, **kwargs: Any) -> None:
@@ -62,11 +62,9 @@ def quiet_train_reports() -> None:
     val NLL itself)."""
     import logging
 
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: keep Ray's lines rather than fail
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logger = train_report_logger()
+    if logger is not None:  # None: another Ray layout, Ray's lines are kept rather than fail
+        logger.setLevel(logging.WARNING)
 
 
 def start_hints(tracking_uri: str, dashboard_url: str | None = None) -> list[str]:

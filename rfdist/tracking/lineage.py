@@ -26,6 +26,11 @@ __all__ = ["DEFAULT_EXPERIMENT", "dataset_digest", "describe_run", "describe_ver
 DEFAULT_EXPERIMENT = "rfdist"
 RUN_DESCRIPTION = "rfdist training run `{name}`: a rectangular flow (d={d}, D={D}) trained on {data}."
 EXPERIMENT_DESCRIPTION = "Rectangular normalizing flows trained with rfdist (Ray Train + MLflow)."
+# MLflow's system tag keys, as its tracking docs ("System Tags") and mlflow.log_input document them
+USER_TAG = "mlflow.user"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+RUN_NOTE_TAG = "mlflow.note.content"
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 
 def experiment_name(configured: str) -> str:
@@ -41,7 +46,11 @@ def git_commit(folder: str | Path | None = None) -> str | None:
     folder = Path(folder or Path(__file__).resolve().parent)
     try:
         out = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -51,14 +60,13 @@ def git_commit(folder: str | Path | None = None) -> str | None:
 
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Tags for a new run: MLflow's run context, rfdist's git commit, the Ray job id; then ``extra``."""
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_USER
+    from rfdist.tracking.mlflow_internals import context_tags
 
-    tags = dict(resolve_tags({}))
-    tags.setdefault(MLFLOW_USER, getpass.getuser())
+    tags = context_tags()
+    tags.setdefault(USER_TAG, getpass.getuser())
     commit = git_commit()
     if commit:
-        tags[MLFLOW_GIT_COMMIT] = commit
+        tags[GIT_COMMIT_TAG] = commit
         tags["rfdist.git_commit"] = commit
     job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RFDIST_RAY_JOB_ID")
     if job:
@@ -80,7 +88,9 @@ def dataset_digest(uri: str) -> str:
         import pyarrow.fs as pafs
 
         entries = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        content = "\n".join(f"{e.path}:{e.size}:{e.mtime_ns}" for e in sorted(entries, key=lambda e: e.path)).encode()
+        content = "\n".join(
+            f"{e.path}:{e.size}:{e.mtime_ns}" for e in sorted(entries, key=lambda e: e.path)
+        ).encode()
     return hashlib.sha256(content).hexdigest()[:16]
 
 
@@ -91,8 +101,7 @@ def log_dataset(
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     digest = dataset_digest(uri)
     try:
@@ -105,8 +114,8 @@ def log_dataset(
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
         source = HTTPDatasetSource(uri)
-    tags = {MLFLOW_DATASET_CONTEXT: context, **{f"rows.{s}": str(n) for s, n in (rows or {}).items()}}
-    dataset = MetaDataset(source=source, name=name, digest=digest)._to_mlflow_entity()
+    tags = {DATASET_CONTEXT_TAG: context, **{f"rows.{s}": str(n) for s, n in (rows or {}).items()}}
+    dataset = Dataset(**MetaDataset(source=source, name=name, digest=digest).to_dict())
     entry = DatasetInput(dataset=dataset, tags=[InputTag(key=k, value=v) for k, v in tags.items()])
     mlflow.MlflowClient().log_inputs(run_id, datasets=[entry])
     return digest
@@ -136,13 +145,12 @@ def describe_version(
 def describe_run(run_id: str, cfg: Any, prepared: Any) -> str:
     """Give run ``run_id`` a description and its dataset input; returns the dataset digest."""
     import mlflow
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
     spec = prepared.spec
     client = mlflow.MlflowClient()
     client.set_tag(
         run_id,
-        MLFLOW_RUN_NOTE,
+        RUN_NOTE_TAG,
         RUN_DESCRIPTION.format(name=cfg.name, d=spec.latent_dim, D=spec.data_dim, data=prepared.path),
     )
     name = cfg.data.synthetic or Path(prepared.path.rstrip("/")).name
