@@ -20,10 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from rfdist.config import TrackingConfig
+
 __all__ = ["DEFAULT_EXPERIMENT", "dataset_digest", "describe_run", "describe_version", "experiment_name", "git_commit",
            "log_dataset", "run_tags"]  # fmt: skip
 
-DEFAULT_EXPERIMENT = "rfdist"
+DEFAULT_EXPERIMENT: str = TrackingConfig.model_fields["experiment"].default  # the schema is its one home
 RUN_DESCRIPTION = "rfdist training run `{name}`: a rectangular flow (d={d}, D={D}) trained on {data}."
 EXPERIMENT_DESCRIPTION = "Rectangular normalizing flows trained with rfdist (Ray Train + MLflow)."
 # MLflow's system tag keys, as its tracking docs ("System Tags") and mlflow.log_input document them
