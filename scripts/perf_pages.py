@@ -10,6 +10,7 @@ numbers came from, then one row per record. Provenance is read from the JSON's o
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -65,16 +66,21 @@ def cell(key: str, value: Any) -> str:
     if isinstance(value, float):
         if key in MILLISECONDS:
             return f"{value * 1000:.1f}"
-        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1_000 else f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     return str(value).replace("|", "\\|")
 
 
 def render(name: str, filters: dict[str, str] | None = None, perf_dir: Path = PERF) -> str:
-    """Markdown for ``perf_dir/name``: provenance, the fields shared by every row, then the table."""
+    """Markdown for ``perf_dir/name``: provenance, the fields shared by every row, then the table.
+
+    ``filters`` keep the records whose field matches a shell pattern (``shape=d-sweep-*``).
+    """
     records, meta = load(perf_dir / name)
-    records = [r for r in records if all(str(r.get(k)) == v for k, v in (filters or {}).items())]
+    records = [
+        r for r in records if all(fnmatch.fnmatchcase(str(r.get(k)), v) for k, v in (filters or {}).items())
+    ]
     if not records:
         raise ValueError(f"{name}: no record matches {filters}")
     keys: list[str] = []
@@ -82,7 +88,7 @@ def render(name: str, filters: dict[str, str] | None = None, perf_dir: Path = PE
         keys += [k for k in record if k not in keys]
     shared = {k: records[0].get(k) for k in keys if len({json.dumps(r.get(k)) for r in records}) == 1}
     columns = [k for k in keys if k not in shared] or keys
-    lines = [f"**Source**: [`{name}`]({name})"]
+    lines = [f"**Source**: [`{name}`]({name})", ""]
     lines += [
         f"- **{k}**: `{meta[k]}`" if k == "command" else f"- **{k}**: {meta[k]}"
         for k in PROVENANCE
@@ -90,7 +96,7 @@ def render(name: str, filters: dict[str, str] | None = None, perf_dir: Path = PE
     ]
     extra = {k: v for k, v in meta.items() if k not in PROVENANCE}
     lines += [f"- **{k}**: {cell(k, v)}" for k, v in extra.items()]
-    if shared and columns is not keys:
+    if shared and len(columns) < len(keys):
         lines.append("- **every row**: " + ", ".join(f"{k} = {cell(k, v)}" for k, v in shared.items()))
     lines += ["", "| " + " | ".join(HEADINGS.get(k, k) for k in columns) + " |"]
     lines.append("|" + "---|" * len(columns))
