@@ -531,7 +531,7 @@ def _bench_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
             if k in r
         }
     targets: dict[str, Any] = {}
-    ratio_limits = {"mnist": 6.0, "miniboone": 4.0}  # the performance issue's targets (README)
+    ratio_limits = {"mnist": 6.0, "miniboone": 4.0}  # the volume-term targets (docs/perf/estimators.md)
     for r in records:
         shape = r["shape"]
         if r["estimator"] == "hutchinson" and r["variant"] == "rfdist" and r["num_samples"] == 1:

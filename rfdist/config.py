@@ -37,7 +37,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the data comes from.
 
-    ``path``: a Parquet dataset folder or ``s3://bucket/prefix`` (DESIGN §6 layout).
+    ``path``: a Parquet dataset folder or ``s3://bucket/prefix`` (``train/ val/ test/`` shards).
     ``synthetic``: generate a synthetic manifold in memory instead (``von-mises`` | ``sphere``).
     ``features``: column names assembled into ``x`` for a user's table of numeric columns.
     ``materialize``: hold the splits in Ray's object store before training (``auto``: when they

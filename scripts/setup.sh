@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install rfdist with everything its tests need. Idempotent.
-#   bash scripts/setup.sh            # library + CLI + test tools
+#   bash scripts/setup.sh            # library + CLI + test and docs tools
 # torch is pinned to the 2.13.0 CPU wheel first: a bare `torch` requirement can pull a multi-GB
 # CUDA build. On a GPU machine install the matching CUDA wheel of torch 2.13.0 instead.
 set -euo pipefail
@@ -15,7 +15,7 @@ fi
 if .venv/bin/python -m pip show -q rfdist >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall -q -y rfdist 2>&1 | grep -v "^WARNING" || true
 fi
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import importlib.metadata as m, rfdist, torch, ray, mlflow; print('rfdist-flows', m.version('rfdist-flows'), '| torch', torch.__version__, '| ray', ray.__version__, '| mlflow', mlflow.__version__)"
 if [ -f scripts/install_datasets.sh ]; then
   bash scripts/install_datasets.sh

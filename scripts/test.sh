@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Run the test suite (the README's test command). pytest's "no tests collected" (exit 5) fails.
+# Run the test suite (the README's test command): ruff, the import layers, the strict docs build,
+# then pytest. pytest's "no tests collected" (exit 5) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check rfdist tests bench jobs cluster scripts || exit 1
 .venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
+docs_out="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q -d "$docs_out" || { rm -rf "$docs_out"; echo "error: mkdocs build --strict failed" >&2; exit 1; }
+rm -rf "$docs_out"
 .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

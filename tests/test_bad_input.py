@@ -3,7 +3,7 @@
 Exit codes: 2 for bad usage, config or data; 1 for a runtime failure (a tracking store or S3
 storage that cannot be reached or written). Most cases run the CLI in this process (cheap) with
 Ray's start replaced by a tripwire, which proves the check ran *before* Ray; a few run it as a
-real subprocess to time the whole command. Rows of the README's reliability table name these
+real subprocess to time the whole command. Rows of the reliability table (docs/guide/reliability.md) name these
 tests (``test_bad_input[...]``).
 """
 
