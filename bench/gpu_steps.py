@@ -198,7 +198,14 @@ def step_sync(args: argparse.Namespace) -> dict[str, Any]:
         )[0],
         "cg_jvp_vjp_matvec": lambda: conjugate_gradient(gram, rhs, tol=1e-4, max_iters=20, check_every=0)[0],
         "surrogate_vjp_gram": lambda: logdet_surrogate(
-            net, z, num_samples=1, matvec="vjp", preconditioner="gram", check_every=0
+            net,
+            z,
+            num_samples=1,
+            matvec="vjp",
+            preconditioner="gram",
+            cg_max_iters=d,
+            precond_rows=8,
+            check_every=0,
         ),
         "surrogate_jvp": lambda: logdet_surrogate(
             net, z, num_samples=1, matvec="jvp", preconditioner="none", cg_max_iters=13, check_every=0

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rfdist.core.builders import ModelSpec, build_model
 from rfdist.core.engine import LossOptions
+from rfdist.core.options import DEFAULTS, GRAM_REUSE_STEPS, PRECONDITIONED_CG_BUDGET, EstimatorOptions  # noqa: F401 (re-exported)
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
 
@@ -121,14 +122,10 @@ class ModelConfig(_Section):
         return spec
 
 
-PRECONDITIONED_CG_BUDGET = 4
-"""Default CG iterations with the Gram preconditioner (see :class:`EstimatorConfig`)."""
-GRAM_REUSE_STEPS = 8
-"""Default steps a Gram preconditioner is reused where building it is dear (see ``gram_every``)."""
-
-
 class EstimatorConfig(_Section):
-    """How the volume term's gradient is computed.
+    """How the volume term's gradient is computed: the fields of
+    :class:`rfdist.core.options.EstimatorOptions`, whose :data:`~rfdist.core.options.DEFAULTS`
+    are this section's defaults too (the library and ``rfdist train`` use the same estimator).
 
     ``auto`` picks exact or hutchinson from :func:`rfdist.core.costmodel.choose_estimator` (the
     manifold dimension ``d``, ``num_samples``, the CG budget and the device). ``matvec``:
@@ -146,44 +143,33 @@ class EstimatorConfig(_Section):
     ``cg_max_iters: 64, cg_tol: 1e-4``.
     """
 
-    name: Literal["exact", "hutchinson", "auto"] = "exact"
-    num_samples: int = Field(1, ge=1)
-    cg_tol: float = Field(1e-4, ge=0)
-    cg_max_iters: int | None = Field(None, ge=1)
-    probe: Literal["gaussian", "rademacher"] = "gaussian"
-    chunk_size: int | None = Field(None, ge=1)
-    matvec: Literal["jvp", "vjp"] = "vjp"
-    preconditioner: Literal["none", "gram"] = "gram"
-    precond_rows: int | None = Field(None, ge=1)
-    precond_every: int | None = Field(None, ge=1)
-    check_every: int = Field(4, ge=0)
+    name: Literal["exact", "hutchinson", "auto"] = DEFAULTS.name
+    num_samples: int = Field(DEFAULTS.num_samples, ge=1)
+    cg_tol: float = Field(DEFAULTS.cg_tol, ge=0)
+    cg_max_iters: int | None = Field(DEFAULTS.cg_max_iters, ge=1)
+    probe: Literal["gaussian", "rademacher"] = DEFAULTS.probe
+    chunk_size: int | None = Field(DEFAULTS.chunk_size, ge=1)
+    matvec: Literal["jvp", "vjp"] = DEFAULTS.matvec
+    preconditioner: Literal["none", "gram"] = DEFAULTS.preconditioner
+    precond_rows: int | None = Field(DEFAULTS.precond_rows, ge=1)
+    precond_every: int | None = Field(DEFAULTS.precond_every, ge=1)
+    check_every: int = Field(DEFAULTS.check_every, ge=0)
+
+    def options(self) -> EstimatorOptions:
+        """This section as the core's record (``name`` may still be ``auto``)."""
+        return DEFAULTS.updated(**self.model_dump())
 
     def gram_rows(self, latent_dim: int, batch: int) -> int:
-        """Rows of the ``gram`` preconditioner: ``precond_rows``, else ``d``-aware (1 to 8).
-
-        Building it costs ``rows·d`` tangent rows; by default rows are capped so that this is at
-        most ~2 matvec-equivalents (``2·K·batch`` rows each) — at MNIST's d=20, B=50 that is the
-        old fixed 8 rows, at 64×64×3 with d=64, B=16 one row (8 rows there cost 16 matvecs and
-        7× the two-step step; bench/estimators.py --shapes image64).
-        """
-        if self.precond_rows is not None:
-            return self.precond_rows
-        return max(1, min(8, 4 * self.num_samples * batch // max(latent_dim, 1)))
+        """Rows of the ``gram`` preconditioner (:meth:`EstimatorOptions.gram_rows`)."""
+        return self.options().gram_rows(latent_dim, batch)
 
     def gram_every(self, latent_dim: int, batch: int) -> int:
-        """Steps between rebuilds of the ``gram`` preconditioner: ``precond_every``, else 1 —
-        or :data:`GRAM_REUSE_STEPS` where :meth:`gram_rows`' cost cap binds (``4·K·batch < 8·d``:
-        even one row costs ~2 matvecs, e.g. 64×64×3 with d=64, B=16). Reused there, it costs
-        ≤ 0.25 matvec a step (bench/estimators.py --shapes image64: K=1 step and grad err)."""
-        if self.precond_every is not None:
-            return self.precond_every
-        return GRAM_REUSE_STEPS if 4 * self.num_samples * batch < 8 * latent_dim else 1
+        """Steps between Gram rebuilds (:meth:`EstimatorOptions.gram_every`)."""
+        return self.options().gram_every(latent_dim, batch)
 
     def cg_budget(self, latent_dim: int) -> int:
-        """CG iterations per step: ``cg_max_iters``, else the preconditioned default or ``d``."""
-        if self.cg_max_iters is not None:
-            return self.cg_max_iters
-        return min(PRECONDITIONED_CG_BUDGET, latent_dim) if self.preconditioner == "gram" else latent_dim
+        """CG iterations per step (:meth:`EstimatorOptions.cg_budget`)."""
+        return self.options().cg_budget(latent_dim)
 
 
 class TrainConfig(_Section):
@@ -332,25 +318,9 @@ class RunConfig(_Section):
                 matvecs=self.estimator.cg_budget(self.model.latent_dim),
                 device="cuda" if self.scaling.use_gpu else "cpu",
             )
-        return LossOptions(
-            mode=self.train.mode,
-            estimator=estimator,
-            beta=self.train.beta,
-            num_samples=self.estimator.num_samples,
-            cg_tol=self.estimator.cg_tol,
-            cg_max_iters=self.estimator.cg_budget(self.model.latent_dim),
-            probe=self.estimator.probe,
-            chunk_size=self.estimator.chunk_size,
-            matvec=self.estimator.matvec,
-            preconditioner=self.estimator.preconditioner,
-            precond_rows=self.estimator.gram_rows(
-                self.model.latent_dim, max(1, self.train.batch_size // self.scaling.num_workers)
-            ),
-            precond_every=self.estimator.gram_every(
-                self.model.latent_dim, max(1, self.train.batch_size // self.scaling.num_workers)
-            ),
-            check_every=self.estimator.check_every,
-        )
+        batch = max(1, self.train.batch_size // self.scaling.num_workers)  # per worker
+        resolved = self.estimator.options().updated(name=estimator).resolved(self.model.latent_dim, batch)
+        return LossOptions.of(resolved, mode=self.train.mode, beta=self.train.beta)
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view (for logging as parameters)."""

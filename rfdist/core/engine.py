@@ -10,13 +10,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from rfdist.core.model import Estimator, Mode
-from rfdist.core.volume import MatvecMode, PreconditionerKind, Probe
+from rfdist.core.model import Mode
+from rfdist.core.options import (
+    DEFAULTS,
+    EstimatorName,
+    EstimatorOptions,
+    MatvecMode,
+    PreconditionerKind,
+    Probe,
+)
 
 __all__ = [
     "LossOptions",
@@ -31,25 +38,58 @@ __all__ = [
 
 @dataclass
 class LossOptions:
-    """Keyword arguments of :meth:`RectangularFlow.loss`, as one serialisable record."""
+    """What one training step's loss is: the loss's own settings (``mode``, ``beta``,
+    ``likelihood_weight``) and the estimator's, flat (``estimator`` is
+    :class:`~rfdist.core.options.EstimatorOptions`'s ``name``).
+
+    The estimator fields' defaults are :data:`~rfdist.core.options.DEFAULTS`' (``rfdist train``'s);
+    :meth:`estimator_options` gives them as the record :meth:`RectangularFlow.loss` takes.
+    """
 
     mode: Mode = "ml"
-    estimator: Estimator = "exact"
+    estimator: EstimatorName = DEFAULTS.name
     beta: float = 50.0
     likelihood_weight: float = 1.0
-    num_samples: int = 1
-    cg_tol: float = 1e-4
-    cg_max_iters: int | None = None
-    probe: Probe = "gaussian"
-    chunk_size: int | None = None
-    matvec: MatvecMode = "jvp"
-    preconditioner: PreconditionerKind = "none"
-    precond_rows: int = 8
-    precond_every: int = 1
-    check_every: int = 4
+    num_samples: int = DEFAULTS.num_samples
+    cg_tol: float = DEFAULTS.cg_tol
+    cg_max_iters: int | None = DEFAULTS.cg_max_iters
+    probe: Probe = DEFAULTS.probe
+    chunk_size: int | None = DEFAULTS.chunk_size
+    matvec: MatvecMode = DEFAULTS.matvec
+    preconditioner: PreconditionerKind = DEFAULTS.preconditioner
+    precond_rows: int | None = DEFAULTS.precond_rows
+    precond_every: int | None = DEFAULTS.precond_every
+    check_every: int = DEFAULTS.check_every
+    max_jitter_tries: int = DEFAULTS.max_jitter_tries
+    precond_ridge: float = DEFAULTS.precond_ridge
+
+    @classmethod
+    def of(
+        cls,
+        estimator: EstimatorOptions,
+        *,
+        mode: Mode = "ml",
+        beta: float = 50.0,
+        likelihood_weight: float = 1.0,
+    ) -> LossOptions:
+        """Loss options with the estimator settings of the record ``estimator``."""
+        settings = estimator.as_dict()
+        name = settings.pop("name")
+        return cls(mode=mode, estimator=name, beta=beta, likelihood_weight=likelihood_weight, **settings)
+
+    def estimator_options(self) -> EstimatorOptions:
+        """The estimator settings as the record :meth:`RectangularFlow.loss` takes."""
+        names = EstimatorOptions.field_names() - {"name"}
+        return EstimatorOptions(name=self.estimator, **{n: getattr(self, n) for n in names})
 
     def kwargs(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # (asdict deep-copies: slower)
+        """Keyword arguments of :meth:`RectangularFlow.loss` (and so of a DDP wrapper's call)."""
+        return {
+            "mode": self.mode,
+            "beta": self.beta,
+            "likelihood_weight": self.likelihood_weight,
+            "options": self.estimator_options(),
+        }
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:

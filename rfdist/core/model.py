@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from rfdist.core.density import LatentDensity
 from rfdist.core.flows.base import Bijection
+from rfdist.core.options import EstimatorOptions, merge_options
 from rfdist.core.volume import (
     GramCache,
-    MatvecMode,
-    PreconditionerKind,
-    Probe,
     TangentOps,
     VolumeStats,
     logdet_exact,
@@ -180,30 +178,23 @@ class RectangularFlow(nn.Module):
         x: Tensor,
         *,
         mode: Mode = "ml",
-        estimator: Estimator = "exact",
         beta: float = 50.0,
         likelihood_weight: float = 1.0,
-        num_samples: int = 1,
-        cg_tol: float = 1e-4,
-        cg_max_iters: int | None = None,
-        probe: Probe = "gaussian",
-        chunk_size: int | None = None,
-        matvec: MatvecMode = "jvp",
-        preconditioner: PreconditionerKind = "none",
-        precond_rows: int = 8,
-        precond_every: int = 1,
-        check_every: int = 4,
+        options: EstimatorOptions | None = None,
+        **overrides: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r"""Mean training loss over the batch and its detached parts.
 
         ``mode="ml"``: :math:`-w[\log p_U(u) - \tfrac12\log\det J^\top J] + \beta\|x-g(u)\|^2`
-        with the volume term from ``estimator`` (``exact`` or ``hutchinson``; the latter's
-        value is a gradient surrogate, reported as ``logdet_surrogate``, never as an NLL).
-        ``mode="two_step"``: :math:`\beta\|x-g(u)\|^2 - \log p_U(\mathrm{sg}(u))` (no volume).
-        ``matvec``, ``preconditioner``, ``precond_rows``, ``check_every``: CG options of
-        :func:`~rfdist.core.volume.logdet_surrogate` (hutchinson only); ``precond_every`` > 1 keeps
-        the Gram preconditioner in a :class:`~rfdist.core.volume.GramCache` on this model, rebuilt
-        every that many steps.
+        with the volume term from the estimator ``options.name`` (``exact`` or ``hutchinson``;
+        the latter's value is a gradient surrogate, reported as ``logdet_surrogate``, never as
+        an NLL). ``mode="two_step"``: :math:`\beta\|x-g(u)\|^2 - \log p_U(\mathrm{sg}(u))`.
+
+        ``options`` (default :data:`~rfdist.core.options.DEFAULTS`, those of ``rfdist train``)
+        and keyword ``overrides`` of its fields (``estimator=`` is accepted for ``name``) set the
+        estimator; its ``d``-aware settings are resolved for this batch. With the ``gram``
+        preconditioner rebuilt every ``precond_every`` > 1 steps, it is kept in a
+        :class:`~rfdist.core.volume.GramCache` on this model.
 
         Returns:
             ``(loss, parts)``; ``parts`` holds 0-dim detached tensors: ``loss``, ``log_pu``,
@@ -212,6 +203,11 @@ class RectangularFlow(nn.Module):
         """
         if mode not in ("ml", "two_step"):
             raise ValueError(f"mode must be 'ml' or 'two_step', got {mode!r}")
+        if "estimator" in overrides:
+            if "name" in overrides:
+                raise TypeError("loss: give the estimator as name= or estimator=, not both")
+            overrides["name"] = overrides.pop("estimator")
+        opts = merge_options(options, overrides, where="loss")
         x_flat = x.flatten(1)
         parts: dict[str, Tensor] = {}
         if mode == "two_step":
@@ -221,51 +217,57 @@ class RectangularFlow(nn.Module):
             loss = (beta * reconstruction - log_pu).mean()
         else:
             u = self.encode(x)
-            stats = VolumeStats()
             log_pu = self.density.log_prob(u)
-            if estimator == "exact":
-                logdet, recon_x = logdet_exact(
-                    self.decode_flat,
-                    u,
-                    chunk_size=chunk_size,
-                    stats=stats,
-                    return_output=True,
-                    tangents=self.tangent_ops(),
-                )
-                parts["logdet"] = logdet.detach().mean()
-                parts["nll"] = -(log_pu - 0.5 * logdet).detach().mean()
-            elif estimator == "hutchinson":
-                logdet, recon_x = logdet_surrogate(
-                    self.decode_flat,
-                    u,
-                    num_samples=num_samples,
-                    cg_tol=cg_tol,
-                    cg_max_iters=cg_max_iters,
-                    probe=probe,
-                    stats=stats,
-                    return_output=True,
-                    matvec=matvec,
-                    preconditioner=preconditioner,
-                    precond_rows=precond_rows,
-                    check_every=check_every,
-                    tangents=self.tangent_ops(),
-                    precond_cache=self._gram_cache(precond_every if preconditioner == "gram" else 1),
-                )
-                parts["logdet_surrogate"] = logdet.detach().mean()
-                parts["cg_iterations"] = stats.cg_iterations
-                parts["cg_residual"] = stats.cg_residual
-                parts["matvecs"] = u.new_tensor(float(stats.matvecs))
-                if "precond_tangent_rows" in stats.extra:
-                    parts["precond_tangent_rows"] = stats.extra["precond_tangent_rows"]
-            else:
-                raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
-            parts["tangent_passes"] = u.new_tensor(float(stats.tangent_passes))
+            logdet, recon_x = self._volume_term(u, log_pu, opts, parts)
             reconstruction = (x_flat - recon_x).pow(2).sum(-1)
             loss = (-likelihood_weight * (log_pu - 0.5 * logdet) + beta * reconstruction).mean()
         parts["loss"] = loss.detach()
         parts["log_pu"] = log_pu.detach().mean()
         parts["reconstruction"] = reconstruction.detach().mean()
         return loss, parts
+
+    def _volume_term(
+        self, u: Tensor, log_pu: Tensor, opts: EstimatorOptions, parts: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """``(log det or its surrogate, decode_flat(u))`` by ``opts.name``; fills ``parts``."""
+        stats = VolumeStats()
+        if opts.name == "exact":
+            logdet, recon_x = logdet_exact(
+                self.decode_flat,
+                u,
+                chunk_size=opts.chunk_size,
+                max_jitter_tries=opts.max_jitter_tries,
+                stats=stats,
+                return_output=True,
+                tangents=self.tangent_ops(),
+            )
+            parts["logdet"] = logdet.detach().mean()
+            parts["nll"] = -(log_pu - 0.5 * logdet).detach().mean()
+        elif opts.name == "hutchinson":
+            batch, d = u.shape
+            every = opts.gram_every(d, batch) if opts.preconditioner == "gram" else 1
+            logdet, recon_x = logdet_surrogate(
+                self.decode_flat,
+                u,
+                opts,
+                stats=stats,
+                return_output=True,
+                tangents=self.tangent_ops(),
+                precond_cache=self._gram_cache(every),
+            )
+            parts["logdet_surrogate"] = logdet.detach().mean()
+            parts["cg_iterations"] = stats.cg_iterations
+            parts["cg_residual"] = stats.cg_residual
+            parts["matvecs"] = u.new_tensor(float(stats.matvecs))
+            if "precond_tangent_rows" in stats.extra:
+                parts["precond_tangent_rows"] = stats.extra["precond_tangent_rows"]
+        else:
+            raise ValueError(
+                f"estimator must be 'exact' or 'hutchinson' (resolve 'auto' with rfdist.core.costmodel), "
+                f"got {opts.name!r}"
+            )
+        parts["tangent_passes"] = u.new_tensor(float(stats.tangent_passes))
+        return logdet, recon_x
 
     def _gram_cache(self, every: int) -> GramCache | None:
         """This model's :class:`~rfdist.core.volume.GramCache` (kept across steps), or ``None`` at 1."""

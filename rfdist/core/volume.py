@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
+
+from rfdist.core.options import DEFAULTS, EstimatorOptions, Probe, merge_options
 
 __all__ = [
     "CGInfo",
@@ -42,10 +44,6 @@ __all__ = [
     "logdet_exact",
     "logdet_surrogate",
 ]
-
-Probe = Literal["gaussian", "rademacher"]
-MatvecMode = Literal["jvp", "vjp"]
-PreconditionerKind = Literal["none", "gram"]
 
 
 class TangentOps(NamedTuple):
@@ -127,14 +125,73 @@ class CGInfo(NamedTuple):
     matvecs: int
 
 
+class _CGRun:
+    """The tensors of one batched (preconditioned) CG solve; :meth:`step` never syncs the host."""
+
+    def __init__(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        b: Tensor,
+        tol: float,
+        x0: Tensor | None,
+        preconditioner: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        self.matvec, self.tol, self.preconditioner, self.matvecs = matvec, tol, preconditioner, 0
+        self.reduce_dims = tuple(range(1, b.ndim))
+        self.column = (b.shape[0],) + (1,) * (b.ndim - 1)
+        self.b_norm = self.dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)
+        if x0 is None:
+            self.x, self.r = torch.zeros_like(b), b.clone()
+        else:
+            self.x = x0.clone()
+            self.r = b - self.apply(self.x)
+        z = self.precondition(self.r)
+        self.p, self.rz = z, self.dot(self.r, z)
+        self.residual = self.dot(self.r, self.r).sqrt() / self.b_norm
+        self.active = self.residual > tol
+        self.iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+
+    def dot(self, u: Tensor, v: Tensor) -> Tensor:
+        """Per-system inner products, ``(N,)``."""
+        return (u * v).sum(self.reduce_dims) if self.reduce_dims else u * v
+
+    def precondition(self, r: Tensor) -> Tensor:
+        return r if self.preconditioner is None else self.preconditioner(r)
+
+    def apply(self, v: Tensor) -> Tensor:
+        """The operator on ``v``, counted."""
+        self.matvecs += 1
+        return self.matvec(v)
+
+    def step(self) -> None:
+        """One CG iteration; systems already solved (or with ``pᵀAp <= 0``) stay as they are."""
+        ap = self.apply(self.p)
+        pap = self.dot(self.p, ap)
+        ok = self.active & (pap > 0)
+        alpha = torch.where(ok, self.rz / torch.where(ok, pap, 1.0), 0.0)
+        self.x = self.x + alpha.view(self.column) * self.p
+        self.r = self.r - alpha.view(self.column) * ap
+        self.residual = torch.where(self.active, self.dot(self.r, self.r).sqrt() / self.b_norm, self.residual)
+        self.iterations = self.iterations + self.active.long()
+        self.active = ok & (self.residual > self.tol)
+        z = self.precondition(self.r)
+        rz_new = self.dot(self.r, z)
+        beta = torch.where(self.active, rz_new / torch.where(self.rz > 0, self.rz, 1.0), 0.0)
+        self.p = z + beta.view(self.column) * self.p
+        self.rz = rz_new
+
+    def info(self) -> CGInfo:
+        return CGInfo(self.iterations, self.residual, self.residual <= self.tol, self.matvecs)
+
+
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor],
     b: Tensor,
     *,
-    tol: float = 1e-5,
+    tol: float = DEFAULTS.cg_tol,
     max_iters: int | None = None,
     x0: Tensor | None = None,
-    check_every: int = 4,
+    check_every: int = DEFAULTS.check_every,
     preconditioner: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, CGInfo]:
     r"""Solve :math:`A x = b` for a batch of SPD systems by (preconditioned) conjugate gradient.
@@ -167,57 +224,16 @@ def conjugate_gradient(
     """
     if tol < 0:
         raise ValueError(f"conjugate_gradient: tol must be >= 0, got {tol}")
-    n_systems = b.shape[0]
-    unknowns = b[0].numel() if n_systems else 0
+    unknowns = b[0].numel() if b.shape[0] else 0
     max_iters = unknowns if max_iters is None else int(max_iters)
     if max_iters < 0:
         raise ValueError(f"conjugate_gradient: max_iters must be >= 0, got {max_iters}")
-    reduce_dims = tuple(range(1, b.ndim))
-    column = (n_systems,) + (1,) * (b.ndim - 1)
-    tiny = torch.finfo(b.dtype).tiny
-
-    def dot(u: Tensor, v: Tensor) -> Tensor:
-        return (u * v).sum(reduce_dims) if reduce_dims else u * v
-
-    def precondition(r: Tensor) -> Tensor:
-        return r if preconditioner is None else preconditioner(r)
-
-    matvecs = 0
-    b_norm = dot(b, b).sqrt().clamp_min(tiny)
-    if x0 is None:
-        x = torch.zeros_like(b)
-        r = b.clone()
-    else:
-        x = x0.clone()
-        r = b - matvec(x)
-        matvecs += 1
-    z = precondition(r)
-    p = z
-    rz = dot(r, z)
-    residual = dot(r, r).sqrt() / b_norm
-    active = residual > tol
-    iterations = torch.zeros(n_systems, dtype=torch.long, device=b.device)
-
+    run = _CGRun(matvec, b, tol, x0, preconditioner)
     for i in range(max_iters):
-        if check_every and i and i % check_every == 0 and not bool(active.any()):
+        if check_every and i and i % check_every == 0 and not bool(run.active.any()):
             break
-        ap = matvec(p)
-        matvecs += 1
-        pap = dot(p, ap)
-        ok = active & (pap > 0)
-        alpha = torch.where(ok, rz / torch.where(ok, pap, 1.0), 0.0)
-        x = x + alpha.view(column) * p
-        r = r - alpha.view(column) * ap
-        residual = torch.where(active, dot(r, r).sqrt() / b_norm, residual)
-        iterations = iterations + active.long()
-        active = ok & (residual > tol)
-        z = precondition(r)
-        rz_new = dot(r, z)
-        beta = torch.where(active, rz_new / torch.where(rz > 0, rz, 1.0), 0.0)
-        p = z + beta.view(column) * p
-        rz = rz_new
-
-    return x, CGInfo(iterations, residual, residual <= tol, matvecs)
+        run.step()
+    return run.x, run.info()
 
 
 def _check_inputs(z: Tensor, name: str) -> None:
@@ -303,7 +319,7 @@ def logdet_exact(
     z: Tensor,
     *,
     chunk_size: int | None = None,
-    max_jitter_tries: int = 3,
+    max_jitter_tries: int = DEFAULTS.max_jitter_tries,
     stats: VolumeStats | None = None,
     return_output: bool = False,
     checkpoint: bool | None = None,
@@ -403,7 +419,7 @@ def gram_inverse(
     z: Tensor,
     *,
     rows: int = 8,
-    ridge: float = 1e-3,
+    ridge: float = DEFAULTS.precond_ridge,
     tangents: TangentOps | None = None,
 ) -> Tensor:
     r""":math:`M^{-1}` (``d × d``) for :math:`M` = the mean :math:`J^\top J` over the first ``rows`` rows.
@@ -436,7 +452,7 @@ def gram_preconditioner(
     z: Tensor,
     *,
     rows: int = 8,
-    ridge: float = 1e-3,
+    ridge: float = DEFAULTS.precond_ridge,
     tangents: TangentOps | None = None,
 ) -> Callable[[Tensor], Tensor]:
     r"""The map :math:`r \mapsto r M^{-1}` of :func:`gram_inverse` (CG's preconditioner)."""
@@ -484,27 +500,20 @@ class GramCache:
 def logdet_surrogate(
     fn: Callable[[Tensor], Tensor],
     z: Tensor,
+    options: EstimatorOptions | None = None,
     *,
-    num_samples: int = 1,
-    cg_tol: float = 1e-4,
-    cg_max_iters: int | None = None,
-    probe: Probe = "gaussian",
-    check_every: int = 4,
     generator: torch.Generator | None = None,
     stats: VolumeStats | None = None,
     return_output: bool = False,
-    matvec: MatvecMode = "jvp",
-    preconditioner: PreconditionerKind = "none",
-    precond_rows: int = 8,
     probes: Tensor | None = None,
     tangents: TangentOps | None = None,
     precond_cache: GramCache | None = None,
+    **overrides: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""A per-row scalar whose gradient estimates :math:`\nabla\log\det(J^\top J)` without bias.
 
     With :math:`K` probes :math:`\varepsilon_k` per row and :math:`x_k = A^{-1}\varepsilon_k`
-    solved by CG at the detached point (matvec :math:`v\mapsto J^\top(Jv)`: one ``jvp``, then
-    the pullback of one ``vjp`` that is built once per solve), the surrogate is
+    solved by CG at the detached point (matvec :math:`v\mapsto J^\top(Jv)`), the surrogate is
     :math:`\tfrac1K\sum_k (J x_k)\cdot(J\varepsilon_k)` with :math:`x_k,\varepsilon_k` held
     constant; its gradient is :math:`\tfrac1K\sum_k x_k^\top(\nabla A)\varepsilon_k`, an unbiased
     estimate of :math:`\mathrm{tr}(A^{-1}\nabla A)` up to the CG tolerance. The *value* is not
@@ -513,19 +522,14 @@ def logdet_surrogate(
     Arguments:
         fn: maps ``(B, d)`` to ``(B, D)`` row-independently.
         z: points, shape ``(B, d)``.
-        num_samples: probes per row, ``K >= 1``.
-        cg_tol: CG relative-residual tolerance.
-        cg_max_iters: CG iteration budget (default ``d``).
-        probe: ``"gaussian"`` or ``"rademacher"``.
-        check_every: CG iterations between host-synchronising convergence checks.
+        options: the estimator settings (default :data:`~rfdist.core.options.DEFAULTS`, those of
+            ``rfdist train``); ``num_samples``, ``cg_tol``, ``cg_max_iters``, ``probe``,
+            ``matvec``, ``preconditioner``, ``precond_rows``, ``check_every`` matter here.
+        **overrides: any :class:`~rfdist.core.options.EstimatorOptions` field, e.g.
+            ``num_samples=4, cg_tol=1e-6`` (an unknown name is a ``TypeError``).
         generator: optional RNG for the probes.
         stats: if given, receives CG iterations, residual and matvec counts.
         return_output: also return ``fn(z)`` (from the same differentiable pass).
-        matvec: ``"jvp"`` (forward-mode jvp + one reused vjp pullback) or ``"vjp"`` (reverse
-            mode only, see :class:`ReverseLinearization`; cheaper on CPU, same estimate).
-        preconditioner: ``"none"`` or ``"gram"`` (:func:`gram_preconditioner`: CG on
-            :math:`M^{-1}A`, same solution, fewer iterations).
-        precond_rows: rows whose exact Jacobians build the ``"gram"`` preconditioner.
         probes: ``(K, B, d)`` probes to use instead of drawing ``num_samples`` (a test seam:
             all ``2^d`` Rademacher vectors make the estimate exact).
         tangents: hand-written derivatives of ``fn``; when given, ``matvec`` is moot: CG runs
@@ -533,6 +537,10 @@ def logdet_surrogate(
         precond_cache: a :class:`GramCache` that keeps the ``"gram"`` preconditioner across
             calls (rebuilt every ``precond_cache.every`` calls); ``stats`` then reports its
             cost amortised over that period.
+
+    ``matvec="jvp"``: forward-mode jvp + one reused vjp pullback; ``"vjp"``: reverse mode only
+    (:class:`ReverseLinearization`; cheaper on CPU, same estimate). ``preconditioner="gram"``:
+    CG on :math:`M^{-1}A` (:func:`gram_preconditioner`), same solution, fewer iterations.
 
     Returns:
         ``(B,)`` surrogate values (and ``fn(z)`` if ``return_output``).
@@ -543,63 +551,65 @@ def logdet_surrogate(
         >>> logdet_surrogate(decoder, z, num_samples=2).sum().backward()
     """
     _check_inputs(z, "logdet_surrogate")
-    if num_samples < 1:
-        raise ValueError(f"logdet_surrogate: num_samples must be >= 1, got {num_samples}")
-    if cg_tol < 0:
-        raise ValueError(f"logdet_surrogate: cg_tol must be >= 0, got {cg_tol}")
-    if matvec not in ("jvp", "vjp"):
-        raise ValueError(f"logdet_surrogate: matvec must be 'jvp' or 'vjp', got {matvec!r}")
-    if preconditioner not in ("none", "gram"):
-        raise ValueError(f"logdet_surrogate: preconditioner must be 'none' or 'gram', got {preconditioner!r}")
-    batch, d = z.shape
-    if probes is not None:
-        if probes.ndim != 3 or tuple(probes.shape[1:]) != (batch, d):
-            raise ValueError(
-                f"logdet_surrogate: probes must have shape (K, {batch}, {d}), got {tuple(probes.shape)}"
-            )
-        k, eps = probes.shape[0], probes.to(dtype=z.dtype, device=z.device)
-    else:
-        k = int(num_samples)
-        eps = sample_probes((k, batch, d), probe, like=z, generator=generator)
-    # d = 1: CG's first step is already exact, a preconditioner can only cost time
-    use_precond = preconditioner == "gram" and d > 1
-    precond, precond_cost = None, 0
-    if use_precond:
-        build = lambda: gram_inverse(fn, z, rows=precond_rows, tangents=tangents)  # noqa: E731
-        if precond_cache is None:
-            inverse, every = build(), 1
-        else:
-            inverse, every = precond_cache.get(build, z)[0], precond_cache.every
-        precond = lambda r: r @ inverse  # noqa: E731
-        precond_cost = min(precond_rows, batch) * d / every  # tangent rows, amortised
-    max_iters = d if cg_max_iters is None else cg_max_iters
+    opts = merge_options(options, overrides, where="logdet_surrogate")
+    eps = _surrogate_probes(z, opts, probes, generator)
+    precond, precond_cost = _surrogate_preconditioner(fn, z, opts, tangents, precond_cache)
+    cg = {
+        "tol": opts.cg_tol,
+        "max_iters": opts.cg_budget(z.shape[1]),
+        "check_every": opts.check_every,
+        "preconditioner": precond,
+    }
     if tangents is not None:
-        return _surrogate_tangents(
-            tangents,
-            z,
-            eps,
-            tol=cg_tol,
-            max_iters=max_iters,
-            check_every=check_every,
-            precond=precond,
-            precond_cost=precond_cost,
-            stats=stats,
-            return_output=return_output,
-        )
-    if matvec == "vjp":
-        return _surrogate_reverse(
-            fn,
-            z,
-            eps,
-            tol=cg_tol,
-            max_iters=max_iters,
-            check_every=check_every,
-            precond=precond,
-            precond_cost=precond_cost,
-            stats=stats,
-            return_output=return_output,
-        )
+        surrogate, output, info = _surrogate_tangents(tangents, z, eps, cg)
+    elif opts.matvec == "vjp":
+        surrogate, output, info = _surrogate_reverse(fn, z, eps, cg)
+    else:
+        surrogate, output, info = _surrogate_forward(fn, z, eps, cg)
+    _record_cg(stats, info, z, precond_cost)
+    return (surrogate, output) if return_output else surrogate
 
+
+def _surrogate_probes(
+    z: Tensor, opts: EstimatorOptions, probes: Tensor | None, generator: torch.Generator | None
+) -> Tensor:
+    """The ``(K, B, d)`` probes: ``probes`` checked and cast, else ``num_samples`` drawn."""
+    batch, d = z.shape
+    if probes is None:
+        return sample_probes((int(opts.num_samples), batch, d), opts.probe, like=z, generator=generator)
+    if probes.ndim != 3 or tuple(probes.shape[1:]) != (batch, d):
+        raise ValueError(
+            f"logdet_surrogate: probes must have shape (K, {batch}, {d}), got {tuple(probes.shape)}"
+        )
+    return probes.to(dtype=z.dtype, device=z.device)
+
+
+def _surrogate_preconditioner(
+    fn: Callable[[Tensor], Tensor],
+    z: Tensor,
+    opts: EstimatorOptions,
+    tangents: TangentOps | None,
+    cache: GramCache | None,
+) -> tuple[Callable[[Tensor], Tensor] | None, float]:
+    """CG's preconditioner (``None`` unless ``gram``) and its cost in tangent rows per call."""
+    batch, d = z.shape
+    if opts.preconditioner != "gram" or d == 1:  # d = 1: CG's first step is already exact
+        return None, 0
+    rows = opts.gram_rows(d, batch)
+    build = lambda: gram_inverse(fn, z, rows=rows, ridge=opts.precond_ridge, tangents=tangents)  # noqa: E731
+    if cache is None:
+        inverse, every = build(), 1
+    else:
+        inverse, every = cache.get(build, z)[0], cache.every
+    return (lambda r: r @ inverse), min(rows, batch) * d / every  # tangent rows, amortised
+
+
+def _surrogate_forward(
+    fn: Callable[[Tensor], Tensor], z: Tensor, eps: Tensor, cg: dict[str, Any]
+) -> tuple[Tensor, Tensor, CGInfo]:
+    """:func:`logdet_surrogate` in forward mode: CG's matvec is a ``jvp`` then one reused
+    ``vjp`` pullback (built once per solve); the surrogate pushes ``[x_k; ε_k]`` by ``2K`` jvps."""
+    k, batch, d = eps.shape
     z_const = z.detach()
     with torch.no_grad():
         _, pullback = vjp(fn, z_const)
@@ -618,22 +628,12 @@ def logdet_surrogate(
                 out = many_pull(many_push(v))
             return out.reshape(k * batch, d)
 
-        solution, info = conjugate_gradient(
-            gram_matvec,
-            eps.reshape(k * batch, d),
-            tol=cg_tol,
-            max_iters=max_iters,
-            check_every=check_every,
-            preconditioner=precond,
-        )
+        solution, info = conjugate_gradient(gram_matvec, eps.reshape(k * batch, d), **cg)
     solution = solution.view(k, batch, d)
-
-    tangents = torch.cat([solution, eps])  # (2K, B, d), constants
-    output, pushed = vmap(lambda t: jvp(fn, (z,), (t,)), out_dims=(None, 0))(tangents)
+    constants = torch.cat([solution, eps])  # (2K, B, d)
+    output, pushed = vmap(lambda t: jvp(fn, (z,), (t,)), out_dims=(None, 0))(constants)
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
-
-    _record_cg(stats, info, z, precond_cost)
-    return (surrogate, output) if return_output else surrogate
+    return surrogate, output, info
 
 
 def _record_cg(stats: VolumeStats | None, info: CGInfo, z: Tensor, precond_cost: float) -> None:
@@ -650,18 +650,8 @@ def _record_cg(stats: VolumeStats | None, info: CGInfo, z: Tensor, precond_cost:
 
 
 def _surrogate_reverse(
-    fn: Callable[[Tensor], Tensor],
-    z: Tensor,
-    eps: Tensor,
-    *,
-    tol: float,
-    max_iters: int,
-    check_every: int,
-    precond: Callable[[Tensor], Tensor] | None,
-    precond_cost: float,
-    stats: VolumeStats | None,
-    return_output: bool,
-) -> Tensor | tuple[Tensor, Tensor]:
+    fn: Callable[[Tensor], Tensor], z: Tensor, eps: Tensor, cg: dict[str, Any]
+) -> tuple[Tensor, Tensor, CGInfo]:
     r""":func:`logdet_surrogate` with reverse-mode products only.
 
     The surrogate is :math:`\tfrac1K\sum_k \langle J^\top c_k, x_k\rangle +
@@ -673,14 +663,7 @@ def _surrogate_reverse(
     zk = z if k == 1 else z.repeat(k, 1)  # all K·B systems in one graph
     lin = ReverseLinearization(fn, zk)
     rhs = eps.reshape(k * batch, d)
-    solution, info = conjugate_gradient(
-        lin.gram_matvec,
-        rhs,
-        tol=tol,
-        max_iters=max_iters,
-        check_every=check_every,
-        preconditioner=precond,
-    )
+    solution, info = conjugate_gradient(lin.gram_matvec, rhs, **cg)
     solution = solution.detach()
     push_eps, push_x = lin.jvp(rhs), lin.jvp(solution)
     surrogate = (lin.vjp(push_eps, create_graph=True) * solution).sum(-1) + (
@@ -689,24 +672,12 @@ def _surrogate_reverse(
     # value as in the forward-mode form, (Jx)·(Jε); gradient from the vjp terms above
     surrogate = surrogate - surrogate.detach() + (push_eps * push_x).sum(-1)
     surrogate = surrogate.view(k, batch).mean(0)
-    output = lin.output[:batch]
-    _record_cg(stats, info, z, precond_cost)
-    return (surrogate, output) if return_output else surrogate
+    return surrogate, lin.output[:batch], info
 
 
 def _surrogate_tangents(
-    tangents: TangentOps,
-    z: Tensor,
-    eps: Tensor,
-    *,
-    tol: float,
-    max_iters: int,
-    check_every: int,
-    precond: Callable[[Tensor], Tensor] | None,
-    precond_cost: float,
-    stats: VolumeStats | None,
-    return_output: bool,
-) -> Tensor | tuple[Tensor, Tensor]:
+    tangents: TangentOps, z: Tensor, eps: Tensor, cg: dict[str, Any]
+) -> tuple[Tensor, Tensor, CGInfo]:
     r""":func:`logdet_surrogate` on hand-written derivatives.
 
     One differentiable primal pass caches the linearisation; CG's matvec :math:`J^\top(Jv)`
@@ -722,15 +693,7 @@ def _surrogate_tangents(
         def gram_matvec(v: Tensor) -> Tensor:  # (K*B, d) -> (K*B, d)
             return vjp_(jvp_(v.view(k, batch, d))).reshape(k * batch, d)
 
-        solution, info = conjugate_gradient(
-            gram_matvec,
-            eps.reshape(k * batch, d),
-            tol=tol,
-            max_iters=max_iters,
-            check_every=check_every,
-            preconditioner=precond,
-        )
+        solution, info = conjugate_gradient(gram_matvec, eps.reshape(k * batch, d), **cg)
     pushed = jvp_(torch.cat([solution.view(k, batch, d), eps]))
     surrogate = (pushed[:k] * pushed[k:]).sum(-1).mean(0)
-    _record_cg(stats, info, z, precond_cost)
-    return (surrogate, output) if return_output else surrogate
+    return surrogate, output, info

@@ -189,37 +189,9 @@ def write_dataset(
 
             bar = tqdm(total=sum(len(s["x"]) for s in splits.values()), desc="write", unit="row")
         for split, content in splits.items():
-            x = np.asarray(content["x"])
-            label = content.get("label")
-            columns = content.get("columns") or {}
-            pixels = image_shape(x, shape)
-            split_shape = (
-                pixels or shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
+            manifest["splits"][split] = _write_split(
+                fs, root, split, content, shape, shard_rows, version, bar
             )
-            fs.create_dir(join(root, split), recursive=True)
-            files = []
-            for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
-                stop = min(start + shard_rows, len(x))
-                table = vectors_table(
-                    x[start:stop],
-                    None if label is None else label[start:stop],
-                    split_shape,
-                    {name: values[start:stop] for name, values in columns.items()},
-                )
-                name = f"{split}/part-{version}-{index:05d}.parquet"
-                pq.write_table(table, join(root, name), filesystem=fs)
-                files.append(name)
-                if bar is not None:
-                    bar.update(stop - start)
-            manifest["splits"][split] = {
-                "rows": len(x),
-                "files": files,
-                "data_dim": int(np.prod(split_shape)),
-                "shape": list(split_shape),
-                "has_label": label is not None,
-                "dtype": "uint8" if pixels is not None else "float32",
-                "columns": sorted(columns),
-            }
         if bar is not None:
             bar.close()
         if extra:
@@ -229,12 +201,59 @@ def write_dataset(
             fs.delete_file(join(root, IN_PROGRESS))
         if previous is not None:  # drop the superseded version's shards (best effort)
             for entry in previous["splits"].values():
-                for name in entry["files"]:
-                    with contextlib.suppress(OSError):
-                        fs.delete_file(join(root, name))
+                _delete_quietly(fs, root, entry["files"])
     except OSError as exc:
         raise _storage_error(uri, exc, "write the dataset") from None
     return manifest
+
+
+def _write_split(
+    fs: pafs.FileSystem,
+    root: str,
+    split: str,
+    content: Mapping[str, Any],
+    shape: tuple[int, ...] | None,
+    shard_rows: int,
+    version: str,
+    bar: Any,
+) -> dict[str, Any]:
+    """Write one split's shards of ``shard_rows`` rows (named by ``version``); its manifest entry."""
+    x = np.asarray(content["x"])
+    label = content.get("label")
+    columns = content.get("columns") or {}
+    pixels = image_shape(x, shape)
+    split_shape = pixels or shape or (tuple(x.shape[1:]) if x.ndim > 2 else (int(np.prod(x.shape[1:])),))
+    fs.create_dir(join(root, split), recursive=True)
+    files = []
+    for index, start in enumerate(range(0, max(len(x), 1), shard_rows)):
+        stop = min(start + shard_rows, len(x))
+        table = vectors_table(
+            x[start:stop],
+            None if label is None else label[start:stop],
+            split_shape,
+            {name: values[start:stop] for name, values in columns.items()},
+        )
+        name = f"{split}/part-{version}-{index:05d}.parquet"
+        pq.write_table(table, join(root, name), filesystem=fs)
+        files.append(name)
+        if bar is not None:
+            bar.update(stop - start)
+    return {
+        "rows": len(x),
+        "files": files,
+        "data_dim": int(np.prod(split_shape)),
+        "shape": list(split_shape),
+        "has_label": label is not None,
+        "dtype": "uint8" if pixels is not None else "float32",
+        "columns": sorted(columns),
+    }
+
+
+def _delete_quietly(fs: pafs.FileSystem, root: str, names: list[str]) -> None:
+    """Delete files under ``root``, ignoring the ones that cannot be (best effort)."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            fs.delete_file(join(root, name))
 
 
 def _read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any]:

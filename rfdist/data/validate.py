@@ -97,6 +97,99 @@ def _check_vectors(report: ValidationReport, table: pa.Table, column: pa.Array, 
     return dim
 
 
+def _check_features(report: ValidationReport, table: pa.Table, features: list[str], where: str) -> int | None:
+    """Check named numeric feature columns; their count is ``D`` (``None``: a column is missing)."""
+    missing = [f for f in features if f not in table.column_names]
+    if missing:
+        report.problems.append(f"{where}: column {missing[0]!r} not found; columns are {table.column_names}")
+        return None
+    for name in features:
+        column = table.column(name)
+        if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+            report.problems.append(f"{where}: column {name!r} has type {column.type}, expected a number")
+            continue
+        values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = _first_bad_row(values, 1)
+        if bad is not None:
+            report.problems.append(f"{where}: column {name!r} row {bad[0]}: {bad[1]}")
+    return len(features)
+
+
+def _check_tensor_x(
+    report: ValidationReport, table: pa.Table, column: pa.Array, where: str, manifest_shape: Any
+) -> int | None:
+    """Check an image column ``x`` of fixed-shape tensors against the manifest and other shards."""
+    try:
+        dim, shape, _, _ = x_layout(table.schema, where)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return None
+    if manifest_shape is not None and tuple(manifest_shape) != shape:
+        report.problems.append(
+            f"{where}: column 'x' holds tensors of shape {shape}, the manifest says {tuple(manifest_shape)}"
+        )
+    elif report.shape is not None and report.shape != shape:
+        report.problems.append(
+            f"{where}: column 'x' holds tensors of shape {shape}, other shards {report.shape}"
+        )
+    report.shape = report.shape or shape
+    if pa.types.is_floating(column.type.value_type):
+        values = np.asarray(column.storage.flatten().to_numpy(zero_copy_only=False))
+        bad = _first_bad_row(values, dim)
+        if bad is not None:
+            report.problems.append(f"{where}: column 'x' row {bad[0]}: {bad[1]}")
+    return dim
+
+
+def _check_x(report: ValidationReport, table: pa.Table, where: str, manifest_shape: Any) -> int | None:
+    """Check column ``x`` (vectors or image tensors); its ``D``, or ``None`` when unusable."""
+    if "x" not in table.column_names:
+        report.problems.append(
+            f"{where}: no column 'x' (columns are {table.column_names}); name numeric feature columns with --features"
+        )
+        return None
+    column = table.column("x").combine_chunks()
+    if is_tensor_type(column.type):
+        return _check_tensor_x(report, table, column, where, manifest_shape)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            row = int(np.argmax(lengths != lengths[0]))
+            report.problems.append(
+                f"{where}: column 'x' has mixed vector lengths (row 0: {lengths[0]}, "
+                f"row {row}: {lengths[row]}); expected fixed_size_list<float32>[D]"
+            )
+        else:
+            report.problems.append(
+                f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
+            )
+        return None
+    if not pa.types.is_fixed_size_list(column.type) or not pa.types.is_floating(column.type.value_type):
+        report.problems.append(
+            f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D] "
+            "or arrow.fixed_shape_tensor<uint8>[C,H,W]"
+        )
+        return None
+    return _check_vectors(report, table, column, where)
+
+
+def _check_shard(
+    report: ValidationReport, table: pa.Table, where: str, features: list[str] | None, manifest_shape: Any
+) -> int | None:
+    """Check one readable shard's columns; its ``D``, or ``None`` when its data is unusable."""
+    if features:
+        dim = _check_features(report, table, features, where)
+    else:
+        dim = _check_x(report, table, where, manifest_shape)
+    if dim is None:
+        return None
+    if "label" in table.column_names and not pa.types.is_integer(table.column("label").type):
+        report.problems.append(
+            f"{where}: column 'label' has type {table.column('label').type}, expected int64"
+        )
+    return dim
+
+
 def validate_dataset(
     uri: str, *, features: list[str] | None = None, storage_options: dict[str, Any] | None = None
 ) -> ValidationReport:
@@ -126,82 +219,11 @@ def validate_dataset(
                 unreadable.add(split)
                 continue
             report.rows[split] += table.num_rows
-            if features:
-                missing = [f for f in features if f not in table.column_names]
-                if missing:
-                    report.problems.append(
-                        f"{where}: column {missing[0]!r} not found; columns are {table.column_names}"
-                    )
-                    continue
-                dim = len(features)
-                for name in features:
-                    column = table.column(name)
-                    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
-                        report.problems.append(
-                            f"{where}: column {name!r} has type {column.type}, expected a number"
-                        )
-                        continue
-                    values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
-                    bad = _first_bad_row(values, 1)
-                    if bad is not None:
-                        report.problems.append(f"{where}: column {name!r} row {bad[0]}: {bad[1]}")
-            else:
-                if "x" not in table.column_names:
-                    report.problems.append(
-                        f"{where}: no column 'x' (columns are {table.column_names}); "
-                        "name numeric feature columns with --features"
-                    )
-                    continue
-                column = table.column("x").combine_chunks()
-                if is_tensor_type(column.type):
-                    try:
-                        dim, shape, _, _ = x_layout(table.schema, where)
-                    except DataError as exc:
-                        report.problems.append(str(exc))
-                        continue
-                    manifest_shape = (manifest_splits.get(split) or {}).get("shape")
-                    if manifest_shape is not None and tuple(manifest_shape) != shape:
-                        report.problems.append(
-                            f"{where}: column 'x' holds tensors of shape {shape}, "
-                            f"the manifest says {tuple(manifest_shape)}"
-                        )
-                    elif report.shape is not None and report.shape != shape:
-                        report.problems.append(
-                            f"{where}: column 'x' holds tensors of shape {shape}, other shards {report.shape}"
-                        )
-                    report.shape = report.shape or shape
-                    if pa.types.is_floating(column.type.value_type):
-                        values = np.asarray(column.storage.flatten().to_numpy(zero_copy_only=False))
-                        bad = _first_bad_row(values, dim)
-                        if bad is not None:
-                            report.problems.append(f"{where}: column 'x' row {bad[0]}: {bad[1]}")
-                elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-                    if len(lengths) and (lengths != lengths[0]).any():
-                        row = int(np.argmax(lengths != lengths[0]))
-                        report.problems.append(
-                            f"{where}: column 'x' has mixed vector lengths (row 0: {lengths[0]}, "
-                            f"row {row}: {lengths[row]}); expected fixed_size_list<float32>[D]"
-                        )
-                    else:
-                        report.problems.append(
-                            f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D]"
-                        )
-                    continue
-                elif not pa.types.is_fixed_size_list(column.type) or not pa.types.is_floating(
-                    column.type.value_type
-                ):
-                    report.problems.append(
-                        f"{where}: column 'x' has type {column.type}, expected fixed_size_list<float32>[D] "
-                        "or arrow.fixed_shape_tensor<uint8>[C,H,W]"
-                    )
-                    continue
-                else:
-                    dim = _check_vectors(report, table, column, where)
-            if "label" in table.column_names and not pa.types.is_integer(table.column("label").type):
-                report.problems.append(
-                    f"{where}: column 'label' has type {table.column('label').type}, expected int64"
-                )
+            dim = _check_shard(
+                report, table, where, features, (manifest_splits.get(split) or {}).get("shape")
+            )
+            if dim is None:
+                continue
             if expected_dim is None:
                 expected_dim = dim
             elif dim != expected_dim:
@@ -210,13 +232,19 @@ def validate_dataset(
                 )
         if report.rows[split] == 0 and split not in unreadable:  # unreadable ≠ empty
             report.problems.append(f"{uri}: split {split!r} is empty")
-    if layout.manifest is not None:
-        for split, entry in layout.manifest["splits"].items():
-            if split in report.rows and report.rows[split] != entry["rows"]:
-                report.problems.append(
-                    f"{uri}: split {split!r} has {report.rows[split]} rows, the manifest says {entry['rows']}"
-                )
+    _check_manifest_rows(report, layout.manifest)
     report.data_dim = expected_dim
     if report.shape is None and expected_dim is not None:
         report.shape = (expected_dim,)
     return report
+
+
+def _check_manifest_rows(report: ValidationReport, manifest: dict[str, Any] | None) -> None:
+    """Each split's row count against the manifest's."""
+    if manifest is None:
+        return
+    for split, entry in manifest["splits"].items():
+        if split in report.rows and report.rows[split] != entry["rows"]:
+            report.problems.append(
+                f"{report.uri}: split {split!r} has {report.rows[split]} rows, the manifest says {entry['rows']}"
+            )
