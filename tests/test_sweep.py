@@ -183,3 +183,32 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
     assert all(c.data.tags["rfdist.stop_reason"] == "completed" for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
     assert str(client.get_model_version_by_alias("sweep-resume", "sweep-best").version) == "1"
+
+
+def test_sweep_finds_its_trials_under_mlflow_experiment_name(tmp_path: Path, monkeypatch) -> None:
+    """With ``MLFLOW_EXPERIMENT_NAME`` set, the parent run and its trials share one experiment.
+
+    A real sqlite store: the parent is opened as ``run_sweep`` opens it, a trial's run as
+    ``run_training`` opens it (child of the parent, via :func:`rfdist.tracking.runs.open_run`),
+    and the sweep's lookup must find it.
+    """
+    from rfdist.config import load_config
+    from rfdist.recipes.sweep import trial_config
+    from rfdist.tracking.runs import child_runs, open_parent_run, open_run
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-sweeps")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    cfg = load_config(None, ["name=envsweep", f"storage.path={tmp_path / 'runs'}", f"tracking.uri={uri}"])
+    parent = open_parent_run(mlflow, cfg)
+    trial = trial_config(cfg.model_dump(mode="json"), {"train.lr": 0.01}, "envsweep-abc12_00000")
+    tags = {"mlflow.parentRunId": parent, "rfdist.trial_id": "abc12_00000"}
+    child, _ = open_run(mlflow, trial, cfg.storage.path, tags)
+    client = mlflow.MlflowClient()
+    assert (
+        client.get_run(child).info.experiment_id == client.get_experiment_by_name("team-sweeps").experiment_id
+    )
+    assert client.get_run(parent).info.experiment_id == client.get_run(child).info.experiment_id
+    ids, _ = child_runs(client, client.get_run(parent).info.experiment_id, parent)
+    assert ids == {"abc12_00000": child}
+    assert open_parent_run(mlflow, cfg) == parent  # a re-run resumes the same parent
