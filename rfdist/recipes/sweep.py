@@ -150,6 +150,48 @@ def _spec_of(key: str, raw_spec: Any) -> tuple[str, Any]:
     return "fixed", raw_spec
 
 
+def _list_domain(cfg: RunConfig, base: dict[str, Any], key: str, kind: str, values: Any) -> Any:
+    """A ``choice``/``grid`` spec as a Tune domain (a grid under ``tune.search grid``)."""
+    from ray import tune
+
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})")
+    for value in values:
+        _check_value(base, key, value)
+    if cfg.tune.search == "optuna" and kind == "grid":
+        raise ConfigError(f"tune.space.{key}: grid values need tune.search grid or random, not optuna")
+    return tune.grid_search(values) if kind == "grid" or cfg.tune.search == "grid" else tune.choice(values)
+
+
+def _range_domain(cfg: RunConfig, base: dict[str, Any], key: str, kind: str, values: Any) -> Any:
+    """A ``uniform``/``loguniform``/``randint`` ``[low, high]`` spec as a Tune domain (bounds inclusive)."""
+    from ray import tune
+
+    values = _numbers(values)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    ):
+        raise ConfigError(f"tune.space.{key}: {kind} needs [low, high] numbers (got {values!r})")
+    low, high = values
+    if low > high:
+        raise ConfigError(f"tune.space.{key}: {kind} needs low <= high (got low={low}, high={high})")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"tune.space.{key}: loguniform needs low > 0 (got {low})")
+    if kind == "randint" and not all(isinstance(v, int) for v in values):
+        raise ConfigError(f"tune.space.{key}: randint needs integer bounds (got {values!r})")
+    for value in values:
+        _check_value(base, key, value)
+    if cfg.tune.search == "grid":
+        raise ConfigError(f"tune.space.{key}: tune.search grid needs finite lists, not {kind}")
+    if kind == "uniform":
+        return tune.uniform(low, high)
+    if kind == "loguniform":
+        return tune.loguniform(low, high)
+    return tune.randint(low, high + 1)  # inclusive bounds in the config
+
+
 def search_space(cfg: RunConfig) -> dict[str, Any]:
     """The Ray Tune ``param_space`` (nested by config section) for ``cfg.tune.space``.
 
@@ -158,8 +200,6 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
     log-uniform bounds, a value the config itself refuses (``K < 1``, an unknown estimator),
     and grid/range specs the chosen search algorithm cannot handle.
     """
-    from ray import tune
-
     if not cfg.tune.space:
         raise ConfigError("tune.space: empty; list at least one config key to sweep")
     base = cfg.model_dump(mode="json")
@@ -171,46 +211,9 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
             raise ConfigError(f"tune.space.{key}: unknown config key")
         kind, values = _spec_of(key, raw_spec)
         if kind in ("choice", "grid"):
-            if not isinstance(values, list) or not values:
-                raise ConfigError(
-                    f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})"
-                )
-            for value in values:
-                _check_value(base, key, value)
-            if cfg.tune.search == "optuna" and kind == "grid":
-                raise ConfigError(
-                    f"tune.space.{key}: grid values need tune.search grid or random, not optuna"
-                )
-            domain = (
-                tune.grid_search(values)
-                if kind == "grid" or cfg.tune.search == "grid"
-                else tune.choice(values)
-            )
+            domain = _list_domain(cfg, base, key, kind, values)
         elif kind in ("uniform", "loguniform", "randint"):
-            values = _numbers(values)
-            if (
-                not isinstance(values, list)
-                or len(values) != 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-            ):
-                raise ConfigError(f"tune.space.{key}: {kind} needs [low, high] numbers (got {values!r})")
-            low, high = values
-            if low > high:
-                raise ConfigError(f"tune.space.{key}: {kind} needs low <= high (got low={low}, high={high})")
-            if kind == "loguniform" and low <= 0:
-                raise ConfigError(f"tune.space.{key}: loguniform needs low > 0 (got {low})")
-            if kind == "randint" and not all(isinstance(v, int) for v in values):
-                raise ConfigError(f"tune.space.{key}: randint needs integer bounds (got {values!r})")
-            for value in values:
-                _check_value(base, key, value)
-            if cfg.tune.search == "grid":
-                raise ConfigError(f"tune.space.{key}: tune.search grid needs finite lists, not {kind}")
-            if kind == "uniform":
-                domain = tune.uniform(low, high)
-            elif kind == "loguniform":
-                domain = tune.loguniform(low, high)
-            else:
-                domain = tune.randint(low, high + 1)  # inclusive bounds in the config
+            domain = _range_domain(cfg, base, key, kind, values)
         else:
             _check_value(base, key, values)
             domain = values
