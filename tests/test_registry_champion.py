@@ -62,3 +62,23 @@ def test_a_worse_run_does_not_take_champion_and_promote_moves_it(tmp_path: Path)
     assert result.exit_code != 0 and "error: cannot promote flow v99" in result.output
     assert _champion(client) == v2  # unchanged
     assert {v1, v2, v3, v4} == {"1", "2", "3", "4"}
+
+
+def test_a_model_name_with_a_backslash_finds_its_version_tags(tmp_path: Path) -> None:
+    """``models:/NAME/latest`` checks the weights against the registered version's digest tags,
+    found by a registry filter that quotes NAME as MLflow reads it (no escapes: a ``\\`` stays one)."""
+    import pytest
+
+    from rfdist.tracking.models import STATE_DIGEST_KEY, ModelIntegrityError, get_model_record, load_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in ("plain", "back\\slash"):  # MLflow refuses ' and " in a model name
+        version, _ = _register(uri, name, 1.0)
+        assert get_model_record(name, tracking_uri=uri).version == version
+        load_flow(f"models:/{name}/latest")  # the recorded digests match
+        client.set_model_version_tag(name, version, STATE_DIGEST_KEY, "0" * 64)
+        with pytest.raises(ModelIntegrityError, match="does not match"):
+            load_flow(f"models:/{name}/latest")

@@ -87,10 +87,10 @@ def test_bad_search_space_fails_before_any_trial(tmp_path: Path, space: str, exp
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def _runs(tmp: Path, name: str):
+def _runs(tmp: Path, name: str, experiment_name: str = "rfdist"):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry
-    experiment = client.get_experiment_by_name("rfdist")
+    experiment = client.get_experiment_by_name(experiment_name)
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("rfdist.sweep_name") == name]
     assert len(parents) == 1, [r.data.tags for r in runs]
@@ -143,6 +143,8 @@ def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
+    """Ctrl-C, then the same command resumes; under ``MLFLOW_EXPERIMENT_NAME``, where the parent
+    run must sit with its trials' runs for the sweep to find them (stop reasons, the best model)."""
     data = make_data(str(tmp_path / "data"), rows=4000)
     space = "tune.space={estimator.num_samples: [1, 2]}"
     args = [
@@ -155,7 +157,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
         "train.max_steps=160",
     ]
     command = [sys.executable, "-m", "rfdist.cli", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_EXPERIMENT_NAME": "sweep-team"}
     log = tmp_path / "first.log"
     with log.open("w") as out:
         first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
@@ -169,7 +171,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
     text = log.read_text()
     assert code == 130, text[-3000:]
     assert "run the same command again to resume it" in text
-    _, parent, children = _runs(tmp_path, "sweep-resume")
+    _, parent, children = _runs(tmp_path, "sweep-resume", "sweep-team")
     assert parent.info.status == "RUNNING"
 
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
@@ -177,9 +179,38 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
     assert second.returncode == 0, output[-3000:]
     assert "resuming sweep 'sweep-resume'" in output
     assert "resumed from checkpoint at step" in output  # the interrupted trial continued
-    client, parent_after, children = _runs(tmp_path, "sweep-resume")
+    client, parent_after, children = _runs(tmp_path, "sweep-resume", "sweep-team")
     assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
     assert len(children) == 2  # one per trial, not one per attempt
     assert all(c.data.tags["rfdist.stop_reason"] == "completed" for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
     assert str(client.get_model_version_by_alias("sweep-resume", "sweep-best").version) == "1"
+
+
+def test_sweep_finds_its_trials_under_mlflow_experiment_name(tmp_path: Path, monkeypatch) -> None:
+    """With ``MLFLOW_EXPERIMENT_NAME`` set, the parent run and its trials share one experiment.
+
+    A real sqlite store: the parent is opened as ``run_sweep`` opens it, a trial's run as
+    ``run_training`` opens it (child of the parent, via :func:`rfdist.tracking.runs.open_run`),
+    and the sweep's lookup must find it.
+    """
+    from rfdist.config import load_config
+    from rfdist.recipes.sweep import trial_config
+    from rfdist.tracking.runs import child_runs, open_parent_run, open_run
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-sweeps")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    cfg = load_config(None, ["name=envsweep", f"storage.path={tmp_path / 'runs'}", f"tracking.uri={uri}"])
+    parent = open_parent_run(mlflow, cfg)
+    trial = trial_config(cfg.model_dump(mode="json"), {"train.lr": 0.01}, "envsweep-abc12_00000")
+    tags = {"mlflow.parentRunId": parent, "rfdist.trial_id": "abc12_00000"}
+    child, _ = open_run(mlflow, trial, cfg.storage.path, tags)
+    client = mlflow.MlflowClient()
+    assert (
+        client.get_run(child).info.experiment_id == client.get_experiment_by_name("team-sweeps").experiment_id
+    )
+    assert client.get_run(parent).info.experiment_id == client.get_run(child).info.experiment_id
+    ids, _ = child_runs(client, client.get_run(parent).info.experiment_id, parent)
+    assert ids == {"abc12_00000": child}
+    assert open_parent_run(mlflow, cfg) == parent  # a re-run resumes the same parent

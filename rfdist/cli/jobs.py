@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -26,7 +26,7 @@ AddressOpt = Annotated[
 jobs_app = typer.Typer(help="Ray jobs on a cluster: list, logs, stop.", no_args_is_help=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {Redactor()(message)}", err=True)
     raise typer.Exit(code)
 
@@ -48,38 +48,41 @@ def _client(address: str | None):
 SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")]
+ValidateOpt = Annotated[
+    bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")
+]
+InstallDepsOpt = Annotated[
+    bool,
+    typer.Option("--install-deps", help="pip-install the project's dependencies in the job (real clusters)."),
+]
+ForwardCredentialsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--forward-credentials",
+        help="Also copy AWS_*/MLflow credentials into the job (stored in its runtime_env on the "
+        "cluster; prefer the cluster's own secrets).",
+    ),
+]
+WorkingDirOpt = Annotated[
+    Path | None, typer.Option(help="Project root to upload (default: found from the current folder).")
+]
+JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="Submission id (default: generated).")]
+
+
 def submit(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help="train | sweep | eval | score")],
     target: Annotated[str, typer.Argument(help="CONFIG file (train, sweep) or MODEL_URI (eval).")],
     address: AddressOpt = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
-    ] = False,
-    validate: Annotated[
-        bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")
-    ] = True,
-    install_deps: Annotated[
-        bool,
-        typer.Option(
-            "--install-deps", help="pip-install the project's dependencies in the job (real clusters)."
-        ),
-    ] = False,
-    forward_credentials: Annotated[
-        bool,
-        typer.Option(
-            "--forward-credentials",
-            help="Also copy AWS_*/MLflow credentials into the job (stored in its runtime_env on the "
-            "cluster; prefer the cluster's own secrets).",
-        ),
-    ] = False,
-    working_dir: Annotated[
-        Path | None, typer.Option(help="Project root to upload (default: found from the current folder).")
-    ] = None,
-    job_id: Annotated[
-        str | None, typer.Option("--job-id", help="Submission id (default: generated).")
-    ] = None,
+    set_: SetOpt = None,
+    wait: WaitOpt = False,
+    validate: ValidateOpt = True,
+    install_deps: InstallDepsOpt = False,
+    forward_credentials: ForwardCredentialsOpt = False,
+    working_dir: WorkingDirOpt = None,
+    job_id: JobIdOpt = None,
 ) -> None:
     """Submit `rfdist KIND TARGET` as a Ray job; arguments after the options go to the job.
 
@@ -88,7 +91,7 @@ def submit(
     --address … --data s3://bucket/vm`.
     """
     from rfdist.config import ConfigError
-    from rfdist.recipes.submit import build_job, follow, resolve_address
+    from rfdist.recipes.submit import build_job, resolve_address
 
     redact = Redactor()
     try:
@@ -112,11 +115,23 @@ def submit(
     if forward_credentials:
         _note("forwarding credentials into the job's runtime_env (values hidden)")
     resolved, client = _client(resolved)
+    job = _submit_job(client, resolved, spec)
+    typer.echo(f"submitted {job} to {resolved}")
+    typer.echo(f"entrypoint  {redact(spec.entrypoint)}")
+    typer.echo(f"env         {', '.join(spec.forwarded) or '(none)'}")
+    if not wait:
+        typer.echo(f"follow with: rfdist jobs logs {job} --address {resolved} --follow")
+        return
+    _follow_job(client, job, resolved, redact)
+
+
+def _submit_job(client, address: str, spec) -> str:
+    """Submit ``spec`` through ``client``; returns the job id (a refusal is one ``error:`` line)."""
     from rfdist.recipes.submit import cluster_errors
 
     try:
-        with cluster_errors(resolved):
-            job = client.submit_job(
+        with cluster_errors(address):
+            return client.submit_job(
                 entrypoint=spec.entrypoint,
                 runtime_env=spec.runtime_env,
                 submission_id=spec.submission_id,
@@ -125,18 +140,18 @@ def submit(
     except SubmitError as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # the Jobs API refused it (e.g. upload too large)
-        _fail(f"submitting to {resolved} failed: {str(exc).splitlines()[0]}")
-    typer.echo(f"submitted {job} to {resolved}")
-    typer.echo(f"entrypoint  {redact(spec.entrypoint)}")
-    typer.echo(f"env         {', '.join(spec.forwarded) or '(none)'}")
-    if not wait:
-        typer.echo(f"follow with: rfdist jobs logs {job} --address {resolved} --follow")
-        return
+        _fail(f"submitting to {address} failed: {str(exc).splitlines()[0]}")
+
+
+def _follow_job(client, job: str, address: str, redact: Redactor) -> None:
+    """Stream the job's logs until it ends; exit with its status (Ctrl-C detaches, exit 130)."""
+    from rfdist.recipes.submit import follow
+
     try:
         status = follow(client, job, lambda text: (sys.stdout.write(text), sys.stdout.flush()), redact)
     except KeyboardInterrupt:
         typer.echo(
-            f"\ndetached; the job keeps running (rfdist jobs stop {job} --address {resolved})", err=True
+            f"\ndetached; the job keeps running (rfdist jobs stop {job} --address {address})", err=True
         )
         raise typer.Exit(130) from None
     typer.echo(f"job {job} {status}")

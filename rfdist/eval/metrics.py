@@ -10,6 +10,8 @@
   space (e.g. logit space for images) and in data space (pixel values in ``[0, 256)``), which
   differ by exactly the preprocessing's ``log|det ∂z/∂x|``.
 - :func:`reconstruction_errors` — ``‖z − g(g†(z))‖²`` per row, in the model's space.
+- :func:`circle_metrics` — a flow's density on the unit circle against the true von Mises one:
+  KL(true ‖ model) and the model's mass by quadrature over the circle.
 - :func:`sphere_density_grid` / :func:`sphere_metrics` — a density on the unit sphere ``S²``
   against the known true one: KL(true ‖ model) and the model's mass by quadrature over the sphere.
 - :func:`encode_rows` / :func:`factor_r2` — is the manifold learned? R² of predicting a
@@ -41,6 +43,7 @@ from rfdist.data.preprocess import dequantize_logit, standardize
 __all__ = [
     "Stump",
     "auroc",
+    "circle_metrics",
     "encode_rows",
     "factor_r2",
     "frechet_distance",
@@ -418,6 +421,24 @@ def factor_r2(
     for i, name in enumerate(names or [str(i) for i in range(fa.shape[1])]):
         out[f"factor_r2_knn_{name}"] = float(r2_score(fb[:, i], near[:, i]))
     return out
+
+
+# ------------------------------------------------------------- density on a known manifold
+def circle_metrics(model: torch.nn.Module, truth, points: int = 4000) -> dict[str, float]:
+    """KL(true ‖ model) and ∫p dθ by quadrature over the true circle (von Mises only).
+
+    ``model`` has ``log_prob`` (a flow); ``truth`` has ``points`` and ``log_density_theta``
+    (:mod:`rfdist.data.synthetic`).
+    """
+    theta, x = truth.points(points, dtype=next(model.parameters()).dtype)
+    with torch.no_grad():
+        log_model = model.log_prob(x).double()
+    log_true = truth.log_density_theta(theta)
+    weight = 2 * math.pi / points
+    return {
+        "kl": float((log_true.exp() * (log_true - log_model)).sum() * weight),
+        "mass": float(log_model.exp().sum() * weight),
+    }
 
 
 # --------------------------------------------------------------------- density on the sphere

@@ -12,10 +12,11 @@ import torch
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
 
-__all__ = ["model_image", "pareto_front", "plot_model", "plot_pareto"]
+__all__ = ["model_image", "pareto_front", "plot_model", "plot_pareto", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (PNG files, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,12 @@ def _pyplot():
 
 @torch.no_grad()
 def plot_model(
-    model: RectangularFlow, data: torch.Tensor, path: str | Path, *, samples: int = 1000, title: str | None = None
+    model: RectangularFlow,
+    data: torch.Tensor,
+    path: str | Path,
+    *,
+    samples: int = 1000,
+    title: str | None = None,
 ) -> Path:
     """Save a picture of ``model`` next to ``data`` (rows in data space) as a PNG at ``path``.
 
@@ -35,7 +41,7 @@ def plot_model(
     - images: grids of samples, data and the data's reconstructions g(g†(x)) (model's scale;
       RGB grids rescaled to [0, 1] by each grid's 1st–99th percentiles).
     """
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -88,7 +94,13 @@ def plot_model(
 
 @torch.no_grad()
 def model_image(
-    model: RectangularFlow, spec: ModelSpec, data: torch.Tensor, *, title: str, samples: int = 256, seed: int = 0
+    model: RectangularFlow,
+    spec: ModelSpec,
+    data: torch.Tensor,
+    *,
+    title: str,
+    samples: int = 256,
+    seed: int = 0,
 ):
     """:func:`plot_model` of a CPU copy of ``model`` (built from ``spec``) as a PIL image.
 
@@ -149,7 +161,7 @@ def plot_pareto(trials, path: str | Path, *, metric: str = "val_nll") -> Path:
     """
     import math
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     usable = [t for t in trials if math.isfinite(t.val_nll) and math.isfinite(t.s_per_step)]

@@ -40,6 +40,7 @@ import torch
 
 from rfdist.eval.metrics import (
     auroc,
+    circle_metrics,
     encode_rows,
     factor_r2,
     frechet_distance,
@@ -169,6 +170,77 @@ def _to_data_space(z: torch.Tensor, preprocess: str, lam: float, stats: dict | N
     return z
 
 
+def _test_metrics(test: dict[str, torch.Tensor], n_test: int, dim: int, preprocess: str) -> dict[str, float]:
+    """Test NLL (data space, and the model's space when it differs), bits/dim, reconstruction."""
+    space = SPACE_NAMES.get(preprocess)
+    metrics: dict[str, float] = {"n_test": float(n_test)}
+    metrics["test_nll_data"] = float(-test["data"].mean())
+    if space is None:
+        metrics["test_nll"] = metrics["test_nll_data"]
+    else:
+        metrics[f"test_nll_{space}"] = float(-test["model"].mean())
+    if preprocess == "logit":
+        metrics["test_bpd_data"] = metrics["test_nll_data"] / (dim * math.log(2))
+    metrics["test_reconstruction"] = float(test["reconstruction"].mean())
+    return metrics
+
+
+def _samples(model, data: EvalData, opts: EvalOptions, preprocess: str, lam: float):
+    """``(samples in the model's space, in data space, Fréchet-distance metrics)``, seeded by ``opts.seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        n_fd = min(opts.fd_samples, data.test.shape[0])  # 0: no Fréchet distance (64 samples drawn)
+        n_draw = n_fd or 64
+        samples = torch.cat([model.sample(min(500, n_draw - i)) for i in range(0, n_draw, 500)])
+    samples_data = _to_data_space(samples, preprocess, lam, data.stats).float()
+    features = opts.features
+    if features == "auto":
+        features = "lenet" if len(model.data_shape) == 3 and data.train_labels is not None else "raw"
+    from rfdist.eval.features import get_extractor
+
+    metrics: dict[str, float] = {}
+    if n_fd:  # raw features at D=12,288 mean a 12,288² covariance: use --fd-samples 0 there
+        extractor = get_extractor(
+            features, train_images=data.train, train_labels=data.train_labels, progress=opts.progress
+        )
+        metrics[f"fd_{extractor.name}"] = frechet_distance(
+            extractor(samples_data), extractor(data.test[:n_fd])
+        )
+    return samples, samples_data, metrics
+
+
+def _truth_metrics(
+    model, data: EvalData, samples: torch.Tensor, nll_data: float, scores: dict
+) -> dict[str, float]:
+    """Synthetic data with a known density: entropy, KL, distance of samples to the true manifold.
+
+    The sphere's quadrature grid goes into ``scores`` (``sphere_*``) for its plot.
+    """
+    metrics = {"true_entropy": float(data.truth.entropy())}
+    metrics["sample_off_manifold"] = float((samples.norm(dim=-1) - 1).abs().mean())
+    metrics["kl_mc"] = nll_data - metrics["true_entropy"]
+    if data.synthetic == "von-mises":
+        metrics.update(circle_metrics(model, data.truth))
+    elif data.synthetic == "sphere":  # KL(true ‖ model), mass: quadrature over the true sphere
+        grid = _sphere_grid(model, data.truth)
+        metrics.update(sphere_grid_metrics(grid))
+        scores.update({f"sphere_{k}": v for k, v in grid.items() if k != "points"})
+    return metrics
+
+
+def _factor_metrics(
+    model, data: EvalData, opts: EvalOptions, preprocess: str, lam: float
+) -> dict[str, float]:
+    """R² of the true factors from the encodings (is the manifold learned?)."""
+    rows = min(2000, data.train.shape[0])  # the first rows: factors stay aligned with images
+    codes = {
+        name: encode_rows(model, x, preprocess=preprocess, lam=lam, stats=data.stats, batch_size=opts.batch_size)
+        for name, x in (("train", data.train[:rows]), ("test", data.test))
+    }  # fmt: skip
+    names = [n.removeprefix("factor_") for n in data.factor_names]
+    return factor_r2(codes["train"], data.train_factors[:rows], codes["test"], data.test_factors, names=names)
+
+
 def evaluate_model(
     model,
     data: EvalData,
@@ -186,7 +258,6 @@ def evaluate_model(
         from rfdist.data.errors import DataError
 
         raise DataError(f"{data.uri}: rows have shape {data.shape}, the model expects {model.data_shape}")
-    space = SPACE_NAMES.get(preprocess)
     bar = opts.progress
 
     def score(x: torch.Tensor, what: str, seed: int) -> dict[str, torch.Tensor]:
@@ -195,66 +266,17 @@ def evaluate_model(
             generator=torch.Generator().manual_seed(seed), progress=f"log-likelihood {what}" if bar else None,
         )  # fmt: skip
 
-    metrics: dict[str, float] = {"n_test": float(data.test.shape[0])}
     test = score(data.test, "test", opts.seed)
-    dim = math.prod(model.data_shape)
-    metrics["test_nll_data"] = float(-test["data"].mean())
-    if space is None:
-        metrics["test_nll"] = metrics["test_nll_data"]
-    else:
-        metrics[f"test_nll_{space}"] = float(-test["model"].mean())
-    if preprocess == "logit":
-        metrics["test_bpd_data"] = metrics["test_nll_data"] / (dim * math.log(2))
-    metrics["test_reconstruction"] = float(test["reconstruction"].mean())
+    metrics = _test_metrics(test, data.test.shape[0], math.prod(model.data_shape), preprocess)
     scores = {f"test_{k}": v.numpy() for k, v in test.items()}
-
-    # samples: Fréchet distance and (synthetic data) distance to the true manifold
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(opts.seed)
-        n_fd = min(opts.fd_samples, data.test.shape[0])  # 0: no Fréchet distance (64 samples drawn)
-        n_draw = n_fd or 64
-        samples = torch.cat([model.sample(min(500, n_draw - i)) for i in range(0, n_draw, 500)])
-    samples_data = _to_data_space(samples, preprocess, lam, data.stats).float()
-    features = opts.features
-    if features == "auto":
-        features = "lenet" if len(model.data_shape) == 3 and data.train_labels is not None else "raw"
-    from rfdist.eval.features import get_extractor
-
-    if n_fd:  # raw features at D=12,288 mean a 12,288² covariance: use --fd-samples 0 there
-        extractor = get_extractor(
-            features, train_images=data.train, train_labels=data.train_labels, progress=bar
-        )
-        metrics[f"fd_{extractor.name}"] = frechet_distance(
-            extractor(samples_data), extractor(data.test[:n_fd])
-        )
-
+    samples, samples_data, fd = _samples(model, data, opts, preprocess, lam)
+    metrics.update(fd)
     if data.truth is not None:
-        metrics["true_entropy"] = float(data.truth.entropy())
-        metrics["sample_off_manifold"] = float((samples.norm(dim=-1) - 1).abs().mean())
-        metrics["kl_mc"] = metrics["test_nll_data"] - metrics["true_entropy"]
-        if data.synthetic == "von-mises":
-            from rfdist.recipes.local import circle_metrics
-
-            metrics.update(circle_metrics(model, data.truth))
-        elif data.synthetic == "sphere":  # KL(true ‖ model), mass: quadrature over the true sphere
-            grid = _sphere_grid(model, data.truth)
-            metrics.update(sphere_grid_metrics(grid))
-            scores.update({f"sphere_{k}": v for k, v in grid.items() if k != "points"})
-
+        metrics.update(_truth_metrics(model, data, samples, metrics["test_nll_data"], scores))
     if data.test_factors is not None and data.train is not None:
-        rows = min(2000, data.train.shape[0])  # the first rows: factors stay aligned with images
-        codes = {
-            name: encode_rows(model, x, preprocess=preprocess, lam=lam, stats=data.stats, batch_size=opts.batch_size)
-            for name, x in (("train", data.train[:rows]), ("test", data.test))
-        }  # fmt: skip
-        names = [n.removeprefix("factor_") for n in data.factor_names]
-        metrics.update(
-            factor_r2(
-                codes["train"], data.train_factors[:rows], codes["test"], data.test_factors, names=names
-            )
-        )
-
+        metrics.update(_factor_metrics(model, data, opts, preprocess, lam))
     if ood is not None:
+        space = SPACE_NAMES.get(preprocess)
         metrics.update(_ood_metrics(model, data, ood, opts, test, score, scores, space))
     metrics["eval_seconds"] = time.perf_counter() - start
     result = EvalResult(metrics, scores)
@@ -315,7 +337,7 @@ def _ood_metrics(model, data, ood, opts, test, score, scores, space) -> dict[str
 
 
 def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> list[Path]:
-    from rfdist.eval.plots import _pyplot, plot_model
+    from rfdist.eval.plots import plot_model, pyplot
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -326,7 +348,7 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
     if "sphere_log_model" in scores:
         paths.append(_sphere_density_plot(scores, folder / "sphere_density.png"))
     if "test_out_data" in scores:
-        plt = _pyplot()
+        plt = pyplot()
         key = "model" if preprocess != "none" else "data"
         fig, ax = plt.subplots(figsize=(5, 4))
         for name, colour in (("test", "tab:green"), ("test_out", "tab:blue")):
@@ -343,9 +365,9 @@ def _plots(model, data, samples_data, preprocess, lam, scores, folder: Path) -> 
 
 def _sphere_density_plot(scores: dict[str, np.ndarray], path: Path) -> Path:
     """Learned vs true density on the sphere as latitude/longitude heat maps (one colour scale)."""
-    from rfdist.eval.plots import _pyplot
+    from rfdist.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     lat, lon = np.degrees(np.arcsin(scores["sphere_z"])), np.degrees(scores["sphere_phi"])
     learned, true = np.exp(scores["sphere_log_model"]), np.exp(scores["sphere_log_true"])
     top = float(np.nanmax(true)) * 1.5
@@ -362,9 +384,9 @@ def _sphere_density_plot(scores: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def _sample_grid(samples: torch.Tensor, data: torch.Tensor, path: Path, count: int = 64) -> Path:
-    from rfdist.eval.plots import _pyplot
+    from rfdist.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     side = int(math.sqrt(min(count, samples.shape[0], data.shape[0])))
     for ax, images, title in ((axes[0], samples, "samples"), (axes[1], data, "test data")):

@@ -6,7 +6,6 @@ Used by ``rfdist train --local`` and by tests; the Ray Train worker reuses the s
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ from rfdist.core.builders import build_model
 from rfdist.core.engine import evaluate_nll, fit
 from rfdist.core.model import RectangularFlow
 from rfdist.data.synthetic import make_synthetic
+from rfdist.eval.metrics import circle_metrics
 
-__all__ = ["LoadedData", "circle_metrics", "load_arrays", "run_local"]
+__all__ = ["LoadedData", "load_arrays", "run_local"]
 
 
 @dataclass
@@ -52,19 +52,6 @@ def load_arrays(cfg: RunConfig) -> LoadedData:
     train = prep(load_split(info, "train"))
     test = prep(load_split(info, "test") if "test" in info.splits else load_split(info, "val"))
     return LoadedData(train, test, tuple(info.shape))
-
-
-def circle_metrics(model: RectangularFlow, truth, points: int = 4000) -> dict[str, float]:
-    """KL(true ‖ model) and ∫p dθ by quadrature over the true circle (von Mises only)."""
-    theta, x = truth.points(points, dtype=next(model.parameters()).dtype)
-    with torch.no_grad():
-        log_model = model.log_prob(x).double()
-    log_true = truth.log_density_theta(theta)
-    weight = 2 * math.pi / points
-    return {
-        "kl": float((log_true.exp() * (log_true - log_model)).sum() * weight),
-        "mass": float(log_model.exp().sum() * weight),
-    }
 
 
 def run_local(cfg: RunConfig, *, progress: bool = True) -> tuple[RectangularFlow, dict[str, float]]:

@@ -77,7 +77,12 @@ class Scorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_table(
-            self.model, batch, features=self.features, dim=self.dim, preprocess=self.preprocess, device=self.device
+            self.model,
+            batch,
+            features=self.features,
+            dim=self.dim,
+            preprocess=self.preprocess,
+            device=self.device,
         )
 
 
@@ -92,7 +97,9 @@ def _output(out: str) -> tuple[pafs.FileSystem, str, bool]:
     if info.type == pafs.FileType.Directory:
         entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         if entries and fs.get_file_info(join(root, SUCCESS)).type != pafs.FileType.File:
-            raise DataError(f"--out {out}: exists and is not an `rfdist score` output (no {SUCCESS}); choose a new folder")
+            raise DataError(
+                f"--out {out}: exists and is not an `rfdist score` output (no {SUCCESS}); choose a new folder"
+            )
     return fs, root, out.startswith("s3://")
 
 
@@ -116,6 +123,101 @@ def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     return sorted((e for e in entries if e.base_name.endswith(".parquet")), key=lambda e: e.path)
 
 
+def _open_inputs(model_uri: str, data: str, split: str, tracking_uri: str | None) -> tuple[Any, Any, dict]:
+    """``(loaded flow, dataset info, preprocess)``; bad input raises ``DataError`` naming the option."""
+    from rfdist.data.reader import open_dataset
+    from rfdist.tracking.models import load_flow, resolve_tracking_uri
+
+    loaded = load_flow(model_uri, tracking_uri=resolve_tracking_uri(tracking_uri))
+    model = loaded.model
+    try:
+        info = open_dataset(data)
+    except DataError as exc:
+        raise DataError(f"--data: {exc}") from None
+    if split not in info.splits:
+        raise DataError(f"--split {split}: {data} has no such split (found {', '.join(sorted(info.splits))})")
+    if info.data_dim != model.data_dim:
+        raise DataError(
+            f"--data {data}: rows have {info.data_dim} values, the model expects {model.data_dim}"
+        )
+    preprocess = loaded.preprocess
+    if preprocess is None:  # models logged before preprocess.json: the evaluation default
+        preprocess = {"kind": "logit" if len(model.data_shape) == 3 else "none", "stats": info.stats}
+    return loaded, info, preprocess
+
+
+def _scored(
+    loaded: Any, info: Any, split: str, preprocess: dict, *, batch_size: int, actors: int | None
+) -> tuple[Any, list[str]]:
+    """``(lazy Ray Dataset of scored rows, input columns read)``: a pool of :class:`Scorer` actors."""
+    import ray
+    import ray.data
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    pool = actors or (gpus or max(1, math.floor(ray.cluster_resources().get("CPU", 1) / 2)))
+    schema = pq.read_schema(info.splits[split][0], filesystem=info.filesystem)
+    columns = [*info.columns(), *(["id"] if "id" in schema.names and "id" not in info.columns() else [])]
+    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(columns)
+    scored = ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "spec": loaded.spec.to_dict(),
+            "state": {k: v.cpu() for k, v in loaded.model.state_dict().items()},
+            "preprocess": preprocess,
+            "features": info.features,
+            "dim": info.data_dim,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=(1, pool),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1,
+    )
+    return scored, columns
+
+
+def _write_scores(
+    output: tuple[pafs.FileSystem, str, bool], scored: Any, source: dict[str, str], columns: list[str]
+) -> dict[str, Any]:
+    """Write ``scored`` to ``output`` (:func:`_output`) with its ``_SUCCESS``; returns that summary.
+
+    A local folder appears whole at once (written beside it, then moved in); on S3 the old
+    ``_SUCCESS`` goes first, so a half-written output is never taken for a complete one.
+    """
+    from rfdist.data.fs import join
+
+    fs, root, is_s3 = output
+    target = root if is_s3 else f"{root}.tmp-{uuid.uuid4().hex[:12]}"
+    if is_s3 and fs.get_file_info(join(root, SUCCESS)).type == pafs.FileType.File:
+        fs.delete_file(join(root, SUCCESS))  # the previous output is no longer complete
+        fs.delete_dir_contents(root, missing_dir_ok=True)
+    try:
+        scored.write_parquet(target, filesystem=fs)
+        files = _parquet_files(fs, target)
+        rows = sum(pq.read_metadata(e.path, filesystem=fs).num_rows for e in files)
+        summary = {
+            **source,
+            "rows": rows,
+            "files": [e.path[len(target) + 1 :] for e in files],
+            "columns": columns,
+        }
+        fs.create_dir(target, recursive=True)
+        _publish(fs, target, summary)
+        if not is_s3:  # the whole folder appears at once
+            old = None
+            if fs.get_file_info(root).type == pafs.FileType.Directory:
+                old = f"{root}.old-{uuid.uuid4().hex[:12]}"
+                fs.move(root, old)
+            fs.move(target, root)
+            if old:
+                fs.delete_dir(old)
+    except BaseException:
+        if not is_s3 and fs.get_file_info(target).type == pafs.FileType.Directory:
+            fs.delete_dir(target)
+        raise
+    return summary
+
+
 def score_dataset(
     model_uri: str,
     data: str,
@@ -133,85 +235,23 @@ def score_dataset(
     Everything that can be checked (model, dataset, split, row width, output folder) is checked
     before Ray starts; bad input raises ``DataError`` with one line naming the option.
     """
-    from rfdist.data.fs import join
-    from rfdist.data.reader import open_dataset
-    from rfdist.tracking.models import load_flow, resolve_tracking_uri
-
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1 (got {batch_size})")
-    loaded = load_flow(model_uri, tracking_uri=resolve_tracking_uri(tracking_uri))
-    model = loaded.model
-    try:
-        info = open_dataset(data)
-    except DataError as exc:
-        raise DataError(f"--data: {exc}") from None
-    if split not in info.splits:
-        raise DataError(f"--split {split}: {data} has no such split (found {', '.join(sorted(info.splits))})")
-    if info.data_dim != model.data_dim:
-        raise DataError(f"--data {data}: rows have {info.data_dim} values, the model expects {model.data_dim}")
-    preprocess = loaded.preprocess
-    if preprocess is None:  # models logged before preprocess.json: the evaluation default
-        preprocess = {"kind": "logit" if len(model.data_shape) == 3 else "none", "stats": info.stats}
-    fs, root, is_s3 = _output(out)
+    loaded, info, preprocess = _open_inputs(model_uri, data, split, tracking_uri)
+    output = _output(out)
 
-    import ray
     import ray.data
 
     from rfdist.recipes.train import connect_or_start_ray
 
     connect_or_start_ray(address, 4)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    pool = actors or (gpus or max(1, math.floor(ray.cluster_resources().get("CPU", 1) / 2)))
-    schema = pq.read_schema(info.splits[split][0], filesystem=info.filesystem)
-    columns = [*info.columns(), *(["id"] if "id" in schema.names and "id" not in info.columns() else [])]
-    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(columns)
-    scored = ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={
-            "spec": loaded.spec.to_dict(),
-            "state": {k: v.cpu() for k, v in model.state_dict().items()},
-            "preprocess": preprocess,
-            "features": info.features,
-            "dim": info.data_dim,
-        },
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        concurrency=(1, pool),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1,
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    scored, columns = _scored(loaded, info, split, preprocess, batch_size=batch_size, actors=actors)
+    source = {"model_uri": model_uri, "data": data, "split": split}
+    summary = _write_scores(
+        output, scored, source, [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS]
     )
-    target = root if is_s3 else f"{root}.tmp-{uuid.uuid4().hex[:12]}"
-    if is_s3 and fs.get_file_info(join(root, SUCCESS)).type == pafs.FileType.File:
-        fs.delete_file(join(root, SUCCESS))  # the previous output is no longer complete
-        fs.delete_dir_contents(root, missing_dir_ok=True)
-    try:
-        scored.write_parquet(target, filesystem=fs)
-        files = _parquet_files(fs, target)
-        rows = sum(pq.read_metadata(e.path, filesystem=fs).num_rows for e in files)
-        summary = {
-            "model_uri": model_uri,
-            "data": data,
-            "split": split,
-            "rows": rows,
-            "files": [e.path[len(target) + 1 :] for e in files],
-            "columns": [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS],
-        }
-        fs.create_dir(target, recursive=True)
-        _publish(fs, target, summary)
-        if not is_s3:  # the whole folder appears at once
-            old = None
-            if fs.get_file_info(root).type == pafs.FileType.Directory:
-                old = f"{root}.old-{uuid.uuid4().hex[:12]}"
-                fs.move(root, old)
-            fs.move(target, root)
-            if old:
-                fs.delete_dir(old)
-    except BaseException:
-        if not is_s3 and fs.get_file_info(target).type == pafs.FileType.Directory:
-            fs.delete_dir(target)
-        raise
+    rows = summary["rows"]
     expected = info.rows.get(split)
     if expected is not None and rows != expected:
         raise RuntimeError(f"scored {rows} rows of {expected} in split {split!r}")

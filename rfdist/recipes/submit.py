@@ -245,6 +245,74 @@ def is_loopback(address: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
+@dataclass
+class _JobConfig:
+    """What a job's config argument settled: the argument itself and what validating it found."""
+
+    argument: str  # a path inside the uploaded project, ``@inline:NAME``, or the model URI
+    name: str  # the run's name (the job kind when the config was not read)
+    overrides: list[str]  # with relative local paths pinned
+    tracking: str | None = None  # the config's tracking.uri, when known
+    notes: list[str] = field(default_factory=list)
+
+
+def _job_config(
+    kind: str,
+    target: str,
+    overrides: list[str],
+    *,
+    address: str,
+    root: Path,
+    env: dict[str, str],
+    validate: bool,
+) -> _JobConfig:
+    """The config of a ``train``/``sweep`` job, validated here; its text joins ``env`` when not uploaded."""
+    if kind not in ("train", "sweep"):
+        return _JobConfig(argument=target, name=kind, overrides=overrides)
+    job = _JobConfig(argument="", name=kind, overrides=overrides)
+    config = Path(target).expanduser()
+    if validate:
+        from rfdist.config import load_config
+        from rfdist.recipes.preflight import check_config
+
+        cfg = load_config(config, overrides)  # ConfigError: the caller prints it
+        check_config(cfg, sweep=kind == "sweep")  # batch vs workers, sweep schedule
+        job.name = cfg.name
+        job.overrides, job.notes = _pin_local_paths(cfg, overrides, Path.cwd())
+        tracking = next((o.split("=", 1)[1] for o in job.overrides if o.startswith("tracking.uri=")), None)
+        job.tracking = tracking or cfg.tracking.uri
+        if not is_loopback(address) and any(_is_local_path(v) for v in (cfg.storage.path, cfg.data.path)):
+            job.notes.append(
+                "storage.path/data.path are local paths: a multi-node cluster needs s3:// (see README)"
+            )
+    elif not config.is_file():
+        raise SubmitError(f"config file not found: {config}")
+    if is_uploaded(config, root):
+        job.argument = config.resolve().relative_to(root).as_posix()
+    else:
+        env[INLINE_CONFIG_ENV] = config.read_text()
+        job.argument = f"{INLINE_PREFIX}{config.name}"
+        job.notes.append(f"{config} is not in the uploaded project: its text travels with the job")
+    return job
+
+
+def _tracking_notes(tracking: str | None, env: dict[str, str], address: str) -> list[str]:
+    """Where the job's MLflow runs go; with no URI anywhere, this folder's ``mlflow.db`` (set in ``env``)."""
+    notes = []
+    effective = tracking or env.get("MLFLOW_TRACKING_URI")
+    if not effective:
+        # As `rfdist train` here: this folder's mlflow.db, not one inside the job's temporary copy.
+        from rfdist.tracking.models import resolve_tracking_uri
+
+        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(
+            "sqlite:///mlflow.db", workdir=Path.cwd()
+        )
+        notes.append(f"MLflow tracking: {effective}")
+    if not is_loopback(address) and effective.startswith("sqlite:"):
+        notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")
+    return notes
+
+
 def build_job(
     kind: str,
     target: str,
@@ -269,56 +337,19 @@ def build_job(
     root = (working_dir or find_project_root()).resolve()
     if not (root / ENTRYPOINTS[kind]).is_file():
         raise SubmitError(f"{root / ENTRYPOINTS[kind]} not found: is {root} the project root?")
-    overrides = list(overrides or [])
     env = job_env(environ, forward_credentials=forward_credentials)
-    notes: list[str] = []
-    name = kind
-    tracking: str | None = None  # the config's tracking.uri, when known
-    if kind in ("train", "sweep"):
-        config = Path(target).expanduser()
-        if validate:
-            from rfdist.config import load_config
-            from rfdist.recipes.preflight import check_config
-
-            cfg = load_config(config, overrides)  # ConfigError: the caller prints it
-            check_config(cfg, sweep=kind == "sweep")  # batch vs workers, sweep schedule
-            name = cfg.name
-            overrides, notes = _pin_local_paths(cfg, overrides, Path.cwd())
-            tracking = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
-            tracking = tracking or cfg.tracking.uri
-            if not is_loopback(address) and any(_is_local_path(v) for v in (cfg.storage.path, cfg.data.path)):
-                notes.append(
-                    "storage.path/data.path are local paths: a multi-node cluster needs s3:// (see README)"
-                )
-        elif not config.is_file():
-            raise SubmitError(f"config file not found: {config}")
-        if is_uploaded(config, root):
-            config_arg = config.resolve().relative_to(root).as_posix()
-        else:
-            env[INLINE_CONFIG_ENV] = config.read_text()
-            config_arg = f"{INLINE_PREFIX}{config.name}"
-            notes.append(f"{config} is not in the uploaded project: its text travels with the job")
-    else:
-        config_arg = target
-    effective = tracking or env.get("MLFLOW_TRACKING_URI")
-    if not effective:
-        # As `rfdist train` here: this folder's mlflow.db, not one inside the job's temporary copy.
-        from rfdist.tracking.models import resolve_tracking_uri
-
-        effective = env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(
-            "sqlite:///mlflow.db", workdir=Path.cwd()
-        )
-        notes.append(f"MLflow tracking: {effective}")
-    if not is_loopback(address) and effective.startswith("sqlite:"):
-        notes.append("MLflow tracking is a local sqlite file: a remote cluster needs an MLflow server URL")
-    argv = ["python", ENTRYPOINTS[kind], config_arg]
-    for item in overrides:
+    job = _job_config(
+        kind, target, list(overrides or []), address=address, root=root, env=env, validate=validate
+    )
+    notes = [*job.notes, *_tracking_notes(job.tracking, env, address)]
+    argv = ["python", ENTRYPOINTS[kind], job.argument]
+    for item in job.overrides:
         argv += ["--set", item]
     argv += list(extra_args or [])
     runtime_env: dict[str, Any] = {"working_dir": str(root), "env_vars": env}
     if install_deps:
         runtime_env["pip"] = _pyproject_deps(root)
-    slug = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-")[:40] or kind
+    slug = re.sub(r"[^a-zA-Z0-9-]+", "-", job.name).strip("-")[:40] or kind
     job_id = submission_id or f"rfdist-{kind}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     forwarded = sorted(k for k in env if k != INLINE_CONFIG_ENV)
     env["RFDIST_RAY_JOB_ID"] = job_id  # the MLflow run is tagged with it (rfdist.tracking.lineage)

@@ -150,6 +150,48 @@ def _spec_of(key: str, raw_spec: Any) -> tuple[str, Any]:
     return "fixed", raw_spec
 
 
+def _list_domain(cfg: RunConfig, base: dict[str, Any], key: str, kind: str, values: Any) -> Any:
+    """A ``choice``/``grid`` spec as a Tune domain (a grid under ``tune.search grid``)."""
+    from ray import tune
+
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})")
+    for value in values:
+        _check_value(base, key, value)
+    if cfg.tune.search == "optuna" and kind == "grid":
+        raise ConfigError(f"tune.space.{key}: grid values need tune.search grid or random, not optuna")
+    return tune.grid_search(values) if kind == "grid" or cfg.tune.search == "grid" else tune.choice(values)
+
+
+def _range_domain(cfg: RunConfig, base: dict[str, Any], key: str, kind: str, values: Any) -> Any:
+    """A ``uniform``/``loguniform``/``randint`` ``[low, high]`` spec as a Tune domain (bounds inclusive)."""
+    from ray import tune
+
+    values = _numbers(values)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    ):
+        raise ConfigError(f"tune.space.{key}: {kind} needs [low, high] numbers (got {values!r})")
+    low, high = values
+    if low > high:
+        raise ConfigError(f"tune.space.{key}: {kind} needs low <= high (got low={low}, high={high})")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"tune.space.{key}: loguniform needs low > 0 (got {low})")
+    if kind == "randint" and not all(isinstance(v, int) for v in values):
+        raise ConfigError(f"tune.space.{key}: randint needs integer bounds (got {values!r})")
+    for value in values:
+        _check_value(base, key, value)
+    if cfg.tune.search == "grid":
+        raise ConfigError(f"tune.space.{key}: tune.search grid needs finite lists, not {kind}")
+    if kind == "uniform":
+        return tune.uniform(low, high)
+    if kind == "loguniform":
+        return tune.loguniform(low, high)
+    return tune.randint(low, high + 1)  # inclusive bounds in the config
+
+
 def search_space(cfg: RunConfig) -> dict[str, Any]:
     """The Ray Tune ``param_space`` (nested by config section) for ``cfg.tune.space``.
 
@@ -158,8 +200,6 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
     log-uniform bounds, a value the config itself refuses (``K < 1``, an unknown estimator),
     and grid/range specs the chosen search algorithm cannot handle.
     """
-    from ray import tune
-
     if not cfg.tune.space:
         raise ConfigError("tune.space: empty; list at least one config key to sweep")
     base = cfg.model_dump(mode="json")
@@ -171,46 +211,9 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
             raise ConfigError(f"tune.space.{key}: unknown config key")
         kind, values = _spec_of(key, raw_spec)
         if kind in ("choice", "grid"):
-            if not isinstance(values, list) or not values:
-                raise ConfigError(
-                    f"tune.space.{key}: {kind} needs a non-empty list of values (got {values!r})"
-                )
-            for value in values:
-                _check_value(base, key, value)
-            if cfg.tune.search == "optuna" and kind == "grid":
-                raise ConfigError(
-                    f"tune.space.{key}: grid values need tune.search grid or random, not optuna"
-                )
-            domain = (
-                tune.grid_search(values)
-                if kind == "grid" or cfg.tune.search == "grid"
-                else tune.choice(values)
-            )
+            domain = _list_domain(cfg, base, key, kind, values)
         elif kind in ("uniform", "loguniform", "randint"):
-            values = _numbers(values)
-            if (
-                not isinstance(values, list)
-                or len(values) != 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-            ):
-                raise ConfigError(f"tune.space.{key}: {kind} needs [low, high] numbers (got {values!r})")
-            low, high = values
-            if low > high:
-                raise ConfigError(f"tune.space.{key}: {kind} needs low <= high (got low={low}, high={high})")
-            if kind == "loguniform" and low <= 0:
-                raise ConfigError(f"tune.space.{key}: loguniform needs low > 0 (got {low})")
-            if kind == "randint" and not all(isinstance(v, int) for v in values):
-                raise ConfigError(f"tune.space.{key}: randint needs integer bounds (got {values!r})")
-            for value in values:
-                _check_value(base, key, value)
-            if cfg.tune.search == "grid":
-                raise ConfigError(f"tune.space.{key}: tune.search grid needs finite lists, not {kind}")
-            if kind == "uniform":
-                domain = tune.uniform(low, high)
-            elif kind == "loguniform":
-                domain = tune.loguniform(low, high)
-            else:
-                domain = tune.randint(low, high + 1)  # inclusive bounds in the config
+            domain = _range_domain(cfg, base, key, kind, values)
         else:
             _check_value(base, key, values)
             domain = values
@@ -308,33 +311,6 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
 
     per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
     connect_or_start_ray(address, math.ceil(concurrency * per_trial) + 2)
-
-
-def _open_parent(mlflow, cfg: RunConfig) -> str:
-    from mlflow.entities import ViewType
-
-    from rfdist.tracking.runs import filter_value
-
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment.experiment_id],
-        filter_string=(
-            f"tags.`rfdist.sweep_name` = {filter_value(cfg.name)} "
-            f"and tags.`rfdist.storage` = {filter_value(cfg.storage.path)}"
-        ),
-        run_view_type=ViewType.ACTIVE_ONLY,
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    if runs and runs[0].info.status != "FINISHED":
-        return runs[0].info.run_id
-    run = mlflow.MlflowClient().create_run(
-        experiment.experiment_id,
-        run_name=cfg.name,
-        tags={"rfdist.sweep_name": cfg.name, "rfdist.storage": cfg.storage.path, "rfdist.kind": "sweep"},
-    )
-    return run.info.run_id
 
 
 #: Trials the scheduler stopped early in this process, ``{trial_id: step}``. Tune reports them
@@ -469,72 +445,79 @@ def _write_csv(trials: list[TrialSummary], path: Path) -> None:
     tmp.replace(path)
 
 
-def _child_runs(client, experiment_id: str, parent_run_id: str) -> tuple[dict[str, str], dict[str, str]]:
-    """``({trial_id: run_id}, {trial_id: stop_reason})`` of the sweep's child runs."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000
-    )
-    ids, reasons = {}, {}
-    for run in runs:
-        trial = run.data.tags.get("rfdist.trial_id")
-        if trial:
-            ids[trial] = run.info.run_id
-            if "rfdist.stop_reason" in run.data.tags:
-                reasons[trial] = run.data.tags["rfdist.stop_reason"]
-    return ids, reasons
+@dataclass
+class _Plan:
+    """What the preflight settles before any trial starts, shared by the later steps."""
+
+    space: dict[str, Any]
+    prepared: Any
+    tracking_uri: str
+    base: dict[str, Any]  # every trial's config before its sampled params
+    storage_path: str
+    filesystem: Any
+    max_steps: int
 
 
-def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
-    """Run (or resume) the sweep ``cfg.tune`` describes; register the best trial's model.
+def _check_model_values(cfg: RunConfig, prepared: Any) -> None:
+    """Every swept ``model.*`` value (d, flow, …) must fit the data's shape."""
+    for key, raw_spec in cfg.tune.space.items():
+        if not key.startswith("model."):
+            continue
+        _, values = _spec_of(key, raw_spec)
+        for value in values if isinstance(values, list) else [values]:
+            trial = trial_config(cfg.model_dump(mode="json"), {key: value}, cfg.name)
+            try:
+                trial.model.spec(tuple(prepared.info.shape), cfg.seed)
+            except ConfigError as exc:
+                raise ConfigError(f"tune.space.{key}: value {value!r}: {exc}") from None
 
-    Raises :class:`ConfigError` before any trial starts for a bad search space or config, and
-    :class:`SweepInterrupted` when the sweep was stopped (Ctrl-C) before every trial ended.
-    """
-    import mlflow
-    from ray import tune
 
-    from rfdist.eval.plots import plot_pareto
+def _preflight(cfg: RunConfig) -> _Plan:
+    """Everything that can be checked before a trial starts; the data materialised once."""
     from rfdist.recipes import preflight
-    from rfdist.recipes.train import _log_params, _storage, prepare_data, ray_datasets
-    from rfdist.tracking.models import redact_uri, resolve_tracking_uri
+    from rfdist.recipes.train import _storage, prepare_data
+    from rfdist.tracking.models import resolve_tracking_uri
 
-    # 1. Everything that can be checked before a trial starts.
     space = search_space(cfg)
     preflight.check_config(cfg, sweep=True)
     preflight.check_storage(cfg.storage.path)
-    preflight.check_tracking(resolve_tracking_uri(cfg.tracking.uri))
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    preflight.check_tracking(tracking_uri)
     prepared = prepare_data(cfg)
     preflight.check_data(cfg, prepared.info)
-    for key, raw_spec in cfg.tune.space.items():  # every d, flow, … must fit the data
-        if key.startswith("model."):
-            _, values = _spec_of(key, raw_spec)
-            candidates = values if isinstance(values, list) else [values]
-            for value in candidates:
-                trial = trial_config(cfg.model_dump(mode="json"), {key: value}, cfg.name)
-                try:
-                    trial.model.spec(tuple(prepared.info.shape), cfg.seed)
-                except ConfigError as exc:
-                    raise ConfigError(f"tune.space.{key}: value {value!r}: {exc}") from None
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    _check_model_values(cfg, prepared)
     base = cfg.model_dump(mode="json")
     base["data"]["path"] = prepared.path  # materialised once here, not by every trial
     base["data"]["synthetic"] = None
     base["tracking"]["uri"] = tracking_uri
-    storage_path, filesystem = _storage(cfg.storage.path)
     max_steps = cfg.tune.max_steps or cfg.train.max_steps
     base["train"]["max_steps"] = max_steps
+    storage_path, filesystem = _storage(cfg.storage.path)
+    return _Plan(space, prepared, tracking_uri, base, storage_path, filesystem, max_steps)
 
-    # 2. Tracking: the parent run.
+
+def _start_parent(mlflow: Any, cfg: RunConfig, tracking_uri: str) -> str:
+    """The sweep's MLflow parent run (resumed when unfinished), with its config and search space."""
+    from rfdist.tracking.models import redact_uri
+    from rfdist.tracking.runs import log_params, open_parent_run
+
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    parent_run_id = _open_parent(mlflow, cfg)
-    _log_params(mlflow, parent_run_id, cfg)
-    client = mlflow.MlflowClient()
-    client.log_text(parent_run_id, json.dumps(cfg.tune.space, indent=2), "sweep/search_space.json")
+    parent_run_id = open_parent_run(mlflow, cfg)
+    log_params(mlflow, parent_run_id, cfg)
+    mlflow.MlflowClient().log_text(
+        parent_run_id, json.dumps(cfg.tune.space, indent=2), "sweep/search_space.json"
+    )
     print(f"[rfdist] sweep {cfg.name!r}: MLflow parent run {parent_run_id} at {redact_uri(tracking_uri)}")
+    return parent_run_id
 
-    # 3. Ray Tune.
+
+def _build_tuner(cfg: RunConfig, plan: _Plan, parent_run_id: str, address: str | None):
+    """Ray up, the datasets read once, and the ``Tuner``: restored when the sweep was interrupted."""
     import ray
+    from ray import tune
+
+    from rfdist.recipes.train import ray_datasets
 
     local = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     concurrency = _concurrency(cfg)
@@ -543,47 +526,52 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
         resources = ray.cluster_resources()
         concurrency = _concurrency(cfg, resources.get("CPU", 1.0), resources.get("GPU", 0.0))
     print(f"[rfdist] sweep {cfg.name!r}: {concurrency} trial(s) at a time", flush=True)
-    datasets = ray_datasets(cfg, prepared)  # read once, shared by every trial
+    datasets = ray_datasets(cfg, plan.prepared)  # read once, shared by every trial
     if not all(type(ds).__name__ == "MaterializedDataset" for ds in datasets.values()):
         datasets = None  # a large dataset streams from storage in each trial
     trainable = tune.with_parameters(
-        _trial, base=base, parent_run_id=parent_run_id, sweep_name=cfg.name, datasets=datasets
+        _trial, base=plan.base, parent_run_id=parent_run_id, sweep_name=cfg.name, datasets=datasets
     )
-    experiment_path = f"{storage_path.rstrip('/')}/{cfg.name}"
-    if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
+    experiment_path = f"{plan.storage_path.rstrip('/')}/{cfg.name}"
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=plan.filesystem):
         print(f"[rfdist] resuming sweep {cfg.name!r} from {experiment_path}", flush=True)
-        tuner = tune.Tuner.restore(
+        return tune.Tuner.restore(
             experiment_path,
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=False,
-            storage_filesystem=filesystem,
+            storage_filesystem=plan.filesystem,
         )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=cfg.tune.metric,
-                mode=cfg.tune.mode,
-                search_alg=_search_alg(cfg, concurrency),
-                scheduler=_scheduler(cfg),
-                num_samples=cfg.tune.num_samples,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=storage_path,
-                storage_filesystem=filesystem,
-                verbose=1,
-            ),
-        )
-    started = time.perf_counter()
-    result_grid = tuner.fit()
-    elapsed = time.perf_counter() - started
+    return tune.Tuner(
+        trainable,
+        param_space=plan.space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            search_alg=_search_alg(cfg, concurrency),
+            scheduler=_scheduler(cfg),
+            num_samples=cfg.tune.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=plan.storage_path,
+            storage_filesystem=plan.filesystem,
+            verbose=1,
+        ),
+    )
 
-    # 4. Outcome per trial, into the child runs and a summary on the parent.
+
+def _record_trials(
+    client: Any, cfg: RunConfig, parent_run_id: str, result_grid, max_steps: int
+) -> list[TrialSummary]:
+    """Each trial's outcome into its child run (stop reason, cost, run status).
+
+    Raises :class:`SweepInterrupted` when a trial did not end.
+    """
+    from rfdist.tracking.runs import child_runs
+
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    children, earlier = _child_runs(client, experiment_id, parent_run_id)
+    children, earlier = child_runs(client, experiment_id, parent_run_id)
     trials = _summaries(result_grid, max_steps, children, earlier)
     for t in trials:
         if t.run_id is None or t.status == "interrupted":
@@ -610,10 +598,20 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
             f"sweep {cfg.name!r} was interrupted with {len(unfinished)} trial(s) unfinished; "
             "run the same command again to resume it"
         )
+    return trials
 
-    # The summary sits beside Tune's experiment state when that is local (else a temp folder);
-    # MLflow holds the copies that matter.
-    local_dir = Path(storage_path) / cfg.name if filesystem is None else None
+
+def _log_summary(
+    client: Any, cfg: RunConfig, plan: _Plan, parent_run_id: str, trials: list[TrialSummary]
+) -> Path:
+    """The summary CSV, Pareto plot and table on the parent run; returns the CSV's path.
+
+    They sit beside Tune's experiment state when that is local (else in a temp folder);
+    MLflow holds the copies that matter.
+    """
+    from rfdist.eval.plots import plot_pareto
+
+    local_dir = Path(plan.storage_path) / cfg.name if plan.filesystem is None else None
     outdir = (
         local_dir
         if local_dir is not None and local_dir.is_dir()
@@ -627,43 +625,67 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     table = format_table(trials)
     client.log_text(parent_run_id, table + "\n", "sweep/summary.txt")
     print(table, flush=True)
+    return summary_csv
 
-    # 5. The best completed trial's model: registered with alias ``sweep-best``.
+
+def _finish(
+    mlflow: Any, client: Any, cfg: RunConfig, parent_run_id: str, trials: list[TrialSummary], elapsed: float
+) -> tuple[TrialSummary | None, str | None]:
+    """Register the best completed trial's model (alias ``sweep-best``) and close the parent run.
+
+    Returns ``(best trial or None, its registered version or None)``; no completed trial
+    closes the parent as FAILED.
+    """
     sign = 1.0 if cfg.tune.mode == "min" else -1.0
     metric = cfg.tune.metric
     completed = [
         t for t in trials if t.status == "completed" and t.run_id and math.isfinite(getattr(t, metric))
     ]
     best = min(completed, key=lambda t: sign * getattr(t, metric)) if completed else None
-    model_name = cfg.registry.name or cfg.name
-    version = None
-    aliases: list[str] = []
     stopped = sum(t.status.startswith("stopped") for t in trials)
     client.log_metric(parent_run_id, "trials", float(len(trials)))
     client.log_metric(parent_run_id, "trials_stopped_early", float(stopped))
     client.log_metric(parent_run_id, "sweep_wall_s", elapsed)
-    if best is not None:
-        model_uri = client.get_run(best.run_id).data.tags.get(
-            "rfdist.model_uri", f"runs:/{best.run_id}/model"
-        )
-        registered = mlflow.register_model(model_uri, model_name)
-        version = str(registered.version)
-        client.set_registered_model_alias(model_name, "sweep-best", version)
-        aliases = ["sweep-best"]
-        client.set_tag(parent_run_id, "rfdist.best_trial", best.trial)
-        client.set_tag(parent_run_id, "rfdist.best_run_id", best.run_id)
-        client.log_metric(parent_run_id, f"best_{metric}", getattr(best, metric))
-        client.log_metric(parent_run_id, "best_val_nll", best.val_nll)
-        client.set_terminated(parent_run_id, status="FINISHED")
-    else:
+    if best is None:
         client.set_terminated(parent_run_id, status="FAILED")
+        return None, None
+    model_name = cfg.registry.name or cfg.name
+    model_uri = client.get_run(best.run_id).data.tags.get("rfdist.model_uri", f"runs:/{best.run_id}/model")
+    version = str(mlflow.register_model(model_uri, model_name).version)
+    client.set_registered_model_alias(model_name, "sweep-best", version)
+    client.set_tag(parent_run_id, "rfdist.best_trial", best.trial)
+    client.set_tag(parent_run_id, "rfdist.best_run_id", best.run_id)
+    client.log_metric(parent_run_id, f"best_{metric}", getattr(best, metric))
+    client.log_metric(parent_run_id, "best_val_nll", best.val_nll)
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return best, version
+
+
+def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
+    """Run (or resume) the sweep ``cfg.tune`` describes; register the best trial's model.
+
+    Raises :class:`ConfigError` before any trial starts for a bad search space or config, and
+    :class:`SweepInterrupted` when the sweep was stopped (Ctrl-C) before every trial ended.
+    """
+    import mlflow
+
+    plan = _preflight(cfg)
+    parent_run_id = _start_parent(mlflow, cfg, plan.tracking_uri)
+    tuner = _build_tuner(cfg, plan, parent_run_id, address)
+    started = time.perf_counter()
+    result_grid = tuner.fit()
+    elapsed = time.perf_counter() - started
+    client = mlflow.MlflowClient()
+    trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
+    summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)
+    best, version = _finish(mlflow, client, cfg, parent_run_id, trials, elapsed)
     return SweepResult(
         parent_run_id=parent_run_id,
-        tracking_uri=tracking_uri,
+        tracking_uri=plan.tracking_uri,
         trials=trials,
         best=best,
-        model_name=model_name if best else None,
+        model_name=(cfg.registry.name or cfg.name) if best else None,
         model_version=version,
         summary_csv=str(summary_csv),
-        aliases=aliases,
+        aliases=["sweep-best"] if best else [],
     )

@@ -29,6 +29,7 @@ import torch
 
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
+from rfdist.tracking.runs import filter_value
 
 __all__ = [
     "DEFAULT_DB",
@@ -257,7 +258,9 @@ def log_flow_model(
     if registered_model_name and info.registered_model_version is not None:
         client = mlflow.MlflowClient()
         for key, value in metadata.items():  # the registry's copy: the artifact store can't change it
-            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
+            client.set_model_version_tag(
+                registered_model_name, str(info.registered_model_version), key, value
+            )
     return info
 
 
@@ -288,17 +291,13 @@ def _version_tags(uri: str) -> dict[str, str]:
         else:
             name, number = ref.rsplit("/", 1)
             if number == "latest":
-                versions = client.search_model_versions(f"name='{_quote(name)}'")
+                versions = client.search_model_versions(f"name={filter_value(name)}")
                 version = max(versions, key=lambda v: int(v.version))
             else:
                 version = client.get_model_version(name, number)
     except Exception:
         return {}
     return dict(version.tags or {})
-
-
-def _quote(name: str) -> str:
-    return name.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def load_flow(uri: str, *, tracking_uri: str | None = None) -> LoadedFlow:
@@ -382,12 +381,6 @@ class ModelRecord:
         return self.__dict__.copy()
 
 
-def _quoted(value: str) -> str:
-    from rfdist.tracking.runs import filter_value
-
-    return filter_value(value)
-
-
 def _client(tracking_uri: str | None):
     mlflow = _mlflow()
     uri = resolve_tracking_uri(tracking_uri)
@@ -432,8 +425,11 @@ def _record(client, version) -> ModelRecord:
     metrics = {}
     if version.run_id:
         try:
-            metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items()
-                       if not k.startswith("system/")}  # fmt: skip  (the node's CPU/RAM: not the model's)
+            metrics = {
+                k: v
+                for k, v in client.get_run(version.run_id).data.metrics.items()
+                if not k.startswith("system/")
+            }  # fmt: skip  (the node's CPU/RAM: not the model's)
         except Exception:
             metrics = {}
     try:  # the registered model's alias map is authoritative (versions may come without aliases)
@@ -460,7 +456,7 @@ def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     client = _client(tracking_uri)
     out = []
     for model in client.search_registered_models():
-        versions = client.search_model_versions(f"name={_quoted(model.name)}")
+        versions = client.search_model_versions(f"name={filter_value(model.name)}")
         aliases = {}
         for alias, version in (getattr(model, "aliases", None) or {}).items():
             aliases[alias] = str(version)
@@ -488,7 +484,7 @@ def get_model_record(ref: str, *, tracking_uri: str | None = None) -> ModelRecor
         name, number = ref.split("/", 1)
         version = client.get_model_version(name, number)
     else:
-        versions = client.search_model_versions(f"name={_quoted(ref)}")
+        versions = client.search_model_versions(f"name={filter_value(ref)}")
         if not versions:
             raise LookupError(f"no registered model named {ref!r}")
         version = max(versions, key=lambda v: int(v.version))

@@ -1,16 +1,171 @@
-"""MLflow runs: finding the runs rfdist made (by name, by parent) and quoting filter values."""
+"""MLflow runs: finding the runs rfdist made (by name, by parent) and quoting filter values.
+
+A training job and a sweep find their runs the same way: in the experiment
+:func:`experiment_for` names (the config's, else ``MLFLOW_EXPERIMENT_NAME``), by the tags
+rfdist sets on them (``rfdist.run_name`` or ``rfdist.sweep_name``, and ``rfdist.storage``).
+A sweep's trials are child runs (``mlflow.parentRunId``) in the same experiment as their parent.
+"""
 
 from __future__ import annotations
 
-from rfdist.config import ConfigError
+import uuid
+from typing import Any
 
-__all__ = ["filter_value"]
+from rfdist.config import ConfigError, RunConfig
+
+__all__ = [
+    "child_runs",
+    "experiment_for",
+    "filter_value",
+    "finished_step",
+    "latest_run",
+    "log_params",
+    "open_parent_run",
+    "open_run",
+]
 
 
 def filter_value(value: str) -> str:
-    """``value`` quoted for an MLflow filter string (``'…'``, or ``"…"`` when it holds a ``'``)."""
+    """``value`` quoted for an MLflow filter string (``'…'``, or ``"…"`` when it holds a ``'``).
+
+    MLflow's filter parser strips the quotes and unescapes nothing, so a value is quoted
+    with the quote character it does not contain.
+    """
     if "'" not in value:
         return f"'{value}'"
     if '"' not in value:
         return f'"{value}"'
     raise ConfigError(f"{value!r}: an MLflow filter value cannot hold both ' and \" characters")
+
+
+def experiment_for(mlflow: Any, cfg: RunConfig) -> Any:
+    """The experiment ``cfg``'s runs go to, made active and described once.
+
+    ``tracking.experiment``, else ``MLFLOW_EXPERIMENT_NAME`` when the config keeps the default.
+    """
+    from rfdist.tracking.lineage import EXPERIMENT_DESCRIPTION, experiment_name
+
+    experiment = mlflow.set_experiment(experiment_name(cfg.tracking.experiment))
+    if "mlflow.note.content" not in (experiment.tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION
+        )
+    return experiment
+
+
+def _newest(mlflow: Any, experiment_id: str, tags: dict[str, str]) -> Any:
+    """The newest active run in ``experiment_id`` carrying every tag in ``tags``, else ``None``."""
+    from mlflow.entities import ViewType
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=" and ".join(f"tags.`{key}` = {filter_value(value)}" for key, value in tags.items()),
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None
+
+
+def latest_run(mlflow: Any, cfg: RunConfig, storage_path: str) -> tuple[Any, Any]:
+    """``(experiment, newest run of this job or None)``: runs tagged with its name and storage."""
+    experiment = experiment_for(mlflow, cfg)
+    run = _newest(
+        mlflow, experiment.experiment_id, {"rfdist.run_name": cfg.name, "rfdist.storage": storage_path}
+    )
+    return experiment, run
+
+
+def finished_step(client: Any, run: Any) -> int | None:
+    """The step a FINISHED run ended at (its ``final_val_nll``'s step), else ``None``.
+
+    A run is finished when rfdist closed it as FINISHED after logging the final model; the
+    step tells whether a re-run with a larger ``train.max_steps`` still has work to do.
+    """
+    if run is None or run.info.status != "FINISHED":
+        return None
+    history = client.get_metric_history(run.info.run_id, "final_val_nll")
+    return max((m.step for m in history), default=None)
+
+
+def open_run(
+    mlflow: Any, cfg: RunConfig, storage_path: str, tags: dict[str, str] | None = None, *, force: bool = False
+) -> tuple[str, str]:
+    """``(run_id, ray_name)`` of this job: a re-run with the same name continues its run.
+
+    ``ray_name`` is the Ray Train run (checkpoint folder) the MLflow run trains in: ``cfg.name``,
+    or a fresh ``NAME-xxxxxxxx`` for ``force`` (retrain from scratch), remembered in the run's tag
+    ``rfdist.ray_name`` so that re-runs resume the right folder.
+    """
+    from rfdist.tracking.lineage import run_tags
+
+    experiment, latest = latest_run(mlflow, cfg, storage_path)
+    previous = latest.data.tags.get("rfdist.ray_name", cfg.name) if latest is not None else cfg.name
+    if latest is not None and latest.info.status != "FINISHED" and not force:
+        return latest.info.run_id, previous
+    ray_name = f"{cfg.name}-{uuid.uuid4().hex[:8]}" if force else previous
+    run = mlflow.MlflowClient().create_run(
+        experiment.experiment_id,
+        run_name=cfg.name,
+        tags=run_tags(
+            {
+                "rfdist.run_name": cfg.name,
+                "rfdist.storage": storage_path,
+                "rfdist.ray_name": ray_name,
+                **(tags or {}),
+            }
+        ),
+    )
+    return run.info.run_id, ray_name
+
+
+def log_params(mlflow: Any, run_id: str, cfg: RunConfig) -> None:
+    """Log ``cfg`` as the run's parameters (dotted keys), those it does not hold yet.
+
+    ``tune.*`` is logged only where a search space is set (a sweep's parent run).
+    """
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient()
+    existing = client.get_run(run_id).data.params
+    params = [
+        Param(k, str(v)[:500])
+        for k, v in cfg.flat().items()
+        if k not in existing and (cfg.tune.space or not k.startswith("tune."))
+    ]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+
+
+def open_parent_run(mlflow: Any, cfg: RunConfig) -> str:
+    """The sweep's parent run: its unfinished run (same name and storage) resumes, else a new one.
+
+    It lives in :func:`experiment_for`'s experiment, where its trials' runs go.
+    """
+    experiment = experiment_for(mlflow, cfg)
+    tags = {"rfdist.sweep_name": cfg.name, "rfdist.storage": cfg.storage.path}
+    latest = _newest(mlflow, experiment.experiment_id, tags)
+    if latest is not None and latest.info.status != "FINISHED":
+        return latest.info.run_id
+    run = mlflow.MlflowClient().create_run(
+        experiment.experiment_id, run_name=cfg.name, tags={**tags, "rfdist.kind": "sweep"}
+    )
+    return run.info.run_id
+
+
+def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``({trial_id: run_id}, {trial_id: stop_reason})`` of a sweep's child runs in ``experiment_id``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}",
+        max_results=1000,
+    )
+    ids, reasons = {}, {}
+    for run in runs:
+        trial = run.data.tags.get("rfdist.trial_id")
+        if trial:
+            ids[trial] = run.info.run_id
+            if "rfdist.stop_reason" in run.data.tags:
+                reasons[trial] = run.data.tags["rfdist.stop_reason"]
+    return ids, reasons
