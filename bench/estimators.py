@@ -15,7 +15,7 @@ rounds, then ``--steps``); ``step_s`` is each variant's median and ``x_ts`` the 
 rounds of (variant step / two-step step of the same round), robust to a shared machine's load
 changing between rounds. ``x_legacy`` is the same against the ``legacy`` row: today's
 (2026-11-30) two-step step — zuko's lazy couplings and the train_step of that day, frozen
-here — the fixed yardstick of issue 16's targets. Peak memory: one step per variant in a fresh process — on CUDA
+here — the fixed yardstick the speed targets are measured against. Peak memory: one step per variant in a fresh process — on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the RSS high-water mark (``ru_maxrss``) minus the
 RSS just before the step (model, data and imports excluded; ``--no-memory`` skips these).
 Gradient error (hutchinson rows): the relative error of the volume-term gradient w.r.t. the flow parameters against the exact one, averaged over
@@ -70,7 +70,7 @@ IMAGE64_ARCH = {
 IMAGE_SWEEP = {"1x28x28": [1, 28, 28], "3x32x32": [3, 32, 32], "3x64x64": [3, 64, 64]}
 
 REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_iters": 13, "check_every": 0}
-# image64's extra hutchinson rows: rfdist's defaults with one option changed (issue 17's K=1 target)
+# image64's extra hutchinson rows: rfdist's defaults with one option changed (the K=1 target)
 OVERRIDES: dict[str, dict[str, Any]] = {
     "gram-fresh": {"precond_every": 1},  # the Gram preconditioner rebuilt every step (before 2026-12-01)
     "none-cg4": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 4},
@@ -200,7 +200,7 @@ def _build(case: dict[str, Any], device: str):
 
 def _legacy_model(model):
     """A copy of ``model`` whose affine couplings run through zuko's lazy transforms, as
-    rfdist's couplings did before issue 16: today's fixed yardstick (``x_legacy``)."""
+    rfdist's couplings did before the fused tangent paths: the fixed yardstick (``x_legacy``)."""
     import copy
     import types
 

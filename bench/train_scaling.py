@@ -9,7 +9,7 @@ for ``--steps`` steps each: single process (``rfdist.recipes.local.run_local``),
 Ray with 2 workers (DDP, gloo). Step time is the worker's median per-step compute time as logged
 to MLflow (rank 0); examples/s is global throughput over the whole loop (incl. data wait).
 
-``--mnist-wait``: only the data-side question of issue 8 — real MNIST Parquet (D=784), the CPU
+``--mnist-wait``: only the data side — real MNIST Parquet (D=784), the CPU
 MNIST preset (hutchinson, batch 50), Ray with 2 workers; reports the share of each step a worker
 waits for data, ``data_wait_s / (data_wait_s + step_s)`` (medians over the steps after 5).
 """

@@ -24,7 +24,7 @@ def test_fused_adam_takes_the_default_adams_steps_and_loads_its_state() -> None:
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     resumed = make_optimizer(model.parameters(), 1e-2)
-    load_optimizer_state(resumed, plain.state_dict())  # a checkpoint written before issue 16
+    load_optimizer_state(resumed, plain.state_dict())  # a checkpoint written before the fused optimizer
     assert resumed.param_groups[0]["fused"] is True
     assert int(resumed.state[next(model.parameters())]["step"]) == 5
     resumed.step()

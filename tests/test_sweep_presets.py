@@ -1,4 +1,4 @@
-"""The estimator sweep presets validate and sweep knobs that change the work done (issue 16)."""
+"""The estimator sweep presets validate and sweep knobs that change the work done."""
 
 from __future__ import annotations
 

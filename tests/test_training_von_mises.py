@@ -1,4 +1,4 @@
-"""The von Mises circle learned by exact ML training, against the true density (DESIGN §4)."""
+"""The von Mises circle learned by exact ML training, against the true density (the paper's κ=1, loc=π/2 circle)."""
 
 from __future__ import annotations
 

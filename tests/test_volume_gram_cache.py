@@ -1,4 +1,4 @@
-"""The Gram preconditioner reused across steps (issue 17: GramCache, ``precond_every``)."""
+"""The Gram preconditioner reused across steps (GramCache, ``precond_every``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fast paths of rfdist.core.volume (issue 8) against independent dense computations."""
+"""The fast paths of rfdist.core.volume against independent dense computations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The hand-written-tangent paths of rfdist.core.volume (issue 16) against brute force and torch.func."""
+"""The hand-written-tangent paths of rfdist.core.volume against brute force and torch.func."""
 
 from __future__ import annotations
 

@@ -251,7 +251,7 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
-# --- jobs on a Ray cluster (issue 6): `rfdist submit`, `rfdist jobs list|logs|stop|status`
+# --- jobs on a Ray cluster: `rfdist submit`, `rfdist jobs list|logs|stop|status`
 from rfdist.cli.jobs import SUBMIT_CONTEXT, jobs_app, submit  # noqa: E402
 
 app.command("submit", context_settings=SUBMIT_CONTEXT)(submit)

@@ -96,7 +96,7 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     """Adam with torch's fused kernel where every parameter allows it (CPU or CUDA floats).
 
     The per-parameter Python loop of the default CPU implementation cost 10–15 % of a small
-    model's step (bench/estimators.py, issue 16); the fused update is the same algorithm.
+    model's step (bench/estimators.py); the fused update is the same algorithm.
     """
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)

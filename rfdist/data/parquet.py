@@ -1,6 +1,6 @@
 """The Parquet dataset layout, and an atomic writer for it.
 
-Layout (DESIGN §6)::
+Layout::
 
     URI/_MANIFEST.json            written last: the dataset is complete iff it exists
     URI/train/part-<ver>-00000.parquet, …   column ``x``: images as uint8
