@@ -157,7 +157,7 @@ def score_dataset(
     import ray
     import ray.data
 
-    from rfdist.recipes.train import connect_or_start_ray
+    from rfdist.runtime.cluster import connect_or_start_ray
 
     connect_or_start_ray(address, 4)
     context = ray.data.DataContext.get_current()
