@@ -8,7 +8,7 @@ runs): ``uint8`` (``arrow.fixed_shape_tensor<uint8>[1,28,28]``, what ``rfdist da
 writes) and ``float32`` (the older ``fixed_size_list<float32>[784]`` layout); ``--gb`` is the
 float32 size. For each format it times, warm and interleaved, best of ``--repeats``:
 (1) ``pyarrow.dataset`` scanning the shards into (N, 784) numpy batches of the stored dtype;
-(2) ``rfdist training path``: an epoch of what ``train.ray_datasets`` hands the workers — held in
+(2) ``rfdist training path``: an epoch of what ``datasets.ray_datasets`` hands the workers — held in
 the object store when under the materialise limit (256 MiB, at most half the store; the one-off
 read is ``materialize_s``), else streamed — through ``iter_torch_batches`` with the worker's
 options (``reader.stream_options``), rows as stored; (3) ``rfdist streaming read``:
@@ -102,7 +102,7 @@ def scan_pyarrow(info, batch_size: int) -> int:
 
 
 def _once(key: str, build: Callable[[], object]) -> object:
-    """A dataset built once per run and re-executed every epoch, as ``train.ray_datasets`` does."""
+    """A dataset built once per run and re-executed every epoch, as ``datasets.ray_datasets`` does."""
     if key not in _BUILT:
         _BUILT[key] = build()
     return _BUILT[key]
@@ -135,7 +135,7 @@ def scan_ray_read(info, batch_size: int) -> int:
 
 
 def scan_rfdist_train(info, batch_size: int) -> int:
-    """The training path's epoch: what ``train.ray_datasets`` hands the workers, iterated as they do.
+    """The training path's epoch: what ``datasets.ray_datasets`` hands the workers, iterated as they do.
 
     Under the materialise limit the dataset is read once per run (``_MATERIALIZED``, timed apart)
     and every epoch iterates the object store; above it, every epoch streams from Parquet.
@@ -176,8 +176,7 @@ def main() -> None:
     import ray
 
     from rfdist.data.reader import open_dataset
-    from rfdist.recipes.train import MATERIALIZE_BYTES
-    from rfdist.runtime.datasets import materialize_limit, ray_dataset
+    from rfdist.runtime.datasets import MATERIALIZE_BYTES, materialize_limit, ray_dataset
 
     formats = args.formats.split(",")
     unknown = sorted(set(formats) - set(FORMATS))
@@ -201,7 +200,7 @@ def main() -> None:
         size = rows * info.data_dim * info.itemsize
         materialized = size <= materialize_limit(MATERIALIZE_BYTES)
         materialize_s = None
-        if materialized:  # as train.ray_datasets does, once per run
+        if materialized:  # as datasets.ray_datasets does, once per run
             start = time.perf_counter()
             _MATERIALIZED[info.uri] = ray_dataset(info, "train").materialize()
             materialize_s = time.perf_counter() - start

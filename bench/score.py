@@ -40,7 +40,7 @@ def main() -> None:
     from rfdist.data.parquet import write_dataset
     from rfdist.data.reader import open_dataset
     from rfdist.recipes.score import score_dataset, score_table
-    from rfdist.recipes.train import connect_or_start_ray
+    from rfdist.runtime.cluster import connect_or_start_ray
     from rfdist.tracking.models import load_flow, log_flow_model
 
     root = Path(tempfile.mkdtemp(prefix="rfdist-bench-score-"))

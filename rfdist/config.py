@@ -271,14 +271,6 @@ class StorageConfig(_Section):
     max_failures: int = Field(1, ge=0)
 
 
-class DebugConfig(_Section):
-    """Testing hooks. ``fail_at_step``: the last worker crashes once at that step (fault tests);
-    ``record_rows``: a folder where each rank appends the rows it trained on (order tests)."""
-
-    fail_at_step: int | None = Field(None, ge=1)
-    record_rows: str | None = None
-
-
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 """A run name: it becomes a folder, a Ray run name and an MLflow tag value, so ASCII only."""
 
@@ -297,7 +289,6 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("name")
     @classmethod

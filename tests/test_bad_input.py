@@ -36,9 +36,9 @@ def _no_ray(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("Ray was started: the bad input was not caught up front")
 
-    monkeypatch.setattr("rfdist.recipes.train._init_ray", tripwire)
+    monkeypatch.setattr("rfdist.runtime.cluster.init_ray", tripwire)
     monkeypatch.setattr("rfdist.recipes.sweep._init_ray", tripwire)
-    monkeypatch.setattr("rfdist.recipes.train.connect_or_start_ray", tripwire)
+    monkeypatch.setattr("rfdist.runtime.cluster.connect_or_start_ray", tripwire)
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(key, raising=False)
 

@@ -36,8 +36,7 @@ def test_dataset_larger_than_the_object_store_streams(tmp_path: Path) -> None:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-        from rfdist.recipes.train import MATERIALIZE_BYTES
-        from rfdist.runtime.datasets import materialize_limit
+        from rfdist.runtime.datasets import MATERIALIZE_BYTES, materialize_limit
 
         # training would stream it (data.materialize=auto), not hold it in the store and spill
         assert ROWS * info.data_dim > materialize_limit(MATERIALIZE_BYTES)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import ray
-from rfdist.recipes.train import connect_or_start_ray
+from rfdist.runtime.cluster import connect_or_start_ray
 connect_or_start_ray(None, 1)
 print("cpus", ray.cluster_resources()["CPU"])
 ray.shutdown()

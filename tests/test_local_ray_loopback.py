@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, os
 from rfdist.config import load_config
-from rfdist.recipes.train import _init_ray
+from rfdist.runtime.cluster import init_ray
 import ray, psutil
-_init_ray(load_config(None, ["scaling.num_workers=1"]), None)
+init_ray(load_config(None, ["scaling.num_workers=1"]), None)
 ray.get(ray.remote(lambda: 1).remote())  # a worker is up too
 listening = []
 for proc in psutil.Process().children(recursive=True):
@@ -34,7 +34,7 @@ ray.shutdown()
 @pytest.mark.timeout(300)
 def test_rfdist_local_ray_binds_loopback_only() -> None:
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("RAY_", "RFDIST_"))}
-    # No RAY_* variable: loopback is rfdist's default (see rfdist.recipes.train._loopback_only).
+    # No RAY_* variable: loopback is rfdist's default (see rfdist.runtime.cluster.loopback_only).
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=280, cwd=ROOT

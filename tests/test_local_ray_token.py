@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import ray  # imported first, as a notebook or a test would
-from rfdist.recipes.train import start_local_ray
+from rfdist.runtime.cluster import start_local_ray
 start_local_ray(4)
 assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
 ray.shutdown()

@@ -38,10 +38,10 @@ def test_profile_endpoint_and_option_errors(s3_server: str, tmp_path: Path, monk
 
 def test_checkpoint_storage_goes_through_the_same_layer(s3_server: str) -> None:
     """Ray Train's storage: ``bucket/prefix`` and this layer's filesystem (same endpoint, timeouts)."""
-    from rfdist.recipes.train import _storage
+    from rfdist.runtime.checkpoint import storage_target
 
     make_bucket(s3_server, "ckpt")
-    path, fs = _storage("s3://ckpt/runs/")
+    path, fs = storage_target("s3://ckpt/runs/")
     assert path == "ckpt/runs" and isinstance(fs, pafs.S3FileSystem)
     with fs.open_output_stream("ckpt/runs/probe") as out:
         out.write(b"ok")

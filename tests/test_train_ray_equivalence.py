@@ -2,7 +2,7 @@
 
 * Data order: every training row is seen exactly once per epoch across the two ranks, the
   order changes between epochs, and a run killed mid-epoch and resumed replays the very batches
-  an uninterrupted run trains on (``debug.record_rows`` writes each rank's rows).
+  an uninterrupted run trains on (the ``RecordRows`` worker hook of tests/hooks.py writes each rank's rows).
 * Resume: the killed-and-resumed run ends bitwise equal to the uninterrupted one — parameters,
   optimizer, scheduler, every rank's RNG and data position — and the ranks' RNG streams differ.
 * DDP: the 2-worker run equals a single process stepping on the concatenated batches.
@@ -22,12 +22,14 @@ from typer.testing import CliRunner
 from rfdist.cli.main import app
 from rfdist.config import load_config
 from rfdist.core.builders import ModelSpec, build_model
-from rfdist.core.engine import make_optimizer, train_step
+from rfdist.core.engine import cosine_schedule, make_optimizer, train_step
 from rfdist.data.parquet import write_dataset
 from rfdist.data.reader import load_split, open_dataset
 from rfdist.data.synthetic import make_synthetic
-from rfdist.recipes.train import _cosine, run_training
+from rfdist.recipes.train import run_training
 from rfdist.runtime.checkpoint import load_state
+
+from .hooks import FailOnce, RecordRows
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +67,6 @@ def _config(tmp: Path, data: str, name: str, *extra: str):
             f"data.path={data}",
             "data.synthetic=null",
             "data.shuffle_buffer=60",
-            f"debug.record_rows={tmp / 'rows' / name}",
             "model.flow_layers=2",
             "model.flow_hidden=[8]",
             "model.density_layers=1",
@@ -83,6 +84,11 @@ def _config(tmp: Path, data: str, name: str, *extra: str):
             *extra,
         ],
     )
+
+
+def _train(tmp: Path, cfg, *hooks):
+    """``run_training`` with each rank's rows recorded to ``tmp/rows/NAME``."""
+    return run_training(cfg, worker_hooks=[RecordRows(tmp / "rows" / cfg.name), *hooks])
 
 
 def _recorded(folder: Path) -> dict[int, dict[tuple[int, int], list]]:
@@ -103,9 +109,11 @@ def _final_state(result):
 def test_killed_and_resumed_equals_uninterrupted_and_epochs_cover_every_row(
     tmp_path: Path, sphere_data: str
 ) -> None:
-    straight = run_training(_config(tmp_path, sphere_data, "straight"))
-    resumed = run_training(
-        _config(tmp_path, sphere_data, "resumed", "debug.fail_at_step=7", "storage.max_failures=1")
+    straight = _train(tmp_path, _config(tmp_path, sphere_data, "straight"))
+    resumed = _train(
+        tmp_path,
+        _config(tmp_path, sphere_data, "resumed", "storage.max_failures=1"),
+        FailOnce(step=7, rank=1, marker=tmp_path / "fault-marker"),
     )
     # rank 1 trained steps 1-6, fetched step 7's batch and died; the restart replayed 6-10
     lines = (tmp_path / "rows" / "resumed" / "rank1.jsonl").read_text().splitlines()
@@ -148,14 +156,14 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
     cfg = _config(
         tmp_path, sphere_data, "ddp", "estimator.name=exact", "train.max_steps=3", "train.eval_every=2"
     )
-    result = run_training(cfg)
+    result = _train(tmp_path, cfg)
     seen = _recorded(tmp_path / "rows" / "ddp")
     state = _final_state(result)
 
     torch.manual_seed(cfg.seed)  # rank 0's initial model, which DDP broadcasts
     model = build_model(ModelSpec.from_dict(state.spec))
     optimizer = make_optimizer(model.parameters(), cfg.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.train.max_steps))
     for key in sorted(seen[0]):
         x = torch.tensor(seen[0][key] + seen[1][key], dtype=torch.float32)
         train_step(model, optimizer, x, cfg.loss_options(), grad_clip=cfg.train.grad_clip)
@@ -191,7 +199,7 @@ def test_streamed_epochs_cover_every_row_in_a_new_order(tmp_path: Path, sphere_d
         {split: {"x": load_split(source, split).numpy(), "label": None} for split in ("train", "val")},
         shard_rows=50,
     )
-    run_training(_config(tmp_path, sharded, "streamed", "data.materialize=never", "train.max_steps=8"))
+    _train(tmp_path, _config(tmp_path, sharded, "streamed", "data.materialize=never", "train.max_steps=8"))
     rows = {tuple(r) for r in load_split(open_dataset(sharded), "train").tolist()}
     seen = _recorded(tmp_path / "rows" / "streamed")
     order = {}

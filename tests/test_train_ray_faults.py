@@ -15,6 +15,7 @@ import ray
 
 from rfdist.recipes.train import run_training
 
+from .hooks import FailOnce
 from .ray_training import PRESET, make_data, small_config
 
 pytestmark = pytest.mark.slow
@@ -31,12 +32,11 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     cfg = small_config(
         tmp_path,
         data,
-        "debug.fail_at_step=130",
         "storage.max_failures=1",
         "estimator.name=auto",  # resolved by timing on both workers, again after the restart
         name="vm-fault",
     )
-    result = run_training(cfg)
+    result = run_training(cfg, worker_hooks=[FailOnce(step=130, rank=1, marker=tmp_path / "fault-marker")])
     output = capfd.readouterr()
     text = output.out + output.err
     assert "injected failure on rank 1 at step 130" in text

@@ -130,10 +130,11 @@ def test_non_finite_data_is_named_once_and_no_checkpoint_is_claimed(tmp_path: Pa
 
 def test_empty_train_or_val_shards_fail_instead_of_hanging(tmp_path: Path) -> None:
     """The worker-side guards, for shards the driver's row counts cannot see (datasets passed in)."""
-    from rfdist.recipes.train import _init_ray, prepare_data, ray_datasets
+    from rfdist.runtime.cluster import init_ray
+    from rfdist.runtime.datasets import prepare_data, ray_datasets
 
     data = make_data(str(tmp_path / "vm"), rows=2000)
-    _init_ray(load_config(PRESET, _overrides(tmp_path, data, "vm-empty")), None)  # rfdist's local Ray
+    init_ray(load_config(PRESET, _overrides(tmp_path, data, "vm-empty")), None)  # rfdist's local Ray
     empty = ray.data.from_items([])
     for split, expected in (("train", "no full batch of 250 rows"), ("val", "val split gave no rows")):
         cfg = load_config(PRESET, _overrides(tmp_path, data, f"vm-empty-{split}", "train.max_steps=5",

@@ -257,7 +257,7 @@ def test_measured_choice_prefers_exact_unless_hutchinson_is_clearly_faster() -> 
 def test_measuring_the_estimators_leaves_the_model_untouched() -> None:
     from rfdist.core.costmodel import choose_measured, measure_estimators
     from rfdist.core.engine import LossOptions
-    from rfdist.recipes.train import _resolve_auto
+    from rfdist.runtime.worker import resolve_auto
 
     model = _model_decoder(5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -267,5 +267,5 @@ def test_measuring_the_estimators_leaves_the_model_untouched() -> None:
     assert set(seconds) == {"exact", "hutchinson"} and all(0 < s < float("inf") for s in seconds.values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    resolved, measured = _resolve_auto(model, x, options, world=1)
+    resolved, measured = resolve_auto(model, x, options, world=1)
     assert resolved.estimator == choose_measured(measured) and resolved.cg_max_iters == 4

@@ -28,6 +28,7 @@ from rfdist.core.options import (
 __all__ = [
     "LossOptions",
     "StepResult",
+    "cosine_schedule",
     "fit",
     "iterate_minibatches",
     "load_optimizer_state",
@@ -213,6 +214,19 @@ def evaluate_nll(model: nn.Module, data: Tensor, *, batch_size: int = 1000) -> f
     return float(total) / data.shape[0]
 
 
+def cosine_schedule(total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at step ``s``: a cosine decay from 1 to 0.1 over ``total_steps``.
+
+    A plain function (not a callable object), so ``LambdaLR.state_dict()`` stores nothing for it
+    and a checkpoint's scheduler state is just its step count and rates.
+    """
+
+    def factor(s: int) -> float:
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1)))
+
+    return factor
+
+
 def fit(
     model: nn.Module,
     data: Tensor,
@@ -246,9 +260,7 @@ def fit(
     """
     options = options or LossOptions()
     optimizer = make_optimizer(model.parameters(), lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(steps))
     batches = iterate_minibatches(data, batch_size, generator=torch.Generator().manual_seed(seed))
     history: list[dict[str, float]] = []
     skips = 0

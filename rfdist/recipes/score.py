@@ -242,7 +242,7 @@ def score_dataset(
 
     import ray.data
 
-    from rfdist.recipes.train import connect_or_start_ray
+    from rfdist.runtime.cluster import connect_or_start_ray
 
     connect_or_start_ray(address, 4)
     ray.data.DataContext.get_current().enable_progress_bars = progress

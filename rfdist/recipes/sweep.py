@@ -39,7 +39,7 @@ from rfdist.config import ConfigError, RunConfig
 __all__ = ["SweepInterrupted", "SweepResult", "TrialSummary", "run_sweep", "search_space"]
 
 #: Keys a sweep may not vary: they name the sweep itself, where it is stored or tracked.
-FIXED_SECTIONS = ("name", "tune", "storage", "tracking", "registry", "debug")
+FIXED_SECTIONS = ("name", "tune", "storage", "tracking", "registry")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SUMMARY_COLUMNS = (
     "trial",
@@ -307,7 +307,7 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
     Each trial needs one CPU for its driver plus its workers, and Ray Data needs CPUs left
     over for its read tasks: without them a 2-core machine hangs silently.
     """
-    from rfdist.recipes.train import connect_or_start_ray
+    from rfdist.runtime.cluster import connect_or_start_ray
 
     per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
     connect_or_start_ray(address, math.ceil(concurrency * per_trial) + 2)
@@ -475,7 +475,8 @@ def _check_model_values(cfg: RunConfig, prepared: Any) -> None:
 def _preflight(cfg: RunConfig) -> _Plan:
     """Everything that can be checked before a trial starts; the data materialised once."""
     from rfdist.recipes import preflight
-    from rfdist.recipes.train import _storage, prepare_data
+    from rfdist.runtime.checkpoint import storage_target
+    from rfdist.runtime.datasets import prepare_data
     from rfdist.tracking.models import resolve_tracking_uri
 
     space = search_space(cfg)
@@ -492,7 +493,7 @@ def _preflight(cfg: RunConfig) -> _Plan:
     base["tracking"]["uri"] = tracking_uri
     max_steps = cfg.tune.max_steps or cfg.train.max_steps
     base["train"]["max_steps"] = max_steps
-    storage_path, filesystem = _storage(cfg.storage.path)
+    storage_path, filesystem = storage_target(cfg.storage.path)
     return _Plan(space, prepared, tracking_uri, base, storage_path, filesystem, max_steps)
 
 
@@ -517,7 +518,7 @@ def _build_tuner(cfg: RunConfig, plan: _Plan, parent_run_id: str, address: str |
     import ray
     from ray import tune
 
-    from rfdist.recipes.train import ray_datasets
+    from rfdist.runtime.datasets import ray_datasets
 
     local = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     concurrency = _concurrency(cfg)

@@ -1,20 +1,33 @@
-"""Secure defaults for the local Ray instance rfdist starts: loopback only, a private token.
+"""Connecting to Ray: join a cluster, or start a private local instance with secure defaults.
 
-Both are decided before ``ray.init`` and only for an instance rfdist starts itself (joining a
-cluster with ``--address``/``RAY_ADDRESS`` is left to that cluster's settings).
+A local instance rfdist starts itself listens on loopback only and uses a private token, both
+decided before ``ray.init`` (joining a cluster with ``--address``/``RAY_ADDRESS`` is left to
+that cluster's settings).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rfdist.runtime.ray_internals import auth_setup_logger, keep_loaded_ray_single_machine
 
-__all__ = ["loopback_only", "private_token"]
+if TYPE_CHECKING:
+    from rfdist.config import RunConfig
+
+__all__ = [
+    "connect_or_start_ray",
+    "dashboard_url",
+    "init_ray",
+    "loopback_only",
+    "private_token",
+    "start_local_ray",
+]
 
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -81,3 +94,80 @@ def private_token() -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(32))  # Ray's own format: 256 random bits, hex
     path.chmod(0o600)  # O_CREAT's mode applies to new files only
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """Start a local Ray with ``num_cpus`` logical CPUs, its dashboard on 127.0.0.1.
+
+    Every process of this instance gets ``RAY_API_SERVER_ADDRESS`` (its own dashboard):
+    Ray Train's placement-group cleaner otherwise auto-detects the cluster by scanning the
+    machine's processes and fails when a second Ray instance runs there (another test, a
+    ``ray start`` head), leaving the placement groups of stopped trials behind.
+    """
+    import ray
+
+    from rfdist.runtime.console import quiet_ray_data
+
+    loopback_only()
+    private_token()
+    quiet_ray_data()
+    # Ray Train's PreemptionWatcher polls for draining nodes, which a private one-node instance
+    # never has; its actor printed a core_worker "constructor arguments in the object store" error
+    # line (ray-project/ray#53727) on some runs, which nobody can act on. A user's setting wins.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    dashboard_port = _free_port()
+    ray.init(
+        # "local": a new private instance even when a `ray start` head runs on this machine
+        # (a plain ray.init() would join it through /tmp/ray/ray_current_cluster and then
+        # refuse num_cpus)
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=768 * 1024**2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}},
+        log_to_driver=True,
+        logging_level="WARNING",
+    )
+    os.environ["RFDIST_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"  # for the start-up hint
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
+    """Join ``address`` (else ``RAY_ADDRESS``) or start a local Ray with ``local_cpus`` logical CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    start_local_ray(local_cpus)
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard URL: the local instance's (set by start_local_ray), else an http(s) ``RAY_ADDRESS``."""
+    url = os.environ.get("RFDIST_DASHBOARD_URL") or os.environ.get("RAY_ADDRESS", "")
+    return url if url.startswith(("http://", "https://")) else None
+
+
+def init_ray(cfg: RunConfig, address: str | None) -> None:
+    """Join ``address`` or start a local Ray sized for one training run of ``cfg``."""
+    workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
+    # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
+    connect_or_start_ray(address, max(4, math.ceil(workers_cpu) + 2))

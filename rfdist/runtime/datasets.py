@@ -1,20 +1,39 @@
 """Ray Data datasets of an rfdist Parquet split, and how Train workers iterate them.
 
 The Parquet layout and schema logic is :mod:`rfdist.data.reader`'s; this module adds Ray:
-one read task per shard, a per-epoch file shuffle, the object-store budget.
+one read task per shard, a per-epoch file shuffle, the object-store budget. A run's data is
+opened and checked on the driver (:func:`prepare_data`) and handed to Ray Train as the
+``train``/``val`` datasets of :func:`ray_datasets`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 import torch
 
+from rfdist.config import ConfigError, RunConfig
+from rfdist.core.builders import ModelSpec
 from rfdist.data.errors import DataError
 from rfdist.data.reader import DatasetInfo, feature_rows, tensor_columns
+from rfdist.runtime.epochs import epoch_seed
 
-__all__ = ["materialize_limit", "ray_dataset", "stream_options"]
+__all__ = [
+    "MATERIALIZE_BYTES",
+    "PreparedData",
+    "materialize_limit",
+    "materialize_synthetic",
+    "prepare_data",
+    "ray_dataset",
+    "ray_datasets",
+    "stream_options",
+]
+
+MATERIALIZE_BYTES = 256 * 1024**2
+"""Datasets up to this size (and half the object store) are held in Ray's object store."""
 
 
 def ray_dataset(info: DatasetInfo, split: str, *, file_shuffle_seed: int | None = None):
@@ -107,3 +126,83 @@ def materialize_limit(limit: int) -> float:
 
     store = ray.cluster_resources().get("object_store_memory", float("inf"))
     return min(limit, store / 2)
+
+
+@dataclass
+class PreparedData:
+    """A run's dataset, opened and checked against its config on the driver."""
+
+    path: str
+    info: Any
+    spec: ModelSpec
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Check config against data before any worker starts; materialise synthetic data once.
+
+    Raises :class:`ConfigError` / ``DataError`` with one line naming the key or file.
+    """
+    from rfdist.data.reader import open_dataset
+
+    if cfg.data.synthetic is not None:  # D is known before anything is written
+        from rfdist.data.synthetic import make_synthetic
+
+        cfg.model.spec((make_synthetic(cfg.data.synthetic).data_dim,), cfg.seed)
+    data_path = cfg.data.path or materialize_synthetic(cfg)
+    try:
+        info = open_dataset(data_path, features=cfg.data.features)
+    except DataError as exc:
+        missing = "dataset not found" in str(exc)
+        hint = " (make it with `rfdist data make NAME --out PATH`)" if missing else ""
+        raise DataError(f"data.path: {exc}{hint}") from None
+    spec = cfg.model.spec(tuple(info.shape), cfg.seed)
+    for split in ("train", "val"):
+        if split not in info.splits:
+            raise ConfigError(f"data.path: dataset {data_path} has no {split!r} split")
+    return PreparedData(path=data_path, info=info, spec=spec)
+
+
+def ray_datasets(cfg: RunConfig, prepared: PreparedData) -> dict[str, Any]:
+    """The ``train``/``val`` Ray Datasets; held in the object store when small (``data.materialize``).
+
+    Re-streaming a small Parquet dataset every epoch costs more than a training step, so
+    datasets under :data:`MATERIALIZE_BYTES` are read once (a sweep reads once for all trials).
+    A streamed training split reads its shards in a new seeded order every epoch (``data.shuffle``).
+    """
+    info = prepared.info
+    datasets = {split: ray_dataset(info, split) for split in ("train", "val")}
+    if cfg.data.materialize != "never":
+        rows = [info.rows.get(split) or ds.count() for split, ds in datasets.items()]  # manifest first
+        size = sum(rows) * prepared.spec.data_dim * info.itemsize
+        if cfg.data.materialize == "always" or size <= materialize_limit(MATERIALIZE_BYTES):
+            if cfg.data.shuffle:  # blocks of a batch: the unit each epoch re-orders (rfdist.runtime.epochs)
+                datasets["train"] = datasets["train"].repartition(
+                    target_num_rows_per_block=cfg.train.batch_size
+                )
+            return {split: ds.materialize() for split, ds in datasets.items()}
+    if cfg.data.shuffle:
+        datasets["train"] = ray_dataset(info, "train", file_shuffle_seed=epoch_seed(cfg.seed, 0))
+    return datasets
+
+
+def materialize_synthetic(cfg: RunConfig, root: str | Path = ".rfdist/data") -> str:
+    """Write the synthetic dataset a config names to Parquet once (cached by name/seed/rows)."""
+    import numpy as np
+
+    from rfdist.data.parquet import write_dataset
+    from rfdist.data.synthetic import make_synthetic
+
+    name = cfg.data.synthetic
+    target = Path(root).resolve() / f"{name}-seed{cfg.seed}-{cfg.data.train_rows}-{cfg.data.test_rows}"
+    if (target / "_MANIFEST.json").exists() or (target / "_SUCCESS").exists():
+        return str(target)
+    source = make_synthetic(name)
+    val_rows = max(1, cfg.data.test_rows // 2)
+    splits = {}
+    for offset, (split, rows) in enumerate(
+        (("train", cfg.data.train_rows), ("val", val_rows), ("test", cfg.data.test_rows))
+    ):
+        gen = torch.Generator().manual_seed(cfg.seed + offset)
+        splits[split] = {"x": source.sample(rows, generator=gen).numpy().astype(np.float32), "label": None}
+    write_dataset(str(target), splits)
+    return str(target)

@@ -22,15 +22,13 @@ saved position it skips the batches of the current epoch that were already consu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DataPosition", "EpochStream", "epoch_seed", "epoch_shard", "record_rows"]
+__all__ = ["DataPosition", "EpochStream", "epoch_seed", "epoch_shard"]
 
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
@@ -85,18 +83,3 @@ class EpochStream:
                 raise EmptyEpochError(f"the training split yields no batch (epoch {epoch}); is it empty?")
             epoch, skip = epoch + 1, 0
             self.position = DataPosition(epoch, 0)
-
-
-def record_rows(folder: str | None, rank: int) -> Callable[[DataPosition, Any], None]:
-    """Test hook (``debug.record_rows``): append each batch's rows and position to ``folder/rankR.jsonl``."""
-    if folder is None:
-        return lambda position, x: None
-    path = Path(folder) / f"rank{rank}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(position: DataPosition, x: Any) -> None:
-        line = {"epoch": position.epoch, "batch": position.batches, "rows": x.detach().cpu().tolist()}
-        with path.open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
-
-    return write
