@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rfdist.core.builders import ModelSpec, build_model
 from rfdist.core.engine import LossOptions
-from rfdist.core.options import DEFAULTS, GRAM_REUSE_STEPS, PRECONDITIONED_CG_BUDGET, EstimatorOptions  # noqa: F401 (re-exported)
+from rfdist.core.options import (  # noqa: F401 (re-exported)
+    BETA,
+    DEFAULTS,
+    GRAM_REUSE_STEPS,
+    MODE,
+    PRECONDITIONED_CG_BUDGET,
+    EstimatorOptions,
+)
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
 
@@ -182,12 +189,12 @@ class TrainConfig(_Section):
     are trained); unset, both train together on every step.
     """
 
-    mode: Literal["ml", "two_step"] = "ml"
+    mode: Literal["ml", "two_step"] = MODE
     manifold_steps: int | None = Field(None, ge=1)
     max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(1000, ge=1)
     lr: float = Field(3e-3, gt=0)
-    beta: float = Field(50.0, ge=0)
+    beta: float = Field(BETA, ge=0)
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(10.0, gt=0)
     eval_every: int = Field(200, ge=1)

@@ -17,7 +17,10 @@ from torch import Tensor, nn
 
 from rfdist.core.model import Mode
 from rfdist.core.options import (
+    BETA,
     DEFAULTS,
+    LIKELIHOOD_WEIGHT,
+    MODE,
     EstimatorName,
     EstimatorOptions,
     MatvecMode,
@@ -47,10 +50,10 @@ class LossOptions:
     :meth:`estimator_options` gives them as the record :meth:`RectangularFlow.loss` takes.
     """
 
-    mode: Mode = "ml"
+    mode: Mode = MODE
     estimator: EstimatorName = DEFAULTS.name
-    beta: float = 50.0
-    likelihood_weight: float = 1.0
+    beta: float = BETA
+    likelihood_weight: float = LIKELIHOOD_WEIGHT
     num_samples: int = DEFAULTS.num_samples
     cg_tol: float = DEFAULTS.cg_tol
     cg_max_iters: int | None = DEFAULTS.cg_max_iters
@@ -69,9 +72,9 @@ class LossOptions:
         cls,
         estimator: EstimatorOptions,
         *,
-        mode: Mode = "ml",
-        beta: float = 50.0,
-        likelihood_weight: float = 1.0,
+        mode: Mode = MODE,
+        beta: float = BETA,
+        likelihood_weight: float = LIKELIHOOD_WEIGHT,
     ) -> LossOptions:
         """Loss options with the estimator settings of the record ``estimator``."""
         settings = estimator.as_dict()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rfdist.core.density import LatentDensity
 from rfdist.core.flows.base import Bijection
-from rfdist.core.options import EstimatorOptions, merge_options
+from rfdist.core.options import BETA, LIKELIHOOD_WEIGHT, MODE, EstimatorOptions, merge_options
 from rfdist.core.volume import (
     GramCache,
     TangentOps,
@@ -177,9 +177,9 @@ class RectangularFlow(nn.Module):
         self,
         x: Tensor,
         *,
-        mode: Mode = "ml",
-        beta: float = 50.0,
-        likelihood_weight: float = 1.0,
+        mode: Mode = MODE,
+        beta: float = BETA,
+        likelihood_weight: float = LIKELIHOOD_WEIGHT,
         options: EstimatorOptions | None = None,
         **overrides: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:

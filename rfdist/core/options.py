@@ -15,8 +15,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 __all__ = [
+    "BETA",
     "DEFAULTS",
     "GRAM_REUSE_STEPS",
+    "LIKELIHOOD_WEIGHT",
+    "MODE",
     "PRECONDITIONED_CG_BUDGET",
     "EstimatorName",
     "EstimatorOptions",
@@ -30,6 +33,12 @@ EstimatorName = Literal["exact", "hutchinson", "auto"]
 Probe = Literal["gaussian", "rademacher"]
 MatvecMode = Literal["jvp", "vjp"]
 PreconditionerKind = Literal["none", "gram"]
+
+#: the loss's own defaults (beside the estimator's): maximum likelihood, the reconstruction
+#: weight β of the paper's tabular runs, the full likelihood term (no warm-up)
+MODE: Literal["ml", "two_step"] = "ml"
+BETA = 50.0
+LIKELIHOOD_WEIGHT = 1.0
 
 #: CG iterations per step with the ``gram`` preconditioner when ``cg_max_iters`` is unset
 #: (bench/estimators.py: the gradient error of the reference's 13 plain iterations, K=1 probe
