@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,18 +69,11 @@ class LossOptions:
     precond_ridge: float = DEFAULTS.precond_ridge
 
     @classmethod
-    def of(
-        cls,
-        estimator: EstimatorOptions,
-        *,
-        mode: Mode = MODE,
-        beta: float = BETA,
-        likelihood_weight: float = LIKELIHOOD_WEIGHT,
-    ) -> LossOptions:
-        """Loss options with the estimator settings of the record ``estimator``."""
+    def of(cls, estimator: EstimatorOptions, **loss: Any) -> LossOptions:
+        """Loss options with the estimator settings of the record ``estimator``; ``loss`` sets
+        ``mode``, ``beta`` or ``likelihood_weight`` (their defaults are the class's own)."""
         settings = estimator.as_dict()
-        name = settings.pop("name")
-        return cls(mode=mode, estimator=name, beta=beta, likelihood_weight=likelihood_weight, **settings)
+        return cls(estimator=settings.pop("name"), **settings, **loss)
 
     def estimator_options(self) -> EstimatorOptions:
         """The estimator settings as the record :meth:`RectangularFlow.loss` takes."""

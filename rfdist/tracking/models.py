@@ -29,22 +29,8 @@ import torch
 
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
+from rfdist.tracking import __all__  # noqa: F401  (the package re-exports exactly these)
 from rfdist.tracking.runs import filter_value
-
-__all__ = [
-    "DEFAULT_DB",
-    "ModelRecord",
-    "get_model_record",
-    "list_models",
-    "load_flow",
-    "load_model",
-    "log_flow_model",
-    "promote",
-    "redact_uri",
-    "register_with_aliases",
-    "resolve_tracking_uri",
-    "verify_model_code",
-]
 
 DEFAULT_DB = "mlflow.db"
 
