@@ -380,7 +380,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             step = time.perf_counter() - start
             build = _gram_rebuild_s(models[i], x, opts[i], device)
             if round_ >= job["warmup"]:
-                times[i].append(step + build / getattr(opts[i], "precond_every", 1))
+                times[i].append(step + build / (getattr(opts[i], "precond_every", None) or 1))
                 builds[i].append(build)
     base = times[0]  # variants[0] is two_step
     yardstick = times[legacy.index(True)] if any(legacy) else None
@@ -416,7 +416,7 @@ def _gram_rebuild_s(model, x, opts, device: str) -> float:
     (and charged 1/``precond_every`` of it per step), with the cache then set to skip the next
     step's rebuild — so every timed step costs the same, rebuild amortised. 0 for others."""
     cache = model.__dict__.get("_gram_cache_state")
-    if cache is None or getattr(opts, "precond_every", 1) <= 1 or opts.preconditioner != "gram":
+    if cache is None or (getattr(opts, "precond_every", None) or 1) <= 1 or opts.preconditioner != "gram":
         return 0.0
     import torch
 
