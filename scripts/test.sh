@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 docs_out="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q -d "$docs_out" || { rm -rf "$docs_out"; echo "error: mkdocs build --strict failed" >&2; exit 1; }
 rm -rf "$docs_out"
-.venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+.venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 "$@"  # the 25 slowest, for where CI time goes
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2
