@@ -23,29 +23,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    """Start moto on 127.0.0.1, export the endpoint and test credentials; yield the endpoint."""
+RAY_STARTED_WITH: str | None = None  # the moto endpoint the running shared Ray's processes carry
+
+
+def start_moto():
+    """moto's threaded server on a free 127.0.0.1 port: ``(server, endpoint)``."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        with _s3_environment(endpoint):
-            yield endpoint
-    finally:
-        server.stop()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def start_shared_ray(endpoint: str, num_cpus: int) -> None:
+    """(Re)start this process's local Ray with ``endpoint`` and the test credentials exported."""
+    global RAY_STARTED_WITH
+    import ray
+
+    from rfdist.runtime.cluster import start_local_ray
+
+    ray.shutdown()
+    with _s3_environment(endpoint, keep_ray=True):
+        start_local_ray(num_cpus)
+    RAY_STARTED_WITH = endpoint
+
+
+@pytest.fixture(scope="module")
+def s3_server(shared_s3: str) -> Iterator[str]:
+    """This worker's moto server with its endpoint and test credentials exported; yields the endpoint."""
+    with _s3_environment(shared_s3):
+        yield shared_s3
 
 
 @contextlib.contextmanager
-def _s3_environment(endpoint: str) -> Iterator[None]:
+def _s3_environment(endpoint: str, *, keep_ray: bool = False) -> Iterator[None]:
     """Export the test credentials and ``AWS_ENDPOINT_URL``; restore the old values after."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        # a Ray left running by an earlier test has workers started without this endpoint and
-        # these credentials (moto then answers their anonymous writes with 403 AccessDenied)
+    if not keep_ray and ray is not None and ray.is_initialized() and endpoint != RAY_STARTED_WITH:
+        # a Ray started elsewhere has workers without this endpoint and these credentials
+        # (moto then answers their anonymous writes with 403 AccessDenied)
         ray.shutdown()
     saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
     os.environ.update(CREDENTIALS)
