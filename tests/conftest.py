@@ -11,8 +11,11 @@ credentials.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,8 +65,7 @@ def shared_ray(shared_s3: str) -> Iterator[None]:
     """
     from . import s3_server
 
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized() or shared_s3 != s3_server.RAY_STARTED_WITH:
+    if not s3_server.shared_ray_is_up(shared_s3):
         s3_server.start_shared_ray(shared_s3, SHARED_RAY_CPUS)
     yield
 
@@ -72,3 +74,68 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test id, from a recorded run
+UNKNOWN_SLOW_S, UNKNOWN_S = 60.0, 1.0  # the guess for a test the record does not know yet
+
+
+def _expected_seconds(item: pytest.Item, record: dict[str, float]) -> float:
+    if item.nodeid in record:
+        return record[item.nodeid]
+    return UNKNOWN_SLOW_S if item.get_closest_marker("slow") else UNKNOWN_S
+
+
+def _module_scoped_fixtures(item: pytest.Item) -> bool:
+    """Whether the test uses a module-scoped fixture (whose set-up its module should pay once)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        defs[-1].scope == "module" for name in info.names_closure if (defs := info.name2fixturedefs.get(name))
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, and a module's tests together when they share a module-scoped fixture.
+
+    With ``--dist loadgroup`` (scripts/test.sh) every other test is its own unit of work, so two
+    workers finish together when the longest units start first (greedy longest-processing-time
+    scheduling); expected times come from ``tests/durations.json``.
+    """
+    record = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    module_seconds: dict[str, float] = {}
+    for item in items:
+        if _module_scoped_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            module_seconds[item.module.__name__] = module_seconds.get(item.module.__name__, 0.0)
+            module_seconds[item.module.__name__] += _expected_seconds(item, record)
+
+    def unit_seconds(item: pytest.Item) -> float:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args and group.args[0] in module_seconds:
+            return module_seconds[group.args[0]]
+        return _expected_seconds(item, record)
+
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-unit_seconds(item), order[id(item)]))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """With ``RFDIST_RECORD_DURATIONS=1``, write each passed test's seconds (set-up, call and
+    teardown) to tests/durations.json, which orders the next runs."""
+    if not os.environ.get("RFDIST_RECORD_DURATIONS"):
+        return
+    seconds: dict[str, float] = {}
+    failed: set[str] = set()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) not in ("setup", "call", "teardown"):
+                continue
+            nodeid = report.nodeid.split("@")[0]  # without --dist loadgroup's "@group" suffix
+            seconds[nodeid] = seconds.get(nodeid, 0.0) + report.duration
+            if report.failed or report.skipped:
+                failed.add(nodeid)
+    kept = {k: round(v, 2) for k, v in sorted(seconds.items()) if k not in failed}
+    DURATIONS.write_text(json.dumps(kept, indent=0) + "\n")

@@ -23,7 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-RAY_STARTED_WITH: str | None = None  # the moto endpoint the running shared Ray's processes carry
+SHARED_RAY: tuple[str, str] | None = None  # (node id, moto endpoint) of the shared Ray, once started
 
 
 def start_moto():
@@ -38,7 +38,7 @@ def start_moto():
 
 def start_shared_ray(endpoint: str, num_cpus: int) -> None:
     """(Re)start this process's local Ray with ``endpoint`` and the test credentials exported."""
-    global RAY_STARTED_WITH
+    global SHARED_RAY
     import ray
 
     from rfdist.runtime.cluster import start_local_ray
@@ -46,7 +46,15 @@ def start_shared_ray(endpoint: str, num_cpus: int) -> None:
     ray.shutdown()
     with _s3_environment(endpoint, keep_ray=True):
         start_local_ray(num_cpus)
-    RAY_STARTED_WITH = endpoint
+    SHARED_RAY = (ray.get_runtime_context().get_node_id(), endpoint)
+
+
+def shared_ray_is_up(endpoint: str) -> bool:
+    """Whether the Ray this process is connected to is the shared one started with ``endpoint``."""
+    ray = sys.modules.get("ray")
+    if SHARED_RAY is None or ray is None or not ray.is_initialized():
+        return False
+    return (ray.get_runtime_context().get_node_id(), endpoint) == SHARED_RAY
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +68,7 @@ def s3_server(shared_s3: str) -> Iterator[str]:
 def _s3_environment(endpoint: str, *, keep_ray: bool = False) -> Iterator[None]:
     """Export the test credentials and ``AWS_ENDPOINT_URL``; restore the old values after."""
     ray = sys.modules.get("ray")
-    if not keep_ray and ray is not None and ray.is_initialized() and endpoint != RAY_STARTED_WITH:
+    if not keep_ray and ray is not None and ray.is_initialized() and not shared_ray_is_up(endpoint):
         # a Ray started elsewhere has workers without this endpoint and these credentials
         # (moto then answers their anonymous writes with 403 AccessDenied)
         ray.shutdown()

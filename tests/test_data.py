@@ -31,30 +31,12 @@ def cli(*args: str):
     return runner.invoke(app, list(args))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
+@pytest.fixture
+def ray_local(shared_ray):
+    """The worker's shared local Ray (tests/conftest.py)."""
     import ray
 
-    for attempt in range(2):  # Ray's 30 s raylet start limit is hard-coded; a loaded box can miss it
-        try:
-            ray.init(
-                address="local",  # never a `ray start` head another test runs
-                num_cpus=2,
-                object_store_memory=256 * 1024**2,
-                include_dashboard=False,
-                logging_level="ERROR",
-                ignore_reinit_error=True,
-            )
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt:
-                raise
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    return ray
 
 
 def _ray_rows(ds) -> np.ndarray:
@@ -127,7 +109,9 @@ def test_ray_dataset_reads_a_block_per_shard_and_leaves_the_process_context_alon
 
 def test_streamed_split_reads_shards_in_a_new_seeded_order_every_epoch(tmp_path: Path, ray_local) -> None:
     out = str(tmp_path / "vm")
-    result = cli("data", "make", "von-mises", "--out", out, "--rows", "400", "--shard-rows", "50", "--seed", "2")
+    result = cli(
+        "data", "make", "von-mises", "--out", out, "--rows", "400", "--shard-rows", "50", "--seed", "2"
+    )
     assert result.exit_code == 0, result.output
     info = open_dataset(out)
 

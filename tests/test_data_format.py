@@ -85,31 +85,22 @@ def test_uint8_pixels_are_dequantised_like_float_pixels() -> None:
     torch.testing.assert_close(from_uint8, from_float, rtol=0, atol=0)
 
 
-def test_ray_streams_uint8_tensors_and_the_old_float_layout(tmp_path: Path) -> None:
-    import ray
-
+def test_ray_streams_uint8_tensors_and_the_old_float_layout(tmp_path: Path, shared_ray) -> None:
     x = _pixels(500)
     write_dataset(
         str(tmp_path / "new"), {"train": {"x": x, "columns": {"id": np.arange(500)}}}, shard_rows=200
     )
     _old_float_layout(tmp_path / "old", x)
-    ray.init(address="local", num_cpus=2, object_store_memory=128 * 1024**2, include_dashboard=False, logging_level="ERROR")
-    try:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
-        for name, dtype in (("new", torch.uint8), ("old", torch.float32)):
-            info = open_dataset(str(tmp_path / name))
-            batches = list(ray_dataset(info, "train").iter_torch_batches(batch_size=64))
-            assert {tuple(b) for b in batches} == {("x",)}, name  # no extra columns travel
-            rows = torch.cat([b["x"] for b in batches])
-            assert rows.dtype == dtype and rows.shape == (500, 1, 5, 4), (name, rows.dtype, rows.shape)
-            got = rows.reshape(500, -1).numpy().astype(np.uint8)
-            expected = x.reshape(500, -1)
-            order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731 - Ray does not keep shard order
-            np.testing.assert_array_equal(order(got), order(expected))
-    finally:
-        ray.shutdown()
+    for name, dtype in (("new", torch.uint8), ("old", torch.float32)):
+        info = open_dataset(str(tmp_path / name))
+        batches = list(ray_dataset(info, "train").iter_torch_batches(batch_size=64))
+        assert {tuple(b) for b in batches} == {("x",)}, name  # no extra columns travel
+        rows = torch.cat([b["x"] for b in batches])
+        assert rows.dtype == dtype and rows.shape == (500, 1, 5, 4), (name, rows.dtype, rows.shape)
+        got = rows.reshape(500, -1).numpy().astype(np.uint8)
+        expected = x.reshape(500, -1)
+        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731 - Ray does not keep shard order
+        np.testing.assert_array_equal(order(got), order(expected))
 
 
 def _expect_error(uri: Path, contains: str) -> None:
@@ -155,11 +146,9 @@ def test_bad_extra_columns_are_refused(tmp_path: Path, bad: str) -> None:
 
 
 @pytest.mark.slow
-def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Path) -> None:
+def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Path, shared_ray) -> None:
     """Ray Train on digits stored both ways: uint8 tensors and the older float32 layout."""
     import math
-
-    import ray
 
     from rfdist.config import load_config
     from rfdist.data.sources import generate
@@ -171,26 +160,23 @@ def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Pa
     for split, content in splits.items():
         _old_float_layout_split(old, split, content["x"])
     preset = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
-    try:
-        for layout in ("uint8", "float32"):
-            assert open_dataset(str(tmp_path / layout)).dtype == layout
-            cfg = load_config(
-                preset,
-                [
-                    f"name=digits-{layout}",
-                    f"data.path={tmp_path / layout}",
-                    "train.max_steps=4",
-                    "train.checkpoint_every=4",
-                    "train.log_every=2",
-                    f"storage.path={tmp_path / 'runs'}",
-                    f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                    f"registry.name=digits-{layout}",
-                ],
-            )
-            result = run_training(cfg, register=False)
-            assert result.metrics["step"] == 4 and math.isfinite(result.metrics["val_nll"]), layout
-    finally:
-        ray.shutdown()
+    for layout in ("uint8", "float32"):
+        assert open_dataset(str(tmp_path / layout)).dtype == layout
+        cfg = load_config(
+            preset,
+            [
+                f"name=digits-{layout}",
+                f"data.path={tmp_path / layout}",
+                "train.max_steps=4",
+                "train.checkpoint_every=4",
+                "train.log_every=2",
+                f"storage.path={tmp_path / 'runs'}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"registry.name=digits-{layout}",
+            ],
+        )
+        result = run_training(cfg, register=False)
+        assert result.metrics["step"] == 4 and math.isfinite(result.metrics["val_nll"]), layout
 
 
 def _old_float_layout_split(root: Path, split: str, x: np.ndarray) -> None:

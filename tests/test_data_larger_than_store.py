@@ -31,7 +31,13 @@ def test_dataset_larger_than_the_object_store_streams(tmp_path: Path) -> None:
     info = open_dataset(str(tmp_path / "big"))
     assert ROWS * info.data_dim * info.itemsize > 1.5 * STORE_MB * 2**20
 
-    ray.init(address="local", num_cpus=2, object_store_memory=STORE_MB * 2**20, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=STORE_MB * 2**20,
+        include_dashboard=False,
+        logging_level="ERROR",
+    )
     try:
         from ray.data import DataContext
 

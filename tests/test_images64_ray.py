@@ -7,7 +7,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 import torch
 from typer.testing import CliRunner
 
@@ -19,15 +18,9 @@ from rfdist.recipes.train import run_training
 from rfdist.runtime.checkpoint import load_state
 from rfdist.tracking.models import load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "shapes64.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ray():
-    yield
-    ray.shutdown()
 
 
 def test_two_workers_train_shapes64_register_and_reload(tmp_path: Path) -> None:

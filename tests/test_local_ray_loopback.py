@@ -1,4 +1,5 @@
-"""The local Ray instance ``rfdist train`` starts listens on loopback only."""
+"""The local Ray instance ``rfdist train`` starts listens on loopback only: Ray's servers (GCS,
+raylet, dashboard) and, while it trains, the Train workers with their torch/gloo sockets."""
 
 from __future__ import annotations
 
@@ -10,42 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-PROBE = """
-import json, os
-from rfdist.config import load_config
-from rfdist.runtime.cluster import init_ray
-import ray, psutil
-init_ray(load_config(None, ["scaling.num_workers=1"]), None)
-ray.get(ray.remote(lambda: 1).remote())  # a worker is up too
-listening = []
-for proc in psutil.Process().children(recursive=True):
-    try:
-        listening += [[proc.name(), c.laddr.ip, c.laddr.port] for c in proc.net_connections("inet")
-                      if c.status == "LISTEN"]
-    except psutil.Error:
-        pass
-print("LISTENING " + json.dumps(listening))
-ray.shutdown()
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_rfdist_local_ray_binds_loopback_only() -> None:
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("RAY_", "RFDIST_"))}
-    # No RAY_* variable: loopback is rfdist's default (see rfdist.runtime.cluster.loopback_only).
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=280, cwd=ROOT
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("LISTENING ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
-    listening = json.loads(lines[-1][len("LISTENING ") :])
-    assert len(listening) >= 3  # GCS, raylet, dashboard at least
-    exposed = [item for item in listening if item[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
-    assert not exposed, f"non-loopback listeners: {exposed}"
-
 
 TRAIN_PROBE = """
 import json, sys, threading, time
@@ -100,13 +65,19 @@ def test_local_training_listens_on_loopback_only(tmp_path: Path) -> None:
     ]
     done = subprocess.run(
         [sys.executable, "-c", TRAIN_PROBE, str(ROOT / "jobs/configs/von-mises.yaml"), *overrides],
-        env=env, capture_output=True, text=True, timeout=380, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=380,
+        cwd=tmp_path,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("LISTENING ")]
     assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
     listening = json.loads(lines[-1][len("LISTENING ") :])
     workers = [title for title in listening.values() if "RayTrainWorker" in title or "ray::" in title]
     assert workers, f"no Ray worker listener sampled while training: {listening}"
+    for server in ("gcs_server", "raylet", "dashboard"):  # Ray's own servers were sampled too
+        assert any(server in title for title in listening.values()), (server, listening)
     exposed = {
         address: title
         for address, title in listening.items()

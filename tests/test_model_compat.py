@@ -50,7 +50,9 @@ def test_an_old_model_loads_through_the_registry_and_scores_as_it_did(registered
     rows = torch.tensor(EXPECTED["rows"])
     preprocess = load_flow("models:/old@champion", tracking_uri=registered_old_model).preprocess
     log_prob = score_rows(model, rows, preprocess)["log_prob"]
-    assert torch.allclose(log_prob.double(), torch.tensor(EXPECTED["log_prob"], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(
+        log_prob.double(), torch.tensor(EXPECTED["log_prob"], dtype=torch.float64), atol=1e-5
+    )
     assert model.sample(4).shape == (4, 3)
 
 

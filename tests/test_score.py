@@ -57,7 +57,9 @@ def _check(table, model, x: np.ndarray) -> None:
         expected = model.log_prob(torch.from_numpy(x)).double().numpy()
         latent = model.encode(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(log_prob, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(table.column("log_prob_model").to_numpy()[order], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        table.column("log_prob_model").to_numpy()[order], expected, rtol=1e-4, atol=1e-4
+    )
     np.testing.assert_allclose(latent_matrix(table)[order], latent, atol=1e-4)
 
 
@@ -82,34 +84,29 @@ def test_score_rejects_bad_input_before_ray(registered, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_score_local_and_s3_one_row_per_input(registered, s3_server, tmp_path) -> None:
-    import ray
-
+def test_score_local_and_s3_one_row_per_input(registered, s3_server, tmp_path, shared_ray) -> None:
     from rfdist.cli.main import app
     from rfdist.recipes.score import SUCCESS, read_scores, score_dataset
 
     uri, model, root, splits = registered
     out = tmp_path / "scores"
-    try:
-        result = CliRunner().invoke(
-            app,
-            ["score", f"models:/{NAME}@latest", "--data", str(root / "data"), "--out", str(out),
-             "--tracking-uri", uri, "--batch-size", "64", "--actors", "2"],
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        assert f"scored {ROWS} rows" in result.output
-        assert (out / SUCCESS).is_file() and not list(tmp_path.glob("scores.tmp-*"))
-        _check(read_scores(str(out)), model, splits["test"]["x"])
+    result = CliRunner().invoke(
+        app,
+        ["score", f"models:/{NAME}@latest", "--data", str(root / "data"), "--out", str(out),
+         "--tracking-uri", uri, "--batch-size", "64", "--actors", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"scored {ROWS} rows" in result.output
+    assert (out / SUCCESS).is_file() and not list(tmp_path.glob("scores.tmp-*"))
+    _check(read_scores(str(out)), model, splits["test"]["x"])
 
-        make_bucket(s3_server, "scoring")
-        write_dataset("s3://scoring/vm", splits)
-        scored = score_dataset(
-            f"models:/{NAME}@latest", "s3://scoring/vm", "s3://scoring/out", tracking_uri=uri, batch_size=64
-        )
-        assert scored.rows == ROWS
-        _check(read_scores("s3://scoring/out"), model, splits["test"]["x"])
-    finally:
-        ray.shutdown()
+    make_bucket(s3_server, "scoring")
+    write_dataset("s3://scoring/vm", splits)
+    scored = score_dataset(
+        f"models:/{NAME}@latest", "s3://scoring/vm", "s3://scoring/out", tracking_uri=uri, batch_size=64
+    )
+    assert scored.rows == ROWS
+    _check(read_scores("s3://scoring/out"), model, splits["test"]["x"])
 
 
 def test_submit_score_job_runs_the_score_entry_point() -> None:

@@ -27,10 +27,22 @@ FILLER_CAP_MB = 96  # more than the tmpfs holds, far less than a real disk
 BLIP_S = 5  # longer than pyarrow's default S3 retries last (3 attempts, ~2 s)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_ray():
+@pytest.fixture
+def private_ray():
+    """For a test whose Ray must carry another S3 endpoint than the shared one: stopped after."""
     yield
     ray.shutdown()
+
+
+def _loads(states) -> bool:
+    """Whether a checkpoint among ``states`` is complete (loads with weights_only)."""
+    for state in states:
+        try:
+            load_state(state.parent)
+            return True
+        except Exception:
+            continue
+    return False
 
 
 @pytest.fixture
@@ -38,7 +50,9 @@ def small_disk(tmp_path: Path):
     """A 64 MiB tmpfs (needs root: mount); the test fills it mid-run."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     try:
@@ -48,7 +62,7 @@ def small_disk(tmp_path: Path):
 
 
 def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_checkpoint(
-    tmp_path: Path, small_disk: Path
+    tmp_path: Path, small_disk: Path, shared_ray: None
 ) -> None:
     name = f"vm-full-{uuid.uuid4().hex[:6]}"
     cfg = small_config(
@@ -72,7 +86,8 @@ def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_chec
             if done.is_set() or time.monotonic() > deadline:
                 return  # training ended (or failed) first: never fill anything
             time.sleep(0.1)
-        time.sleep(0.5)  # let the first upload finish
+        while not _loads(run_dir.glob("checkpoint_*/state.pt")):  # the first upload has finished
+            time.sleep(0.05)
         # only ever the 64 MiB tmpfs: never the real disk under it (e.g. after an unmount)
         with open(small_disk / "filler", "wb") as filler:  # the disk fills up (another job's data)
             try:
@@ -102,7 +117,7 @@ def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_chec
 
 
 def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
-    tmp_path: Path, restartable_s3: RestartableS3
+    tmp_path: Path, private_ray: None, restartable_s3: RestartableS3
 ) -> None:
     make_bucket(restartable_s3.endpoint, "ckpt")
     name = f"vm-blip-{uuid.uuid4().hex[:6]}"

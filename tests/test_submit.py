@@ -181,7 +181,9 @@ def test_the_upload_leaves_data_runs_and_environments_home(tmp_path: Path) -> No
     package = tmp_path / "pkg.zip"
     create_package(str(ROOT), package, include_gitignore=True)
     names = zipfile.ZipFile(package).namelist()
-    assert "jobs/train.py" in names and "rfdist/recipes/submit.py" in names and "cluster/local_head.py" in names
+    assert (
+        "jobs/train.py" in names and "rfdist/recipes/submit.py" in names and "cluster/local_head.py" in names
+    )
     banned = (".venv/", "runs/", ".rfdist/", "mlruns/", "data/", ".git/")
     assert not [n for n in names if n.startswith(banned) or n.endswith((".db", ".parquet"))]
     assert package.stat().st_size < 5 * 1024**2

@@ -17,7 +17,11 @@ def test_node_metrics_reach_the_run_only_from_local_rank_zero(tmp_path: Path) ->
     assert start_monitor(run_id, uri, enabled=True, interval_s=0.5, local_rank=1) is None
     assert start_monitor(run_id, uri, enabled=False, interval_s=0.5, local_rank=0) is None
     monitor = start_monitor(run_id, uri, enabled=True, interval_s=0.5, local_rank=0, node_id="node1")
-    time.sleep(2.0)
+    deadline = time.monotonic() + 60
+    while "system/node1/cpu_utilization_percentage" not in client.get_run(run_id).data.metrics:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # polling the store until the first sample is logged
     monitor.finish()
     metrics = client.get_run(run_id).data.metrics
     assert "system/node1/cpu_utilization_percentage" in metrics, sorted(metrics)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from rfdist.recipes.train import run_training
 
 from .ray_training import make_data, small_config
 from .s3_server import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 OUTAGE_S = 30
 
@@ -53,12 +52,6 @@ def _kill(server: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)  # the server crashes: no graceful shutdown
     server.wait(timeout=30)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ray():
-    yield
-    ray.shutdown()
 
 
 def test_tracking_server_outage_mid_run_loses_no_metrics(tmp_path: Path, capfd) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 import torch
 
 from rfdist.core.builders import ModelSpec, build_model
@@ -22,13 +21,7 @@ from rfdist.tracking.models import load_model
 from .ray_training import make_data, small_config
 from .s3_server import free_port, make_bucket, s3_server  # noqa: F401
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ray():
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 import torch
 from typer.testing import CliRunner
 
@@ -31,16 +30,10 @@ from rfdist.runtime.checkpoint import load_state
 
 from .hooks import FailOnce, RecordRows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
 ROWS_PER_EPOCH = 400  # train rows; batch 100 = 2 ranks × 50 → 4 steps per epoch
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ray():
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from rfdist.recipes.train import run_training
 
@@ -21,12 +20,7 @@ from .ray_training import PRESET, make_data, small_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _fresh_ray():
-    yield
-    ray.shutdown()
-
-
+@pytest.mark.usefixtures("shared_ray")
 def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd) -> None:
     data = make_data(str(tmp_path / "vm"))
     cfg = small_config(
@@ -91,7 +85,6 @@ def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     assert list(runs.glob("checkpoint_*/state.pt")), "no checkpoint appeared"
     os.killpg(first.pid, signal.SIGINT)  # the user stops the driver (Ctrl-C)
     first.communicate(timeout=120)
-    ray.shutdown()
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     text = second.stdout + second.stderr

@@ -1,7 +1,7 @@
 """What only a real Ray Train run can show: a finished run is not retrained, a corrupt newest
 checkpoint is skipped, non-finite data is named once, empty shards cannot hang a worker.
 
-One local Ray instance serves the whole module (``run_training`` reuses it); runs are a few
+The worker's shared local Ray serves them (``run_training`` reuses it); runs are a few
 dozen steps of the von Mises preset on one worker.
 """
 
@@ -22,13 +22,7 @@ from rfdist.recipes.train import TrainingError, run_training
 
 from .ray_training import PRESET, make_data
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_ray():
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def _overrides(tmp: Path, data: str, name: str, *extra: str) -> list[str]:
@@ -92,7 +86,9 @@ def test_finished_run_is_not_retrained_corrupt_checkpoint_falls_back_force_retra
     text = "".join(capfd.readouterr())
     assert f"warning: checkpoint {folders[-1]}/state.pt is unreadable" in text
     warnings = {  # the message itself, without Ray's "(RayTrainWorker pid=…)" prefix and colours
-        line[line.index("warning: checkpoint") :] for line in text.splitlines() if "warning: checkpoint" in line
+        line[line.index("warning: checkpoint") :]
+        for line in text.splitlines()
+        if "warning: checkpoint" in line
     }
     assert all(f"{folders[-1]}/state.pt is unreadable" in w for w in warnings), warnings  # only that one
     assert "resumed from checkpoint at step 20" in text
@@ -130,11 +126,9 @@ def test_non_finite_data_is_named_once_and_no_checkpoint_is_claimed(tmp_path: Pa
 
 def test_empty_train_or_val_shards_fail_instead_of_hanging(tmp_path: Path) -> None:
     """The worker-side guards, for shards the driver's row counts cannot see (datasets passed in)."""
-    from rfdist.runtime.cluster import init_ray
     from rfdist.runtime.datasets import prepare_data, ray_datasets
 
     data = make_data(str(tmp_path / "vm"), rows=2000)
-    init_ray(load_config(PRESET, _overrides(tmp_path, data, "vm-empty")), None)  # rfdist's local Ray
     empty = ray.data.from_items([])
     for split, expected in (("train", "no full batch of 250 rows"), ("val", "val split gave no rows")):
         cfg = load_config(PRESET, _overrides(tmp_path, data, f"vm-empty-{split}", "train.max_steps=5",
