@@ -100,6 +100,7 @@ def _runs(tmp: Path, name: str, experiment_name: str = "rfdist"):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) -> None:
     data = make_data(str(tmp_path / "data"), rows=4000)
     result = CliRunner().invoke(app, sweep_args(tmp_path, data, "sweep-asha", "--set", SPACE))
@@ -164,7 +165,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
         deadline = time.time() + 400
         while time.time() < deadline and "val_nll" not in log.read_text():
             assert first.poll() is None, log.read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.2)
         assert "val_nll" in log.read_text(), log.read_text()[-3000:]
         first.send_signal(signal.SIGINT)
         code = first.wait(timeout=300)

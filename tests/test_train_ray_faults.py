@@ -81,7 +81,7 @@ def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     runs = tmp_path / "runs" / "vm-resume"
     deadline = time.monotonic() + 480  # Ray start + 50 steps: >300 s on a loaded 2-core machine
     while time.monotonic() < deadline and not list(runs.glob("checkpoint_*/state.pt")):
-        time.sleep(1)
+        time.sleep(0.2)
     assert list(runs.glob("checkpoint_*/state.pt")), "no checkpoint appeared"
     os.killpg(first.pid, signal.SIGINT)  # the user stops the driver (Ctrl-C)
     first.communicate(timeout=120)
