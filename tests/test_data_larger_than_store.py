@@ -31,6 +31,7 @@ def test_dataset_larger_than_the_object_store_streams(tmp_path: Path) -> None:
     info = open_dataset(str(tmp_path / "big"))
     assert ROWS * info.data_dim * info.itemsize > 1.5 * STORE_MB * 2**20
 
+    ray.shutdown()  # this test needs its own small object store, not the worker's shared Ray
     ray.init(
         address="local",
         num_cpus=2,

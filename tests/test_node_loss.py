@@ -54,6 +54,7 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
     from ray.cluster_utils import Cluster
 
     make_bucket(s3_server, "nodes")
+    ray.shutdown()  # this test needs a cluster of its own, not the worker's shared Ray
     loopback_only()
     cluster = Cluster(
         initialize_head=True,
