@@ -24,3 +24,14 @@ def test_plain_elementwise_spline_density_is_zukos() -> None:
     ):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
     assert not LatentDensity(2, layers=2, hidden=(8,))._plain  # d > 1: zuko's autoregressive path
+
+
+def test_plain_density_gradients_are_laid_out_like_their_parameters() -> None:
+    """Each parameter's gradient is contiguous like the parameter: DDP's gradient buckets then
+    take it as is (a strided slice of the concatenated table made DDP warn "Grad strides do not
+    match bucket view strides" on every run, and copy)."""
+    density = LatentDensity(1, layers=3, hidden=(8,))
+    assert density._plain
+    density.log_prob(torch.randn(16, 1)).sum().backward()
+    for name, p in density.named_parameters():
+        assert p.grad is not None and p.grad.stride() == p.stride(), (name, p.grad.stride(), p.stride())

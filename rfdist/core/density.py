@@ -66,7 +66,7 @@ class LatentDensity(nn.Module):
         if not self._plain:
             return self.flow().log_prob(u)
         transforms = self.flow.transform.transforms
-        phi = torch.cat([p for t in transforms for p in t.phi], -1)
+        phi = torch.cat([_ContiguousGrad.apply(p) for t in transforms for p in t.phi], -1)
         table, edges = _rqs_tables(phi, len(transforms))
         ladj = None
         for i in range(len(transforms)):
@@ -80,6 +80,24 @@ class LatentDensity(nn.Module):
     def sample(self, n: int) -> Tensor:
         """``n`` differentiable samples (reparameterised), shape ``(n, d)``."""
         return self.flow().rsample((n,))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous.
+
+    The backward of ``torch.cat`` hands each input a strided slice of the output's gradient;
+    accumulated as is, a parameter's ``.grad`` is then non-contiguous, and DDP copies it into its
+    bucket and warns ("Grad strides do not match bucket view strides") on every run.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        # a fresh row-major copy: a (1, n) slice counts as contiguous but keeps the row stride
+        return grad.clone(memory_format=torch.contiguous_format)
 
 
 def _rqs_tables(
