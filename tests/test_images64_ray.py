@@ -21,7 +21,7 @@ from rfdist.tracking.models import load_model
 
 pytestmark = pytest.mark.slow
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "shapes64.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "shapes64.yaml"
 
 
 @pytest.fixture(autouse=True)

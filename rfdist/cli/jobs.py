@@ -23,7 +23,7 @@ AddressOpt = Annotated[
     ),
 ]
 
-jobs_app = typer.Typer(help="Ray jobs on a cluster: list, logs, stop.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Ray jobs on a cluster: list, logs, status, stop.", no_args_is_help=True)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -74,7 +74,9 @@ JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="Submission id (d
 def submit(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help="train | sweep | eval | score")],
-    target: Annotated[str, typer.Argument(help="CONFIG file (train, sweep) or MODEL_URI (eval).")],
+    target: Annotated[
+        str, typer.Argument(help="CONFIG file or preset name (train, sweep), or MODEL_URI (eval, score).")
+    ],
     address: AddressOpt = None,
     set_: SetOpt = None,
     wait: WaitOpt = False,
@@ -84,11 +86,13 @@ def submit(
     working_dir: WorkingDirOpt = None,
     job_id: JobIdOpt = None,
 ) -> None:
-    """Submit `rfdist KIND TARGET` as a Ray job; arguments after the options go to the job.
+    """Submit "rfdist KIND TARGET" as a Ray job; arguments after the options go to the job.
 
-    Examples: `rfdist submit train jobs/configs/von-mises.yaml --address http://127.0.0.1:8265
-    --set scaling.num_workers=2 --wait`; `rfdist submit eval models:/von-mises@champion
-    --address … --data s3://bucket/vm`.
+    Examples:
+
+    \b
+    rfdist submit train von-mises --address http://127.0.0.1:8265 --set scaling.num_workers=2 --wait
+    rfdist submit eval models:/von-mises@champion --address http://127.0.0.1:8265 --data s3://bucket/vm
     """
     from rfdist.config import ConfigError
     from rfdist.recipes.submit import build_job, resolve_address

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from rfdist.cli.data import data_app
-from rfdist.config import ConfigError, load_config
+from rfdist.cli.presets import presets_app
+
+# Nothing at module level imports torch, Ray or MLflow: `rfdist --help`, `--version` and shell
+# completion answer without them; each command imports what it needs when it runs.
 
 app = typer.Typer(
     help="Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry.",
@@ -23,6 +26,7 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 app.add_typer(data_app, name="data")
+app.add_typer(presets_app, name="presets")
 
 
 def _version(value: bool) -> None:
@@ -41,11 +45,28 @@ def _main(
 ) -> None:
     """Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry."""
 
-ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (default: built-in von-mises).")]
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="YAML config file or preset name (see: rfdist presets list; default: built-in von-mises)."),
+]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+# One precedence for the MLflow store everywhere: --tracking-uri, else the config's tracking.uri
+# (train, sweep), else MLFLOW_TRACKING_URI, else ./mlflow.db in the current folder.
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (wins over tracking.uri and MLFLOW_TRACKING_URI; default: ./mlflow.db).",
+    ),
+]
 
 
-def fail(message: str, code: int = 2) -> None:
+def _with_tracking(overrides: list[str] | None, tracking_uri: str | None) -> list[str] | None:
+    """``--set`` overrides with ``--tracking-uri`` last (so it wins over the config and --set)."""
+    return [*(overrides or []), f"tracking.uri={tracking_uri}"] if tracking_uri else overrides
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line and exit non-zero."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -59,8 +80,19 @@ def _print_metrics(metrics: dict[str, float], json_out: Path | None) -> None:
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
+def _load(config: Path | None, overrides: list[str] | None) -> Any:
+    """The validated config (torch is imported here, not when the CLI starts); bad config exits 2."""
+    from rfdist.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def _user_error(exc: Exception) -> bool:
     """Errors whose message is meant for the user (no traceback)."""
+    from rfdist.config import ConfigError
     from rfdist.recipes.preflight import UnreachableError
     from rfdist.recipes.train import TrainingError
 
@@ -105,15 +137,14 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Train again from scratch although this run has finished.")
     ] = False,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow.
 
-    Re-running resumes an unfinished run; a finished one is reported, not retrained (``--force``).
+    Re-running resumes an unfinished run; a finished one is reported, not retrained (--force
+    trains it again).
     """
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, _with_tracking(set_, tracking_uri))
     try:
         if local:
             from rfdist.recipes.local import run_local
@@ -154,16 +185,14 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Sweep CONFIG's ``tune.space`` on Ray Tune (each trial a Ray Train run), tracked in MLflow.
+    """Sweep CONFIG's tune.space on Ray Tune (each trial a Ray Train run), tracked in MLflow.
 
     Prints a table of every trial (NLL, cost, why it stopped), registers the best trial's model
-    with alias ``sweep-best``. Re-running the same command resumes an interrupted sweep.
+    with alias sweep-best. Re-running the same command resumes an interrupted sweep.
     """
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, _with_tracking(set_, tracking_uri))
     from rfdist.recipes.sweep import SweepInterrupted, run_sweep
     from rfdist.tracking.models import redact_uri
 
@@ -188,9 +217,6 @@ def sweep(
 
 models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-TrackingOpt = Annotated[
-    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: env, else ./mlflow.db).")
-]
 
 
 @models_app.command("list")
@@ -244,10 +270,7 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Validate CONFIG (with overrides) and print the resolved YAML."""
     import yaml
 
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, set_)
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 

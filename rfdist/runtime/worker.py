@@ -338,6 +338,7 @@ class TrainWorker:
         else:
             self.consecutive_skips = 0
         metrics = dict(result.metrics)
+        metrics.pop("skipped", None)  # one series for it: the running count, train/skipped_steps
         metrics["step_s"] = time.perf_counter() - tick
         self.cost.add(metrics)
         metrics["data_wait_s"] = data_wait

@@ -359,12 +359,26 @@ class ModelRecord:
     run_id: str | None
     source: str
     metrics: dict[str, float]
-    created: int
+    created: str  # ISO 8601, UTC (MLflow stores epoch milliseconds)
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+def iso_time(epoch_ms: int | None) -> str:
+    """MLflow's epoch milliseconds as ISO 8601 in UTC (``""`` when unknown).
+
+    Example:
+        >>> iso_time(1796229325940)
+        '2026-12-02T16:35:25.940000+00:00'
+    """
+    import datetime
+
+    if not epoch_ms:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC).isoformat()
 
 
 def _client(tracking_uri: str | None):
@@ -431,7 +445,7 @@ def _record(client, version) -> ModelRecord:
         run_id=version.run_id,
         source=version.source,
         metrics=metrics,
-        created=int(version.creation_timestamp or 0),
+        created=iso_time(version.creation_timestamp),
         description=version.description or "",
         tags=dict(version.tags or {}),
     )
