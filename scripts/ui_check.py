@@ -94,7 +94,11 @@ def _render(chromium: str, url: str, png: Path, budget_ms: int, profile: str) ->
 def _problems(dom: str, checks: list[tuple[str, str]], page: str, drawn: bool) -> list[str]:
     """What ``page``'s DOM fails of ``checks`` (regular expressions on its text) and, when ``drawn``, of a drawn chart."""
     text = _text(dom)
-    problems = [f"{page} page: {what} ({pattern!r}) not shown" for what, pattern in checks if not re.search(pattern, text)]
+    problems = [
+        f"{page} page: {what} ({pattern!r}) not shown"
+        for what, pattern in checks
+        if not re.search(pattern, text)
+    ]
     if drawn and not CHART_DRAWN.search(dom):
         problems.append(f"{page} page: no chart drawn (no plotly SVG in the page)")
     if drawn and LOADING.search(dom):
@@ -110,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="ui-check", help="folder for the PNGs and page texts")
     parser.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium --virtual-time-budget")
-    parser.add_argument("--retries", type=int, default=2, help="renders again, with twice the budget, of a page still loading")
+    parser.add_argument(
+        "--retries", type=int, default=2, help="renders again, with twice the budget, of a page still loading"
+    )
     args = parser.parse_args(argv)
 
     import mlflow

@@ -27,7 +27,9 @@ def store(tmp_path: Path, monkeypatch):
 
 
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(None, ["name=vm", f"storage.path={tmp_path / 'runs'}", "tracking.experiment=readable", *extra])
+    return load_config(
+        None, ["name=vm", f"storage.path={tmp_path / 'runs'}", "tracking.experiment=readable", *extra]
+    )
 
 
 def test_plain_run_params_hold_only_the_sections_that_apply(store, tmp_path: Path) -> None:
@@ -59,16 +61,23 @@ def test_the_experiment_opens_as_a_machine_learning_experiment(store, tmp_path: 
     tags = mlflow.MlflowClient().get_experiment(experiment.experiment_id).tags
     assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
     # a kind the user chose stays
-    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
+    mlflow.MlflowClient().set_experiment_tag(
+        experiment.experiment_id, EXPERIMENT_KIND_TAG, "genai_development"
+    )
     experiment_for(mlflow, _cfg(tmp_path))
-    assert mlflow.MlflowClient().get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    assert (
+        mlflow.MlflowClient().get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG]
+        == "genai_development"
+    )
 
 
 def test_mlflow_knows_the_experiment_kind_tag() -> None:
     # the key and value are MLflow's own (not a guess): its tag module names them
     from mlflow.utils import mlflow_tags
 
-    assert EXPERIMENT_KIND_TAG in {v for k, v in vars(mlflow_tags).items() if k.isupper() and isinstance(v, str)}
+    assert EXPERIMENT_KIND_TAG in {
+        v for k, v in vars(mlflow_tags).items() if k.isupper() and isinstance(v, str)
+    }
 
 
 def test_the_dataset_record_is_the_uri_the_user_gave(store, tmp_path: Path) -> None:
@@ -100,4 +109,6 @@ def test_the_mlflow_ui_hint_runs_one_worker() -> None:
     from rfdist.runtime.console import start_hints
 
     (line,) = start_hints("sqlite:////tmp/x/mlflow.db")
-    assert line.endswith("mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db --host 127.0.0.1 --workers 1")
+    assert line.endswith(
+        "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db --host 127.0.0.1 --workers 1"
+    )

@@ -18,7 +18,9 @@ spec.loader.exec_module(ui_check)
 CHECKS = [("system metric charts", r"System metrics \([1-9]"), ("CPU chart", "cpu_utilization_percentage")]
 TITLE = "<h2>System metrics (4)</h2><div><span>system/cpu_utilization_percentage</span>"
 SPINNERS = f'<body>{TITLE}<div class="du-bois-light-spin" aria-label="Loading chart" role="status"></div></div></body>'
-DRAWN = f'<body>{TITLE}<div class="js-plotly-plot"><svg class="main-svg" width="400"></svg></div></div></body>'
+DRAWN = (
+    f'<body>{TITLE}<div class="js-plotly-plot"><svg class="main-svg" width="400"></svg></div></div></body>'
+)
 NO_METRICS = "<body><h2>System metrics</h2><p>No system metrics recorded</p></body>"
 
 

@@ -59,7 +59,8 @@ def click_help_to_md(text: str) -> str:
     """A command's help as markdown: click's ``\\b`` paragraphs (kept line by line) become code blocks."""
     paragraphs = inspect.cleandoc(text or "").split("\n\n")
     out = [
-        "```\n" + p.removeprefix("\b\n") + "\n```" if p.startswith("\b\n") else rst_to_md(p) for p in paragraphs
+        "```\n" + p.removeprefix("\b\n") + "\n```" if p.startswith("\b\n") else rst_to_md(p)
+        for p in paragraphs
     ]
     return "\n\n".join(out)
 

@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from rfdist.cli._help import PlainCommand, PlainGroup
 from rfdist.recipes.submit import EXIT_CODES, Redactor, SubmitError
 
 AddressOpt = Annotated[
@@ -23,7 +24,9 @@ AddressOpt = Annotated[
     ),
 ]
 
-jobs_app = typer.Typer(help="Ray jobs on a cluster: list, logs, status, stop.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    cls=PlainGroup, help="Ray jobs on a cluster: list, logs, status, stop.", no_args_is_help=True
+)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -48,7 +51,7 @@ def _client(address: str | None):
 SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")]
 ValidateOpt = Annotated[
     bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")
@@ -162,7 +165,7 @@ def _follow_job(client, job: str, address: str, redact: Redactor) -> None:
     raise typer.Exit(EXIT_CODES.get(status, 1))
 
 
-@jobs_app.command("list")
+@jobs_app.command("list", cls=PlainCommand)
 def jobs_list(address: AddressOpt = None) -> None:
     """Jobs on the cluster, newest first: id, status, start time, entrypoint."""
     import datetime
@@ -186,7 +189,7 @@ def jobs_list(address: AddressOpt = None) -> None:
         typer.echo(f"{ident}  {status_name(job.status):<9}  {started}  {redact(job.entrypoint or '')}")
 
 
-@jobs_app.command("logs")
+@jobs_app.command("logs", cls=PlainCommand)
 def jobs_logs(
     job_id: Annotated[str, typer.Argument(help="Submission id.")],
     address: AddressOpt = None,
@@ -214,7 +217,7 @@ def jobs_logs(
         _fail(f"no logs for job {job_id!r} at {resolved}: {str(exc).splitlines()[0]}")
 
 
-@jobs_app.command("stop")
+@jobs_app.command("stop", cls=PlainCommand)
 def jobs_stop(
     job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
 ) -> None:
@@ -232,7 +235,7 @@ def jobs_stop(
     typer.echo(f"{job_id} {'stopping' if stopped else 'was not running'}")
 
 
-@jobs_app.command("status")
+@jobs_app.command("status", cls=PlainCommand)
 def jobs_status(
     job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from rfdist.cli._help import PlainCommand, PlainGroup
 from rfdist.cli.data import data_app
 from rfdist.cli.presets import presets_app
 
@@ -20,6 +21,7 @@ from rfdist.cli.presets import presets_app
 # completion answer without them; each command imports what it needs when it runs.
 
 app = typer.Typer(
+    cls=PlainGroup,
     help="Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -31,7 +33,7 @@ app.add_typer(presets_app, name="presets")
 
 def _version(value: bool) -> None:
     if value:
-        from rfdist.tracking.models import DIST_NAME, dist_version
+        from rfdist._dist import DIST_NAME, dist_version  # no torch: --version answers at once
 
         typer.echo(f"rfdist {dist_version()} ({DIST_NAME})")
         raise typer.Exit()
@@ -45,11 +47,14 @@ def _main(
 ) -> None:
     """Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry."""
 
+
 ConfigArg = Annotated[
-    Path | None,
-    typer.Argument(help="YAML config file or preset name (see: rfdist presets list; default: built-in von-mises)."),
+    str | None,
+    typer.Argument(
+        help="YAML config file or preset name (see: rfdist presets list; default: built-in von-mises)."
+    ),
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")]
 # One precedence for the MLflow store everywhere: --tracking-uri, else the config's tracking.uri
 # (train, sweep), else MLFLOW_TRACKING_URI, else ./mlflow.db in the current folder.
 TrackingOpt = Annotated[
@@ -80,7 +85,7 @@ def _print_metrics(metrics: dict[str, float], json_out: Path | None) -> None:
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> Any:
+def _load(config: str | None, overrides: list[str] | None) -> Any:
     """The validated config (torch is imported here, not when the CLI starts); bad config exits 2."""
     from rfdist.config import ConfigError, load_config
 
@@ -123,7 +128,7 @@ def _tracking_ready(tracking_uri: str | None) -> None:
         fail(str(exc), code=1)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def train(
     config: ConfigArg = None,
     set_: SetOpt = None,
@@ -178,7 +183,7 @@ def train(
         )
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def sweep(
     config: ConfigArg = None,
     set_: SetOpt = None,
@@ -215,11 +220,11 @@ def sweep(
     typer.echo(f"registered         {result.model_name} v{result.model_version} (alias: sweep-best)")
 
 
-models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
+models_app = typer.Typer(cls=PlainGroup, help="Look up and promote registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@models_app.command("list", cls=PlainCommand)
 def models_list(tracking_uri: TrackingOpt = None) -> None:
     """Registered models, their version counts and aliases."""
     from rfdist.tracking.models import list_models
@@ -236,7 +241,7 @@ def models_list(tracking_uri: TrackingOpt = None) -> None:
         typer.echo(f"{row['name']}  versions={row['versions']}  latest=v{row['latest_version']}  {aliases}")
 
 
-@models_app.command("show")
+@models_app.command("show", cls=PlainCommand)
 def models_show(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
     tracking_uri: TrackingOpt = None,
@@ -252,7 +257,7 @@ def models_show(
     typer.echo(json.dumps(record.as_dict(), indent=2, default=str))
 
 
-@models_app.command("promote")
+@models_app.command("promote", cls=PlainCommand)
 def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOpt = None) -> None:
     """Point ALIAS of model NAME at VERSION."""
     from rfdist.tracking.models import promote
@@ -265,7 +270,7 @@ def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOp
     typer.echo(f"{name}@{alias} -> v{version}")
 
 
-@app.command("config")
+@app.command("config", cls=PlainCommand)
 def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Validate CONFIG (with overrides) and print the resolved YAML."""
     import yaml
@@ -277,11 +282,11 @@ def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
 # --- jobs on a Ray cluster: `rfdist submit`, `rfdist jobs list|logs|stop|status`
 from rfdist.cli.jobs import SUBMIT_CONTEXT, jobs_app, submit  # noqa: E402
 
-app.command("submit", context_settings=SUBMIT_CONTEXT)(submit)
+app.command("submit", cls=PlainCommand, context_settings=SUBMIT_CONTEXT)(submit)
 app.add_typer(jobs_app, name="jobs")
 
 
-@app.command("eval")
+@app.command("eval", cls=PlainCommand)
 def eval_model(
     model_uri: Annotated[
         str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model.")
@@ -330,17 +335,23 @@ def eval_model(
     typer.echo(f"mlflow run       {run_id}")
 
 
-@app.command("score")
+@app.command("score", cls=PlainCommand)
 def score(
-    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
-    data: Annotated[str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")],
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")
+    ],
     out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix (Parquet + _SUCCESS).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 1024,
-    actors: Annotated[int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Score a dataset split with a logged model on Ray Data: log_prob, reconstruction_error, latent."""
@@ -367,4 +378,3 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-

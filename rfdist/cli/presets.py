@@ -11,8 +11,11 @@ from typing import Annotated, NoReturn
 import typer
 
 from rfdist import presets
+from rfdist.cli._help import PlainCommand, PlainGroup
 
-presets_app = typer.Typer(help="The config presets shipped with rfdist: list, copy.", no_args_is_help=True)
+presets_app = typer.Typer(
+    cls=PlainGroup, help="The config presets shipped with rfdist: list, copy.", no_args_is_help=True
+)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -20,7 +23,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-@presets_app.command("list")
+@presets_app.command("list", cls=PlainCommand)
 def presets_list() -> None:
     """Every preset: its name (usable as CONFIG, e.g. rfdist train von-mises) and what it is."""
     rows = presets.names()
@@ -30,7 +33,7 @@ def presets_list() -> None:
         typer.echo(f"{name:<{width}}  {about[:90] + '…' if len(about) > 90 else about}".rstrip())
 
 
-@presets_app.command("copy")
+@presets_app.command("copy", cls=PlainCommand)
 def presets_copy(
     name: Annotated[str, typer.Argument(help="Preset name (see: rfdist presets list).")],
     dest: Annotated[

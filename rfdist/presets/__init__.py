@@ -38,7 +38,7 @@ def find(name: str) -> Path | None:
 def summary(name: str) -> str:
     """The first comment line of preset ``name`` (what it is), else ``""``."""
     path = find(name)
-    for line in (path.read_text().splitlines() if path else []):
+    for line in path.read_text().splitlines() if path else []:
         if line.startswith("#"):
             return line.lstrip("# ").strip()
         if line.strip():

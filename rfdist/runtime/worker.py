@@ -471,7 +471,9 @@ class TrainWorker:
     def close(self) -> None:
         """Stop the system-metrics monitor; flush the metrics buffered while the tracking server was away."""
         if self.monitor is not None:
-            self.monitor.finish()
+            from rfdist.runtime.system_metrics import stop_monitor
+
+            stop_monitor(self.monitor)
         if self.log is not None:
             self.log.close()
 

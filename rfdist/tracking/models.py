@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from rfdist._dist import DIST_NAME, dist_version  # noqa: F401  (re-exported: their old home)
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
 from rfdist.tracking import __all__  # noqa: F401  (the package re-exports exactly these)
@@ -69,24 +70,9 @@ def _mlflow():
     return mlflow
 
 
-DIST_NAME = "rfdist-flows"
-"""The distribution name on the package index (``rfdist`` there is somebody else's project)."""
-
 CODE_DIGEST_KEY = "rfdist_code_sha256"
 STATE_DIGEST_KEY = "rfdist_state_sha256"
 SPEC_DIGEST_KEY = "rfdist_spec_sha256"
-
-
-def dist_version() -> str:
-    """This project's installed version (``rfdist.__version__`` from a plain checkout)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(DIST_NAME)
-    except PackageNotFoundError:
-        from rfdist import __version__
-
-        return __version__
 
 
 def _requirements() -> list[str]:
