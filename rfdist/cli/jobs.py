@@ -51,7 +51,9 @@ def _client(address: str | None):
 SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")
+]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")]
 ValidateOpt = Annotated[
     bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")

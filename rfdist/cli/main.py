@@ -54,7 +54,9 @@ ConfigArg = Annotated[
         help="YAML config file or preset name (see: rfdist presets list; default: built-in von-mises)."
     ),
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")
+]
 # One precedence for the MLflow store everywhere: --tracking-uri, else the config's tracking.uri
 # (train, sweep), else MLFLOW_TRACKING_URI, else ./mlflow.db in the current folder.
 TrackingOpt = Annotated[

@@ -78,7 +78,9 @@ def start_monitor(
     except Exception as exc:  # system metrics must never stop training (e.g. server down at start)
         from rfdist.runtime.console import worker_print
 
-        worker_print(f"[rfdist] warning: no system metrics for this run ({type(exc).__name__}: {exc})", flush=True)
+        worker_print(
+            f"[rfdist] warning: no system metrics for this run ({type(exc).__name__}: {exc})", flush=True
+        )
         return None
     return monitor
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
-from rfdist._dist import DIST_NAME, dist_version  # noqa: F401  (re-exported: their old home)
+from rfdist._dist import DIST_NAME, dist_version
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
 from rfdist.tracking import __all__  # noqa: F401  (the package re-exports exactly these)
