@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from rfdist.runtime.system_metrics import start_monitor
+from rfdist.runtime.system_metrics import start_monitor, stop_monitor
 
 
 def test_node_metrics_reach_the_run_only_from_local_rank_zero(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_a_run_shorter_than_one_interval_has_a_sample_at_start_and_at_the_end(tm
     client = mlflow.MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("sys")).info.run_id
     monitor = start_monitor(run_id, uri, enabled=True, interval_s=600, local_rank=0)
-    monitor.finish()
+    stop_monitor(monitor)  # what the training worker calls at the end
     memory = client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
     assert [m.step for m in memory] == [0, 1], memory
     assert all(m.value > 0 for m in memory)
