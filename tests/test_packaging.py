@@ -110,3 +110,11 @@ def test_a_preset_name_works_where_a_config_path_does(name: str, tmp_path: Path,
     result = runner.invoke(app, ["config", name])
     assert result.exit_code == 0, result.output
     assert f"name: {name}" in result.output
+
+
+def test_a_preset_name_submits_as_the_uploaded_preset_file() -> None:
+    from rfdist.recipes.submit import build_job
+
+    spec = build_job("train", "von-mises", overrides=["train.max_steps=10"], working_dir=ROOT,
+                     address="http://127.0.0.1:1")  # fmt: skip
+    assert spec.entrypoint.startswith("python jobs/train.py rfdist/presets/von-mises.yaml")
