@@ -75,4 +75,6 @@ def test_tracking_uri_flag_wins_over_config_and_set() -> None:
 
     cfg = load_config(None, _with_tracking(["tracking.uri=sqlite:///a.db"], "sqlite:///b.db"))
     assert cfg.tracking.uri == "sqlite:///b.db"
+    odd = "http://host:5000/a #x: y"  # YAML would read a bare `#…` as a comment
+    assert load_config(None, _with_tracking(None, odd)).tracking.uri == odd
     assert _with_tracking(["x=1"], None) == ["x=1"]

@@ -70,7 +70,9 @@ TrackingOpt = Annotated[
 
 def _with_tracking(overrides: list[str] | None, tracking_uri: str | None) -> list[str] | None:
     """``--set`` overrides with ``--tracking-uri`` last (so it wins over the config and --set)."""
-    return [*(overrides or []), f"tracking.uri={tracking_uri}"] if tracking_uri else overrides
+    if not tracking_uri:
+        return overrides
+    return [*(overrides or []), f"tracking.uri={json.dumps(tracking_uri)}"]  # quoted: values are YAML
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
