@@ -303,7 +303,7 @@ def _config(data: str, tiny: bool, steps: int, cfg_file: str):
 def step_train(args: argparse.Namespace) -> dict[str, Any]:
     """Engine ``fit`` on real MNIST rows read with pyarrow, on the device; checkpoint and reload.
 
-    The jobs/configs/mnist.yaml preset (paper width; ``--tiny`` narrows it) is validated by the
+    The rfdist/presets/mnist.yaml preset (paper width; ``--tiny`` narrows it) is validated by the
     config layer, the rows come from Parquet through ``rfdist.data.reader``, the model trains with
     the single-process loop, ``state.pt`` is written and read back (``weights_only``) into a fresh
     model whose test log-likelihood must match. Steps: after a 1-step warm-up, a 3-step probe times
@@ -320,7 +320,7 @@ def step_train(args: argparse.Namespace) -> dict[str, Any]:
     from rfdist.runtime.checkpoint import TrainingState, load_state, save_state
 
     device = args.device
-    cfg = _config(args.data, args.tiny, args.max_steps, str(ROOT / "jobs/configs/mnist.yaml"))
+    cfg = _config(args.data, args.tiny, args.max_steps, str(ROOT / "rfdist/presets/mnist.yaml"))
     t0 = time.perf_counter()
     info = open_dataset(cfg.data.path)
     prep = batch_preprocessor(cfg.data.preprocess, tuple(info.shape), lam=cfg.data.logit_lambda)

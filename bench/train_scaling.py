@@ -65,7 +65,7 @@ def main() -> None:
             f"storage.path={tmp / 'runs'}",
             "registry.name=null",
         ]
-        cfg = load_config(ROOT / "jobs" / "configs" / preset, common)
+        cfg = load_config(ROOT / "rfdist" / "presets" / preset, common)
         start = time.perf_counter()
         _, metrics = run_local(cfg, progress=False)
         records.append(
@@ -80,7 +80,7 @@ def main() -> None:
         )
         for workers in (1, 2):
             cfg = load_config(
-                ROOT / "jobs" / "configs" / preset,
+                ROOT / "rfdist" / "presets" / preset,
                 [*common, f"scaling.num_workers={workers}", f"name={name}-w{workers}"],
             )
             start = time.perf_counter()
@@ -135,7 +135,7 @@ def mnist_wait(steps: int, json_path: str | None) -> None:
     if made.exit_code != 0:
         raise SystemExit(f"rfdist data make mnist failed: {made.output}")
     cfg = load_config(
-        ROOT / "jobs" / "configs" / "mnist-cpu.yaml",
+        ROOT / "rfdist" / "presets" / "mnist-cpu.yaml",
         [
             f"data.path={tmp / 'mnist'}",
             f"train.max_steps={steps}",

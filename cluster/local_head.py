@@ -2,7 +2,7 @@
 
     python cluster/local_head.py start [--state-dir DIR] [--num-cpus 4]   # or cluster/local-head.sh
     eval "$(python cluster/local_head.py env)"                             # RAY_AUTH_* + address
-    rfdist submit train jobs/configs/von-mises.yaml --wait
+    rfdist submit train rfdist/presets/von-mises.yaml --wait
     python cluster/local_head.py stop
 
 What it does, and why:

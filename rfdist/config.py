@@ -406,7 +406,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(path)
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"config file not found: {file}")
+            from rfdist import presets
+
+            preset = presets.find(str(path))
+            if preset is None:
+                raise ConfigError(f"config file not found: {file} (nor a preset: `rfdist presets list`)")
+            file = preset
         try:
             loaded = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:

@@ -1,7 +1,7 @@
 """Log a trained flow saved as ``spec.json`` + ``state.pt`` to MLflow, so ``rfdist eval`` can use it.
 
     python scripts/log_checkpoint.py runs/fmnist/spec.json runs/fmnist/state_500.pt \
-        --config jobs/configs/fashion-mnist-cpu.yaml --set train.mode=two_step --train-seconds 1234
+        --config rfdist/presets/fashion-mnist-cpu.yaml --set train.mode=two_step --train-seconds 1234
 
 Prints the model URI (``runs:/ID/model``). The config (with overrides) is logged as the run's
 parameters, so the evaluation finds the preprocessing (``data.preprocess``, ``data.logit_lambda``).

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv and install rfdist with everything its tests need. Idempotent.
 #   bash scripts/setup.sh            # library + CLI + test and docs tools
-# torch is pinned to the 2.13.0 CPU wheel first: a bare `torch` requirement can pull a multi-GB
-# CUDA build. On a GPU machine install the matching CUDA wheel of torch 2.13.0 instead.
+# pyproject.toml declares version ranges; constraints.txt holds the exact versions rfdist is tested
+# with, and every install here goes through it (`pip install -c constraints.txt`).
+# torch goes first, as the CPU wheel of the pinned version: a bare `torch` requirement can pull a
+# multi-GB CUDA build. On a GPU machine install the matching CUDA wheel of that version instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,12 +12,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c constraints.txt torch 2>&1 | grep -v "^WARNING: Location" || true
 # this project was once installed as distribution `rfdist` (a name another project owns on the index)
 if .venv/bin/python -m pip show -q rfdist >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall -q -y rfdist 2>&1 | grep -v "^WARNING" || true
 fi
-.venv/bin/python -m pip install -q -e ".[test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import importlib.metadata as m, rfdist, torch, ray, mlflow; print('rfdist-flows', m.version('rfdist-flows'), '| torch', torch.__version__, '| ray', ray.__version__, '| mlflow', mlflow.__version__)"
 if [ -f scripts/install_datasets.sh ]; then
   bash scripts/install_datasets.sh

@@ -7,9 +7,14 @@ Starts ``mlflow server`` on 127.0.0.1 (a free port) against the tracking databas
 with Chromium (``--headless=new --virtual-time-budget``) and reads the rendered DOM (``--dump-dom``):
 
 - the run page (overview): the dataset input (its name and digest) is listed;
-- the run's *System metrics* tab: a ``cpu_utilization_percentage`` chart;
+- the run's *System metrics* tab: a ``cpu_utilization_percentage`` chart, drawn (its SVG in the
+  DOM, no loading spinner left): section titles appear while the charts still load, so text
+  alone passes on a page of spinners;
 - the registered model version page: the signature (``Inputs (N)``/``Outputs (N)``, N ≥ 1);
-- the metric chart page for ``--metric`` (default ``val/nll``).
+- the metric chart page for ``--metric`` (default ``val/nll``), drawn as well.
+
+A page still loading is rendered again with twice the time budget (up to ``--retries`` times)
+before its checks count as failed.
 
 Writes ``run.png``, ``system-metrics.png``, ``model-version.png`` and ``metric.png`` (plus the
 DOM text of each page, ``*.txt``) to ``--out``. Exits 1 naming every page check that failed,
@@ -69,15 +74,42 @@ def _text(dom: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
+# A drawn chart: plotly's SVG root (MLflow's run and metric charts are plotly). A page still
+# loading: the design system's spinner (aria-label "Loading…", aria-busy, a *spin* class).
+CHART_DRAWN = re.compile(r'class="[^"]*\bmain-svg\b')
+LOADING = re.compile(r'aria-busy="true"|aria-label="[^"]*\bloading|class="[^"]*\bspin(?:ner)?\b', re.I)
+
+
 def _render(chromium: str, url: str, png: Path, budget_ms: int, profile: str) -> str:
-    """Screenshot ``url`` to ``png`` and return the rendered page's text (two Chromium runs)."""
+    """Screenshot ``url`` to ``png`` and return the rendered page's DOM (two Chromium runs)."""
     common = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
               "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
               "--window-size=1400,1000", f"--virtual-time-budget={budget_ms}"]  # fmt: skip
     timeout = 60 + budget_ms / 1000 * 4
-    subprocess.run([*common, f"--screenshot={png}", url], capture_output=True, timeout=timeout, check=False)
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
-    return _text(dom.stdout)
+    try:
+        subprocess.run(
+            [*common, f"--screenshot={png}", url], capture_output=True, timeout=timeout, check=False
+        )
+        dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # a loaded machine: the page's checks fail, naming it
+        print(f"warning: Chromium did not finish {url} within {timeout:.0f} s", file=sys.stderr)
+        return ""
+    return dom.stdout
+
+
+def _problems(dom: str, checks: list[tuple[str, str]], page: str, drawn: bool) -> list[str]:
+    """What ``page``'s DOM fails of ``checks`` (regular expressions on its text) and, when ``drawn``, of a drawn chart."""
+    text = _text(dom)
+    problems = [
+        f"{page} page: {what} ({pattern!r}) not shown"
+        for what, pattern in checks
+        if not re.search(pattern, text)
+    ]
+    if drawn and not CHART_DRAWN.search(dom):
+        problems.append(f"{page} page: no chart drawn (no plotly SVG in the page)")
+    if drawn and LOADING.search(dom):
+        problems.append(f"{page} page: still loading (a spinner is left on the page)")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="ui-check", help="folder for the PNGs and page texts")
     parser.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium --virtual-time-budget")
+    parser.add_argument(
+        "--retries", type=int, default=2, help="renders again, with twice the budget, of a page still loading"
+    )
     args = parser.parse_args(argv)
 
     import mlflow
@@ -152,15 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         if not datasets:
             missing.append("run page: the run has no dataset input")
+        drawn = {"system-metrics", "metric"}  # pages whose charts must be drawn, not loading
         with tempfile.TemporaryDirectory() as profile:
             for page, url in pages.items():
-                text = _render(chromium, url, out / f"{page}.png", args.budget_ms, profile)
-                (out / f"{page}.txt").write_text(text)
+                budget = args.budget_ms
+                for _ in range(args.retries + 1):
+                    dom = _render(chromium, url, out / f"{page}.png", budget, profile)
+                    problems = _problems(dom, checks[page], page, page in drawn)
+                    if not problems or not LOADING.search(dom):
+                        break
+                    budget *= 2  # the page was still loading: give it more (virtual) time
+                (out / f"{page}.txt").write_text(_text(dom))
                 if not (out / f"{page}.png").is_file():
-                    missing.append(f"{page} page: no screenshot written")
-                for what, pattern in checks[page]:
-                    if not re.search(pattern, text):
-                        missing.append(f"{page} page: {what} ({pattern!r}) not shown")
+                    problems.append(f"{page} page: no screenshot written")
+                missing += problems
                 print(f"{page}: {url}  -> {out / (page + '.png')}")
     finally:
         server.terminate()

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from rfdist.cli.main import app
 from rfdist.config import load_config
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "von-mises.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "von-mises.yaml"
 
 
 def make_data(uri: str, rows: int = 4000) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from rfdist.config import ConfigError, load_config
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "von-mises.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "von-mises.yaml"
 
 
 @pytest.mark.parametrize(

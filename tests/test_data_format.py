@@ -159,7 +159,7 @@ def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Pa
     old = tmp_path / "float32"
     for split, content in splits.items():
         _old_float_layout_split(old, split, content["x"])
-    preset = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
+    preset = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "digits.yaml"
     for layout in ("uint8", "float32"):
         assert open_dataset(str(tmp_path / layout)).dtype == layout
         cfg = load_config(

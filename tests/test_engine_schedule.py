@@ -11,7 +11,7 @@ from rfdist.config import load_config
 from rfdist.core.builders import build_model
 from rfdist.core.engine import LossOptions, fit, train_step
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "sphere.yaml"
 BETA = 50.0
 
 

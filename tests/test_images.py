@@ -12,7 +12,7 @@ from rfdist.cli.main import app
 from rfdist.config import load_config
 from rfdist.recipes.local import load_arrays, run_local
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "digits.yaml"
 
 
 def test_digits_preset_trains_on_logit_images(tmp_path: Path) -> None:

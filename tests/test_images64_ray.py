@@ -20,7 +20,7 @@ from rfdist.tracking.models import load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "shapes64.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "shapes64.yaml"
 
 
 def test_two_workers_train_shapes64_register_and_reload(tmp_path: Path) -> None:

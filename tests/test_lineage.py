@@ -47,7 +47,7 @@ def test_two_worker_run_console_and_lineage(tmp_path: Path) -> None:
     ):  # fmt: skip
         assert noise not in console, noise
     assert "(aliases: champion;" in console
-    assert f"[rfdist] MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in console
+    assert f"[rfdist] MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --workers 1" in console
     assert "[rfdist] Ray dashboard: http://127.0.0.1:" in console
 
     client = mlflow.MlflowClient(uri)

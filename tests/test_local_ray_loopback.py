@@ -64,7 +64,7 @@ def test_local_training_listens_on_loopback_only(tmp_path: Path) -> None:
         "registry.name=loopback-train",
     ]
     done = subprocess.run(
-        [sys.executable, "-c", TRAIN_PROBE, str(ROOT / "jobs/configs/von-mises.yaml"), *overrides],
+        [sys.executable, "-c", TRAIN_PROBE, str(ROOT / "rfdist/presets/von-mises.yaml"), *overrides],
         env=env,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ from rfdist.config import load_config
 from rfdist.core.builders import build_model
 from rfdist.tracking.models import log_flow_model, register_with_aliases
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "sphere.yaml"
 
 
 def _register(uri: str, name: str, val_nll: float) -> tuple[str, list[str]]:

@@ -120,7 +120,7 @@ def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     exp = {
-        "config": "jobs/configs/von-mises.yaml",
+        "config": "rfdist/presets/von-mises.yaml",
         "set": ["train.max_steps=30", "train.batch_size=200"],
         "variants": {"two-step": ["train.mode=two_step"]},
         "eval": {"data": "synthetic:von-mises", "max_rows": 400, "fd_samples": 300, "ood_train_rows": 200,

@@ -32,7 +32,7 @@ from rfdist.recipes.submit import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "jobs" / "configs" / "von-mises.yaml"
+PRESET = ROOT / "rfdist" / "presets" / "von-mises.yaml"
 HEAD_SCRIPT = ROOT / "cluster" / "local_head.py"
 SECRET = "AKIAVERYSECRETVALUE123"
 
@@ -74,7 +74,7 @@ def test_train_job_runs_the_entry_point_with_the_config_relative_to_the_project(
         environ={"AWS_ACCESS_KEY_ID": SECRET},
     )
     assert spec.entrypoint.startswith(
-        "python jobs/train.py jobs/configs/von-mises.yaml --set train.max_steps=10"
+        "python jobs/train.py rfdist/presets/von-mises.yaml --set train.max_steps=10"
     )
     assert spec.runtime_env["working_dir"] == str(ROOT)
     assert "pip" not in spec.runtime_env
@@ -143,7 +143,7 @@ def test_eval_job_takes_a_model_uri_and_passes_extra_arguments() -> None:
         == "python jobs/evaluate.py models:/vm@champion --data s3://b/vm --ood-data s3://b/sphere"
     )
     sweep = build_job("sweep", str(PRESET), working_dir=ROOT, address="http://127.0.0.1:8265")
-    assert sweep.entrypoint.startswith("python jobs/sweep.py jobs/configs/von-mises.yaml")
+    assert sweep.entrypoint.startswith("python jobs/sweep.py rfdist/presets/von-mises.yaml")
     with pytest.raises(SubmitError, match="unknown job kind"):
         build_job("serve", str(PRESET), working_dir=ROOT)
 
@@ -352,7 +352,7 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
 
     client = mlflow.MlflowClient(tracking, registry_uri=tracking)  # not the process-wide registry
     experiment = client.get_experiment_by_name("rfdist")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`rfdist.run_name` = '{name}'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"

@@ -24,7 +24,7 @@ def _work(opts, d: int) -> tuple:
 
 @pytest.mark.parametrize("preset", ["sweep-von-mises.yaml", "sweep-miniboone-shape.yaml"])
 def test_estimator_sweep_presets_load_and_every_point_does_different_work(preset: str) -> None:
-    cfg = load_config(ROOT / "jobs" / "configs" / preset, [])
+    cfg = load_config(ROOT / "rfdist" / "presets" / preset, [])
     assert search_space(cfg)  # the same validation `rfdist sweep` runs before Ray starts
     base = cfg.model_dump()
     points = cfg.tune.space["estimator"]

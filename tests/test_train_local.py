@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_local_trains_in_process_and_writes_nothing_else(tmp_path: Path) -> None:
     out = tmp_path / "metrics.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "rfdist.cli", "train", str(ROOT / "jobs/configs/von-mises.yaml"), "--local",
+        [sys.executable, "-m", "rfdist.cli", "train", str(ROOT / "rfdist/presets/von-mises.yaml"), "--local",
          "--set", "train.max_steps=10", "--set", "train.batch_size=100", "--set", "data.train_rows=500",
          "--set", "data.test_rows=200", "--json", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,

@@ -63,6 +63,11 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     ):
         assert key in run.data.metrics, key
     assert "final_val_nll" in run.data.metrics  # the run's headline number stays flat
+    assert "train/skipped" not in run.data.metrics  # one series per quantity: train/skipped_steps
+    assert not [k for k in params if k.startswith(("tune.", "debug."))], sorted(params)
+    # one key per fact: MLflow's own tags, no rfdist.* copies of them
+    assert "mlflow.runName" in run.data.tags and "mlflow.source.git.commit" in run.data.tags
+    assert not {"rfdist.run_name", "rfdist.git_commit"} & set(run.data.tags), sorted(run.data.tags)
     assert not {k for k in run.data.metrics if "/" not in k} - {"final_val_nll"}, sorted(run.data.metrics)
     history = client.get_metric_history(result.run_id, "val/nll")
     assert [m.step for m in history] == [50, 100, 150, 200, 250, 300]

@@ -32,7 +32,7 @@ from .hooks import FailOnce, RecordRows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
-PRESET = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "sphere.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "sphere.yaml"
 ROWS_PER_EPOCH = 400  # train rows; batch 100 = 2 ranks × 50 → 4 steps per epoch
 
 

@@ -54,7 +54,7 @@ def _cli(overrides: list[str], *flags: str):
 def _runs(tmp: Path, name: str) -> list:
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("rfdist")
-    return client.search_runs([experiment.experiment_id], f"tags.`rfdist.run_name` = '{name}'")
+    return client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
 
 
 def _versions(tmp: Path, name: str) -> list[str]:

@@ -10,7 +10,7 @@ from rfdist.config import load_config
 from rfdist.recipes.local import run_local
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ROOT / "jobs" / "configs"
+PRESETS = ROOT / "rfdist" / "presets"
 
 
 def train_preset(preset: str, *overrides: str):

@@ -55,11 +55,21 @@ def _params_table(command: Any, ctx: typer.Context) -> list[str]:
     return ["| name | kind | what |", "|---|---|---|", *rows, ""]
 
 
+def click_help_to_md(text: str) -> str:
+    """A command's help as markdown: click's ``\\b`` paragraphs (kept line by line) become code blocks."""
+    paragraphs = inspect.cleandoc(text or "").split("\n\n")
+    out = [
+        "```\n" + p.removeprefix("\b\n") + "\n```" if p.startswith("\b\n") else rst_to_md(p)
+        for p in paragraphs
+    ]
+    return "\n\n".join(out)
+
+
 def _command_section(command: Any, ctx: typer.Context, depth: int) -> list[str]:
     path = ctx.command_path
     lines = [f"{'#' * min(depth, 6)} `{path}`", ""]
     if command.help:
-        lines += [rst_to_md(command.help), ""]
+        lines += [click_help_to_md(command.help), ""]
     lines += ["```", command.get_usage(ctx), "```", ""]
     lines += _params_table(command, ctx)
     if hasattr(command, "list_commands"):

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
+from rfdist.cli._help import PlainCommand, PlainGroup
 from rfdist.data.errors import DataError, StorageUnreachable
 
-data_app = typer.Typer(help="Make and validate Parquet datasets.", no_args_is_help=True)
+data_app = typer.Typer(cls=PlainGroup, help="Make and validate Parquet datasets.", no_args_is_help=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,7 +32,7 @@ def _moments(rows, chunk: int = 4096):
     return mean, np.sqrt(np.maximum(squares / len(rows) - mean * mean, 0.0))
 
 
-@data_app.command("make")
+@data_app.command("make", cls=PlainCommand)
 def make(
     name: Annotated[
         str,
@@ -75,7 +76,7 @@ def make(
     typer.echo(f"wrote {name} to {out}: {counts}; shape {generated.shape}")
 
 
-@data_app.command("validate")
+@data_app.command("validate", cls=PlainCommand)
 def validate(
     uri: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix.")],
     features: Annotated[

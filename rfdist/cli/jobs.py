@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from rfdist.cli._help import PlainCommand, PlainGroup
 from rfdist.recipes.submit import EXIT_CODES, Redactor, SubmitError
 
 AddressOpt = Annotated[
@@ -23,7 +24,9 @@ AddressOpt = Annotated[
     ),
 ]
 
-jobs_app = typer.Typer(help="Ray jobs on a cluster: list, logs, stop.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    cls=PlainGroup, help="Ray jobs on a cluster: list, logs, status, stop.", no_args_is_help=True
+)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -48,7 +51,9 @@ def _client(address: str | None):
 SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")
+]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")]
 ValidateOpt = Annotated[
     bool, typer.Option("--validate/--no-validate", help="Validate the config here before submitting.")
@@ -74,7 +79,9 @@ JobIdOpt = Annotated[str | None, typer.Option("--job-id", help="Submission id (d
 def submit(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help="train | sweep | eval | score")],
-    target: Annotated[str, typer.Argument(help="CONFIG file (train, sweep) or MODEL_URI (eval).")],
+    target: Annotated[
+        str, typer.Argument(help="CONFIG file or preset name (train, sweep), or MODEL_URI (eval, score).")
+    ],
     address: AddressOpt = None,
     set_: SetOpt = None,
     wait: WaitOpt = False,
@@ -84,11 +91,13 @@ def submit(
     working_dir: WorkingDirOpt = None,
     job_id: JobIdOpt = None,
 ) -> None:
-    """Submit `rfdist KIND TARGET` as a Ray job; arguments after the options go to the job.
+    """Submit "rfdist KIND TARGET" as a Ray job; arguments after the options go to the job.
 
-    Examples: `rfdist submit train jobs/configs/von-mises.yaml --address http://127.0.0.1:8265
-    --set scaling.num_workers=2 --wait`; `rfdist submit eval models:/von-mises@champion
-    --address … --data s3://bucket/vm`.
+    Examples:
+
+    \b
+    rfdist submit train von-mises --address http://127.0.0.1:8265 --set scaling.num_workers=2 --wait
+    rfdist submit eval models:/von-mises@champion --address http://127.0.0.1:8265 --data s3://bucket/vm
     """
     from rfdist.config import ConfigError
     from rfdist.recipes.submit import build_job, resolve_address
@@ -158,7 +167,7 @@ def _follow_job(client, job: str, address: str, redact: Redactor) -> None:
     raise typer.Exit(EXIT_CODES.get(status, 1))
 
 
-@jobs_app.command("list")
+@jobs_app.command("list", cls=PlainCommand)
 def jobs_list(address: AddressOpt = None) -> None:
     """Jobs on the cluster, newest first: id, status, start time, entrypoint."""
     import datetime
@@ -182,7 +191,7 @@ def jobs_list(address: AddressOpt = None) -> None:
         typer.echo(f"{ident}  {status_name(job.status):<9}  {started}  {redact(job.entrypoint or '')}")
 
 
-@jobs_app.command("logs")
+@jobs_app.command("logs", cls=PlainCommand)
 def jobs_logs(
     job_id: Annotated[str, typer.Argument(help="Submission id.")],
     address: AddressOpt = None,
@@ -210,7 +219,7 @@ def jobs_logs(
         _fail(f"no logs for job {job_id!r} at {resolved}: {str(exc).splitlines()[0]}")
 
 
-@jobs_app.command("stop")
+@jobs_app.command("stop", cls=PlainCommand)
 def jobs_stop(
     job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
 ) -> None:
@@ -228,7 +237,7 @@ def jobs_stop(
     typer.echo(f"{job_id} {'stopping' if stopped else 'was not running'}")
 
 
-@jobs_app.command("status")
+@jobs_app.command("status", cls=PlainCommand)
 def jobs_status(
     job_id: Annotated[str, typer.Argument(help="Submission id.")], address: AddressOpt = None
 ) -> None:

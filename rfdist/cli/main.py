@@ -9,25 +9,31 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from rfdist.cli._help import PlainCommand, PlainGroup
 from rfdist.cli.data import data_app
-from rfdist.config import ConfigError, load_config
+from rfdist.cli.presets import presets_app
+
+# Nothing at module level imports torch, Ray or MLflow: `rfdist --help`, `--version` and shell
+# completion answer without them; each command imports what it needs when it runs.
 
 app = typer.Typer(
+    cls=PlainGroup,
     help="Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
 )
 app.add_typer(data_app, name="data")
+app.add_typer(presets_app, name="presets")
 
 
 def _version(value: bool) -> None:
     if value:
-        from rfdist.tracking.models import DIST_NAME, dist_version
+        from rfdist._dist import DIST_NAME, dist_version  # no torch: --version answers at once
 
         typer.echo(f"rfdist {dist_version()} ({DIST_NAME})")
         raise typer.Exit()
@@ -41,11 +47,35 @@ def _main(
 ) -> None:
     """Rectangular normalizing flows: data, training, sweeps, evaluation and the model registry."""
 
-ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (default: built-in von-mises).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")]
+
+ConfigArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="YAML config file or preset name (see: rfdist presets list; default: built-in von-mises)."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: key=value.")
+]
+# One precedence for the MLflow store everywhere: --tracking-uri, else the config's tracking.uri
+# (train, sweep), else MLFLOW_TRACKING_URI, else ./mlflow.db in the current folder.
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (wins over tracking.uri and MLFLOW_TRACKING_URI; default: ./mlflow.db).",
+    ),
+]
 
 
-def fail(message: str, code: int = 2) -> None:
+def _with_tracking(overrides: list[str] | None, tracking_uri: str | None) -> list[str] | None:
+    """``--set`` overrides with ``--tracking-uri`` last (so it wins over the config and --set)."""
+    if not tracking_uri:
+        return overrides
+    return [*(overrides or []), f"tracking.uri={json.dumps(tracking_uri)}"]  # quoted: values are YAML
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line and exit non-zero."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -59,8 +89,19 @@ def _print_metrics(metrics: dict[str, float], json_out: Path | None) -> None:
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
+def _load(config: str | None, overrides: list[str] | None) -> Any:
+    """The validated config (torch is imported here, not when the CLI starts); bad config exits 2."""
+    from rfdist.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 def _user_error(exc: Exception) -> bool:
     """Errors whose message is meant for the user (no traceback)."""
+    from rfdist.config import ConfigError
     from rfdist.recipes.preflight import UnreachableError
     from rfdist.recipes.train import TrainingError
 
@@ -91,7 +132,7 @@ def _tracking_ready(tracking_uri: str | None) -> None:
         fail(str(exc), code=1)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def train(
     config: ConfigArg = None,
     set_: SetOpt = None,
@@ -105,15 +146,14 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Train again from scratch although this run has finished.")
     ] = False,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train a rectangular flow from CONFIG on Ray Train, tracked in MLflow.
 
-    Re-running resumes an unfinished run; a finished one is reported, not retrained (``--force``).
+    Re-running resumes an unfinished run; a finished one is reported, not retrained (--force
+    trains it again).
     """
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, _with_tracking(set_, tracking_uri))
     try:
         if local:
             from rfdist.recipes.local import run_local
@@ -147,23 +187,21 @@ def train(
         )
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def sweep(
     config: ConfigArg = None,
     set_: SetOpt = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Sweep CONFIG's ``tune.space`` on Ray Tune (each trial a Ray Train run), tracked in MLflow.
+    """Sweep CONFIG's tune.space on Ray Tune (each trial a Ray Train run), tracked in MLflow.
 
     Prints a table of every trial (NLL, cost, why it stopped), registers the best trial's model
-    with alias ``sweep-best``. Re-running the same command resumes an interrupted sweep.
+    with alias sweep-best. Re-running the same command resumes an interrupted sweep.
     """
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, _with_tracking(set_, tracking_uri))
     from rfdist.recipes.sweep import SweepInterrupted, run_sweep
     from rfdist.tracking.models import redact_uri
 
@@ -186,14 +224,11 @@ def sweep(
     typer.echo(f"registered         {result.model_name} v{result.model_version} (alias: sweep-best)")
 
 
-models_app = typer.Typer(help="Look up and promote registered models.", no_args_is_help=True)
+models_app = typer.Typer(cls=PlainGroup, help="Look up and promote registered models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-TrackingOpt = Annotated[
-    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: env, else ./mlflow.db).")
-]
 
 
-@models_app.command("list")
+@models_app.command("list", cls=PlainCommand)
 def models_list(tracking_uri: TrackingOpt = None) -> None:
     """Registered models, their version counts and aliases."""
     from rfdist.tracking.models import list_models
@@ -210,7 +245,7 @@ def models_list(tracking_uri: TrackingOpt = None) -> None:
         typer.echo(f"{row['name']}  versions={row['versions']}  latest=v{row['latest_version']}  {aliases}")
 
 
-@models_app.command("show")
+@models_app.command("show", cls=PlainCommand)
 def models_show(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
     tracking_uri: TrackingOpt = None,
@@ -226,7 +261,7 @@ def models_show(
     typer.echo(json.dumps(record.as_dict(), indent=2, default=str))
 
 
-@models_app.command("promote")
+@models_app.command("promote", cls=PlainCommand)
 def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOpt = None) -> None:
     """Point ALIAS of model NAME at VERSION."""
     from rfdist.tracking.models import promote
@@ -239,26 +274,23 @@ def models_promote(name: str, version: str, alias: str, tracking_uri: TrackingOp
     typer.echo(f"{name}@{alias} -> v{version}")
 
 
-@app.command("config")
+@app.command("config", cls=PlainCommand)
 def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Validate CONFIG (with overrides) and print the resolved YAML."""
     import yaml
 
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _load(config, set_)
     typer.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
 # --- jobs on a Ray cluster: `rfdist submit`, `rfdist jobs list|logs|stop|status`
 from rfdist.cli.jobs import SUBMIT_CONTEXT, jobs_app, submit  # noqa: E402
 
-app.command("submit", context_settings=SUBMIT_CONTEXT)(submit)
+app.command("submit", cls=PlainCommand, context_settings=SUBMIT_CONTEXT)(submit)
 app.add_typer(jobs_app, name="jobs")
 
 
-@app.command("eval")
+@app.command("eval", cls=PlainCommand)
 def eval_model(
     model_uri: Annotated[
         str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model.")
@@ -307,17 +339,23 @@ def eval_model(
     typer.echo(f"mlflow run       {run_id}")
 
 
-@app.command("score")
+@app.command("score", cls=PlainCommand)
 def score(
-    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
-    data: Annotated[str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")],
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")
+    ],
     out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix (Parquet + _SUCCESS).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 1024,
-    actors: Annotated[int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Scoring actors (default: one per GPU, else CPUs/2).")
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Score a dataset split with a logged model on Ray Data: log_prob, reconstruction_error, latent."""
@@ -344,4 +382,3 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-

@@ -157,7 +157,7 @@ def _inception(weights: str) -> Callable[[Tensor], Tensor]:
     except ImportError:
         raise RuntimeError(
             "the Inception-v3 feature extractor needs torchvision, which is not installed; "
-            "install it, or use --features lenet"
+            "pip install 'rfdist-flows[inception]', or use --features lenet"
         ) from None
     net = torchvision.models.inception_v3(
         weights=None, aux_logits=False, init_weights=False, num_classes=1008

@@ -144,70 +144,48 @@ class Stump:
 
     def predict_in(self, scores: ArrayLike) -> np.ndarray:
         """Boolean array: ``True`` where a score is classified in-distribution."""
-        s = _numpy(scores, ndim=1)
+        s = _numpy(scores, ndim=1).astype(np.float32)  # as sklearn's tree compares its thresholds
         if self.constant is not None:
             return np.full(s.shape, self.constant)
         above = s > self.threshold
         return above if self.in_above else ~above
 
 
-def _leaf_class(n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
-    # majority class; a tie goes to "out" (label 0), as sklearn's argmax over classes [0, 1]
-    return n_in > n_out
-
-
 def ood_stump(
-    train_in: ArrayLike, train_out: ArrayLike, *, criterion: Literal["gini", "accuracy"] = "gini"
+    train_in: ArrayLike,
+    train_out: ArrayLike,
+    *,
+    criterion: Literal["gini", "entropy", "log_loss"] = "gini",
 ) -> Stump:
     """Fit the single likelihood threshold separating in- from out-of-distribution scores.
 
-    As in the paper's code (``sklearn.tree.DecisionTreeClassifier(max_depth=1)`` on the
-    log-likelihoods, in = 1, out = 0): candidate thresholds are midpoints between consecutive
-    distinct scores, a score ``<= threshold`` goes left, each leaf predicts its majority class,
-    and the split minimises the weighted Gini impurity (``criterion="gini"``; ties: the lowest
-    threshold). The *direction* is therefore learned: if out-of-distribution data get higher
-    likelihoods, the stump predicts "in" below the threshold (``in_above=False``).
-    ``criterion="accuracy"`` instead maximises training accuracy directly.
+    The paper's classifier itself: ``sklearn.tree.DecisionTreeClassifier(max_depth=1)`` on the
+    log-likelihoods (in = 1, out = 0). Candidate thresholds are midpoints between consecutive
+    distinct scores, a score ``<= threshold`` goes left, each leaf predicts its majority class
+    (a tie: out), and the split minimises ``criterion``'s impurity. The *direction* is therefore
+    learned: if out-of-distribution data get higher likelihoods, the stump predicts "in" below
+    the threshold (``in_above=False``).
     """
+    from sklearn.tree import DecisionTreeClassifier
+
     s_in, s_out = _numpy(train_in, ndim=1), _numpy(train_out, ndim=1)
     if s_in.size == 0 or s_out.size == 0:
         raise ValueError("ood_stump needs scores of both in- and out-of-distribution data")
     if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
         raise ValueError("ood_stump: scores must be finite")
-    scores = np.concatenate([s_in, s_out])
-    is_in = np.concatenate([np.ones(s_in.size, bool), np.zeros(s_out.size, bool)])
-    order = np.argsort(scores, kind="stable")
-    scores, is_in = scores[order], is_in[order]
-    n, total_in = scores.size, int(is_in.sum())
-    cum_in = np.cumsum(is_in)  # in-rows among the first k+1 (left side when splitting after k)
-    last = np.flatnonzero(scores[1:] > scores[:-1])  # split after index k (distinct neighbours)
-    if last.size == 0:  # all scores equal: one leaf
-        klass = bool(total_in > n - total_in)
-        acc = (total_in if klass else n - total_in) / n
-        return Stump(float(scores[0]), True, acc, constant=klass)
-    left_n = last + 1.0
-    left_in = cum_in[last].astype(float)
-    right_n = n - left_n
-    right_in = total_in - left_in
-    left_class = _leaf_class(left_in, left_n - left_in)
-    right_class = _leaf_class(right_in, right_n - right_in)
-    correct = np.where(left_class, left_in, left_n - left_in) + np.where(
-        right_class, right_in, right_n - right_in
-    )
-    if criterion == "gini":
-        p_left, p_right = left_in / left_n, right_in / right_n
-        impurity = left_n * 2 * p_left * (1 - p_left) + right_n * 2 * p_right * (1 - p_right)
-        best = int(np.argmin(impurity))
-    elif criterion == "accuracy":
-        best = int(np.argmax(correct))
-    else:
-        raise ValueError(f"criterion must be 'gini' or 'accuracy', got {criterion!r}")
-    k = last[best]
-    threshold = float((scores[k] + scores[k + 1]) / 2)
-    acc = float(correct[best] / n)
-    if left_class[best] == right_class[best]:
-        return Stump(threshold, True, acc, constant=bool(left_class[best]))
-    return Stump(threshold, bool(right_class[best]), acc)
+    scores = np.concatenate([s_in, s_out])[:, None]
+    is_in = np.concatenate([np.ones(s_in.size), np.zeros(s_out.size)])
+    clf = DecisionTreeClassifier(max_depth=1, criterion=criterion, random_state=0).fit(scores, is_in)
+    acc = float(clf.score(scores, is_in))
+    tree = clf.tree_
+    if tree.node_count == 1:  # all scores equal (or one class wins everywhere): one leaf
+        return Stump(float(scores[0, 0]), True, acc, constant=bool(clf.classes_[tree.value[0, 0].argmax()]))
+    left, right = tree.children_left[0], tree.children_right[0]
+    left_in, right_in = (bool(clf.classes_[tree.value[node, 0].argmax()]) for node in (left, right))
+    threshold = float(tree.threshold[0])
+    if left_in == right_in:
+        return Stump(threshold, True, acc, constant=left_in)
+    return Stump(threshold, right_in, acc)
 
 
 def ood_accuracy(
@@ -216,7 +194,7 @@ def ood_accuracy(
     test_in: ArrayLike,
     test_out: ArrayLike,
     *,
-    criterion: Literal["gini", "accuracy"] = "gini",
+    criterion: Literal["gini", "entropy", "log_loss"] = "gini",
 ) -> float:
     """OOD accuracy as in the paper: a stump fit on train-split scores, scored on test splits.
 

@@ -454,8 +454,13 @@ def log_evaluation(
         except Exception:
             experiment_id = None
     if experiment_id is None:
+        from rfdist.tracking.lineage import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
         mlflow.set_tracking_uri(tracking_uri)
-        experiment_id = mlflow.set_experiment("rfdist-eval").experiment_id
+        experiment = mlflow.set_experiment("rfdist-eval")
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # the UI's model-training view
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     tags = {"rfdist.kind": "evaluation", "rfdist.model_uri": model_uri}
     if model_run_id:
         tags["rfdist.model_run_id"] = model_run_id

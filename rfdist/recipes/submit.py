@@ -10,7 +10,7 @@ project:
   ``rfdist`` wins over an installed one. ``install_deps`` adds the project's dependencies from
   ``pyproject.toml`` as a ``pip`` runtime_env, for clusters whose image lacks them.
 - **the config**: when the file is inside the working dir and not ignored, the job gets its
-  relative path (``python jobs/train.py jobs/configs/von-mises.yaml --set …``, the same
+  relative path (``python jobs/train.py rfdist/presets/von-mises.yaml --set …``, the same
   command as ``ray job submit``). Any other file — outside the project, or ignored — travels
   as text in the job's environment (``RFDIST_JOB_CONFIG``) and :func:`job_argv` writes it back
   to a file under its own name inside the job: robust to wherever the user keeps configs, and
@@ -271,6 +271,10 @@ def _job_config(
         return _JobConfig(argument=target, name=kind, overrides=overrides)
     job = _JobConfig(argument="", name=kind, overrides=overrides)
     config = Path(target).expanduser()
+    if not config.is_file():  # a preset's name (`rfdist submit train von-mises`): its file
+        from rfdist import presets
+
+        config = presets.find(target) or config
     if validate:
         from rfdist.config import load_config
         from rfdist.recipes.preflight import check_config

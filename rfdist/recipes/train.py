@@ -314,7 +314,7 @@ def _log_final_model(
     data_digest: Any,
 ) -> tuple[str | None, list[str]]:
     """Log the model (in the active run) and, when ``register``, register it and set its aliases."""
-    from rfdist.tracking.lineage import describe_version
+    from rfdist.tracking.lineage import dataset_uri, describe_version
     from rfdist.tracking.models import log_flow_model, register_with_aliases
 
     stats = getattr(prepared.info, "stats", None)
@@ -329,7 +329,7 @@ def _log_final_model(
     if not registered_name:
         return None, []
     version = str(logged.registered_model_version)
-    describe_version(mlflow.MlflowClient(), registered_name, version, val_nll=val_nll, dataset=prepared.path,
+    describe_version(mlflow.MlflowClient(), registered_name, version, val_nll=val_nll, dataset=dataset_uri(cfg),
                      digest=data_digest, run_id=run_id)  # fmt: skip
     aliases = register_with_aliases(
         cfg.registry.name, version, metric="final_val_nll", value=val_nll, tracking_uri=tracking_uri

@@ -73,7 +73,10 @@ def start_hints(tracking_uri: str, dashboard_url: str | None = None) -> list[str
 
     lines = []
     if tracking_uri.startswith("sqlite:"):
-        lines.append(f"[rfdist] MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
+        # one worker: MLflow's default 4 uvicorn workers did not answer /health for minutes on a loaded machine
+        lines.append(
+            f"[rfdist] MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --workers 1"
+        )
     elif tracking_uri.startswith(("http://", "https://")):
         lines.append(f"[rfdist] MLflow UI: {redact_uri(tracking_uri)}")
     if dashboard_url:

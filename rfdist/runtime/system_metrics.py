@@ -10,6 +10,11 @@ MLflow UI's *System metrics* tab shows them. One node: ``system/cpu_utilization_
 several nodes: ``system/node<N>/cpu_utilization_percentage``. GPU utilisation and memory are
 added when ``nvidia-ml-py`` is installed (``pip install rfdist-flows[gpu]``).
 
+MLflow's sampler publishes its first sample one interval after it starts and drops the partial
+one when it stops, so a run shorter than an interval held no sample (or one CPU reading of 0.0,
+psutil's first). :func:`start_monitor` therefore publishes one sample right away (CPU averaged
+over :data:`FIRST_WINDOW_S`) and :func:`stop_monitor` one at the end.
+
 Steps are MLflow's sample counter (continued across resumes), not training steps. Sampling
 every ``tracking.system_metrics_interval_s`` seconds (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
 wins when set); ``tracking.system_metrics: false`` turns it off. The monitor stops by itself
@@ -20,9 +25,18 @@ metrics have their own buffered sink, :mod:`rfdist.tracking.metric_log`).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-__all__ = ["start_monitor"]
+__all__ = ["FIRST_WINDOW_S", "start_monitor", "stop_monitor"]
+
+FIRST_WINDOW_S = 0.5  # the first sample's CPU utilisation: the average over this window
+
+
+def _sample_now(monitor: Any) -> None:
+    """Collect and publish one sample now (MLflow's sampler's public steps, outside its loop)."""
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
 
 
 def start_monitor(
@@ -55,10 +69,29 @@ def start_monitor(
             node_id=node_id,
             tracking_uri=tracking_uri,
         )
+        monitor.collect_metrics()  # primes psutil: its first CPU reading is always 0.0
+        for part in monitor.monitors:
+            part.clear_metrics()
+        time.sleep(FIRST_WINDOW_S)  # a measurement window, not a wait for a condition
+        _sample_now(monitor)
         monitor.start()
     except Exception as exc:  # system metrics must never stop training (e.g. server down at start)
         from rfdist.runtime.console import worker_print
 
-        worker_print(f"[rfdist] warning: no system metrics for this run ({type(exc).__name__}: {exc})", flush=True)
+        worker_print(
+            f"[rfdist] warning: no system metrics for this run ({type(exc).__name__}: {exc})", flush=True
+        )
         return None
     return monitor
+
+
+def stop_monitor(monitor: Any | None) -> None:
+    """Stop ``monitor`` (from :func:`start_monitor`) and publish a last sample, so the end of the run shows."""
+    if monitor is None:
+        return
+    monitor.finish()  # joins MLflow's sampling thread: the sample below does not race it
+    try:
+        _sample_now(monitor)
+        monitor.mlflow_logger.flush()
+    except Exception:  # the tracking server went away: training's result matters, not this sample
+        logging.getLogger(__name__).debug("no last system-metrics sample", exc_info=True)

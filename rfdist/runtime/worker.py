@@ -338,6 +338,7 @@ class TrainWorker:
         else:
             self.consecutive_skips = 0
         metrics = dict(result.metrics)
+        metrics.pop("skipped", None)  # one series for it: the running count, train/skipped_steps
         metrics["step_s"] = time.perf_counter() - tick
         self.cost.add(metrics)
         metrics["data_wait_s"] = data_wait
@@ -470,7 +471,9 @@ class TrainWorker:
     def close(self) -> None:
         """Stop the system-metrics monitor; flush the metrics buffered while the tracking server was away."""
         if self.monitor is not None:
-            self.monitor.finish()
+            from rfdist.runtime.system_metrics import stop_monitor
+
+            stop_monitor(self.monitor)
         if self.log is not None:
             self.log.close()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from rfdist.config import TrackingConfig
 
-__all__ = ["DEFAULT_EXPERIMENT", "dataset_digest", "describe_run", "describe_version", "experiment_name", "git_commit",
+__all__ = ["DEFAULT_EXPERIMENT", "dataset_digest", "dataset_uri", "describe_run", "describe_version", "experiment_name", "git_commit",
            "log_dataset", "run_tags"]  # fmt: skip
 
 DEFAULT_EXPERIMENT: str = TrackingConfig.model_fields["experiment"].default  # the schema is its one home
@@ -33,6 +33,11 @@ USER_TAG = "mlflow.user"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 RUN_NOTE_TAG = "mlflow.note.content"
 DATASET_CONTEXT_TAG = "mlflow.data.context"
+# MLflow 3's UI opens an experiment without a kind in its GenAI (traces) view; this kind opens it
+# in the model-training view (runs, metrics, charts). MLflow's own key and value (its UI and
+# mlflow/utils/mlflow_tags.py).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def experiment_name(configured: str) -> str:
@@ -67,9 +72,8 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     tags = context_tags()
     tags.setdefault(USER_TAG, getpass.getuser())
     commit = git_commit()
-    if commit:
+    if commit:  # MLflow's own key (the UI shows it): rfdist's checkout, the code that trains
         tags[GIT_COMMIT_TAG] = commit
-        tags["rfdist.git_commit"] = commit
     job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RFDIST_RAY_JOB_ID")
     if job:
         tags["ray.job_submission_id"] = job
@@ -97,9 +101,19 @@ def dataset_digest(uri: str) -> str:
 
 
 def log_dataset(
-    run_id: str, uri: str, *, name: str, context: str = "training", rows: dict[str, int] | None = None
+    run_id: str,
+    uri: str,
+    *,
+    name: str,
+    context: str = "training",
+    rows: dict[str, int] | None = None,
+    source: str | None = None,
 ) -> str:
-    """Log the dataset at ``uri`` as an input of run ``run_id`` (as ``mlflow.log_input``); returns its digest."""
+    """Log the dataset at ``uri`` as an input of run ``run_id`` (as ``mlflow.log_input``); returns its digest.
+
+    ``source``: the URI to record (default ``uri``), e.g. ``synthetic:von-mises`` for data that
+    rfdist generated into a machine-local folder: the record must mean the same on any machine.
+    """
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -111,13 +125,13 @@ def log_dataset(
             # MLflow registers its local artifact source twice and warns that a local path "can be
             # interpreted in multiple ways" (both are the same class): nothing a user can act on
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            source = resolve_dataset_source(uri)
+            recorded = resolve_dataset_source(source or uri)
     except Exception:  # no MLflow source type for this URI scheme
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-        source = HTTPDatasetSource(uri)
+        recorded = HTTPDatasetSource(source or uri)
     tags = {DATASET_CONTEXT_TAG: context, **{f"rows.{s}": str(n) for s, n in (rows or {}).items()}}
-    dataset = Dataset(**MetaDataset(source=source, name=name, digest=digest).to_dict())
+    dataset = Dataset(**MetaDataset(source=recorded, name=name, digest=digest).to_dict())
     entry = DatasetInput(dataset=dataset, tags=[InputTag(key=k, value=v) for k, v in tags.items()])
     mlflow.MlflowClient().log_inputs(run_id, datasets=[entry])
     return digest
@@ -144,6 +158,14 @@ def describe_version(
     )
 
 
+def dataset_uri(cfg: Any) -> str:
+    """The dataset as the user named it: ``data.path`` as given, else ``synthetic:NAME``.
+
+    Portable: a synthetic set's materialised folder is local to the machine that trained.
+    """
+    return cfg.data.path or f"synthetic:{cfg.data.synthetic}"
+
+
 def describe_run(run_id: str, cfg: Any, prepared: Any) -> str:
     """Give run ``run_id`` a description and its dataset input; returns the dataset digest."""
     import mlflow
@@ -153,7 +175,8 @@ def describe_run(run_id: str, cfg: Any, prepared: Any) -> str:
     client.set_tag(
         run_id,
         RUN_NOTE_TAG,
-        RUN_DESCRIPTION.format(name=cfg.name, d=spec.latent_dim, D=spec.data_dim, data=prepared.path),
+        RUN_DESCRIPTION.format(name=cfg.name, d=spec.latent_dim, D=spec.data_dim, data=dataset_uri(cfg)),
     )
     name = cfg.data.synthetic or Path(prepared.path.rstrip("/")).name
-    return log_dataset(run_id, prepared.path, name=name, rows=dict(getattr(prepared.info, "rows", {}) or {}))
+    rows = dict(getattr(prepared.info, "rows", {}) or {})
+    return log_dataset(run_id, prepared.path, name=name, rows=rows, source=dataset_uri(cfg))

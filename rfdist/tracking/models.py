@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from rfdist._dist import DIST_NAME, dist_version
 from rfdist.core.builders import ModelSpec
 from rfdist.core.model import RectangularFlow
 from rfdist.tracking import __all__  # noqa: F401  (the package re-exports exactly these)
@@ -69,24 +70,9 @@ def _mlflow():
     return mlflow
 
 
-DIST_NAME = "rfdist-flows"
-"""The distribution name on the package index (``rfdist`` there is somebody else's project)."""
-
 CODE_DIGEST_KEY = "rfdist_code_sha256"
 STATE_DIGEST_KEY = "rfdist_state_sha256"
 SPEC_DIGEST_KEY = "rfdist_spec_sha256"
-
-
-def dist_version() -> str:
-    """This project's installed version (``rfdist.__version__`` from a plain checkout)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(DIST_NAME)
-    except PackageNotFoundError:
-        from rfdist import __version__
-
-        return __version__
 
 
 def _requirements() -> list[str]:
@@ -359,12 +345,26 @@ class ModelRecord:
     run_id: str | None
     source: str
     metrics: dict[str, float]
-    created: int
+    created: str  # ISO 8601, UTC (MLflow stores epoch milliseconds)
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+def iso_time(epoch_ms: int | None) -> str:
+    """MLflow's epoch milliseconds as ISO 8601 in UTC (``""`` when unknown).
+
+    Example:
+        >>> iso_time(1796229325940)
+        '2026-12-02T16:35:25.940000+00:00'
+    """
+    import datetime
+
+    if not epoch_ms:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC).isoformat()
 
 
 def _client(tracking_uri: str | None):
@@ -431,7 +431,7 @@ def _record(client, version) -> ModelRecord:
         run_id=version.run_id,
         source=version.source,
         metrics=metrics,
-        created=int(version.creation_timestamp or 0),
+        created=iso_time(version.creation_timestamp),
         description=version.description or "",
         tags=dict(version.tags or {}),
     )

@@ -2,7 +2,8 @@
 
 A training job and a sweep find their runs the same way: in the experiment
 :func:`experiment_for` names (the config's, else ``MLFLOW_EXPERIMENT_NAME``), by the tags
-rfdist sets on them (``rfdist.run_name`` or ``rfdist.sweep_name``, and ``rfdist.storage``).
+rfdist sets on them: a training run by its MLflow run name (``mlflow.runName``, the config's
+``name``) and tag ``rfdist.storage``; a sweep's parent run by ``rfdist.sweep_name`` and ``rfdist.storage``.
 A sweep's trials are child runs (``mlflow.parentRunId``) in the same experiment as their parent.
 """
 
@@ -39,27 +40,37 @@ def filter_value(value: str) -> str:
 
 
 def experiment_for(mlflow: Any, cfg: RunConfig) -> Any:
-    """The experiment ``cfg``'s runs go to, made active and described once.
+    """The experiment ``cfg``'s runs go to, made active, described and given its kind once.
 
     ``tracking.experiment``, else ``MLFLOW_EXPERIMENT_NAME`` when the config keeps the default.
+    The kind (a machine-learning experiment) is set only where none is: a user's choice stays.
     """
-    from rfdist.tracking.lineage import EXPERIMENT_DESCRIPTION, experiment_name
+    from rfdist.tracking.lineage import (
+        EXPERIMENT_DESCRIPTION,
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        experiment_name,
+    )
 
     experiment = mlflow.set_experiment(experiment_name(cfg.tracking.experiment))
-    if "mlflow.note.content" not in (experiment.tags or {}):
-        mlflow.MlflowClient().set_experiment_tag(
-            experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION
-        )
+    tags = experiment.tags or {}
+    missing = {"mlflow.note.content": EXPERIMENT_DESCRIPTION, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    for key, value in missing.items():
+        if key not in tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     return experiment
 
 
-def _newest(mlflow: Any, experiment_id: str, tags: dict[str, str]) -> Any:
-    """The newest active run in ``experiment_id`` carrying every tag in ``tags``, else ``None``."""
+def _newest(mlflow: Any, experiment_id: str, tags: dict[str, str], run_name: str | None = None) -> Any:
+    """The newest active run in ``experiment_id`` carrying every tag in ``tags`` (and ``run_name``), else ``None``."""
     from mlflow.entities import ViewType
 
+    clauses = [f"tags.`{key}` = {filter_value(value)}" for key, value in tags.items()]
+    if run_name is not None:
+        clauses.append(f"attributes.run_name = {filter_value(run_name)}")
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=" and ".join(f"tags.`{key}` = {filter_value(value)}" for key, value in tags.items()),
+        filter_string=" and ".join(clauses),
         run_view_type=ViewType.ACTIVE_ONLY,
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -69,11 +80,13 @@ def _newest(mlflow: Any, experiment_id: str, tags: dict[str, str]) -> Any:
 
 
 def latest_run(mlflow: Any, cfg: RunConfig, storage_path: str) -> tuple[Any, Any]:
-    """``(experiment, newest run of this job or None)``: runs tagged with its name and storage."""
+    """``(experiment, newest run of this job or None)``: runs of its name with its storage tag.
+
+    The name is MLflow's own run name (no copy in an rfdist tag); renaming a run in the UI
+    therefore detaches it from its job, whose next run starts afresh.
+    """
     experiment = experiment_for(mlflow, cfg)
-    run = _newest(
-        mlflow, experiment.experiment_id, {"rfdist.run_name": cfg.name, "rfdist.storage": storage_path}
-    )
+    run = _newest(mlflow, experiment.experiment_id, {"rfdist.storage": storage_path}, run_name=cfg.name)
     return experiment, run
 
 
@@ -110,7 +123,6 @@ def open_run(
         run_name=cfg.name,
         tags=run_tags(
             {
-                "rfdist.run_name": cfg.name,
                 "rfdist.storage": storage_path,
                 "rfdist.ray_name": ray_name,
                 **(tags or {}),
