@@ -77,12 +77,12 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-def dataset_digest(uri: str) -> str:
+def dataset_digest(uri: str, storage_options: dict[str, Any] | None = None) -> str:
     """sha256 (first 16 hex digits) of the dataset's ``_MANIFEST.json``, else of its file list."""
     from rfdist.data.fs import join, resolve
     from rfdist.data.parquet import MANIFEST
 
-    fs, root = resolve(uri)
+    fs, root = resolve(uri, storage_options)
     try:
         with fs.open_input_stream(join(root, MANIFEST)) as handle:
             content = handle.read()
@@ -97,7 +97,13 @@ def dataset_digest(uri: str) -> str:
 
 
 def log_dataset(
-    run_id: str, uri: str, *, name: str, context: str = "training", rows: dict[str, int] | None = None
+    run_id: str,
+    uri: str,
+    *,
+    name: str,
+    context: str = "training",
+    rows: dict[str, int] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Log the dataset at ``uri`` as an input of run ``run_id`` (as ``mlflow.log_input``); returns its digest."""
     import mlflow
@@ -105,7 +111,7 @@ def log_dataset(
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    digest = dataset_digest(uri)
+    digest = dataset_digest(uri, storage_options)
     try:
         with warnings.catch_warnings():
             # MLflow registers its local artifact source twice and warns that a local path "can be
@@ -156,4 +162,5 @@ def describe_run(run_id: str, cfg: Any, prepared: Any) -> str:
         RUN_DESCRIPTION.format(name=cfg.name, d=spec.latent_dim, D=spec.data_dim, data=prepared.path),
     )
     name = cfg.data.synthetic or Path(prepared.path.rstrip("/")).name
-    return log_dataset(run_id, prepared.path, name=name, rows=dict(getattr(prepared.info, "rows", {}) or {}))
+    rows = dict(getattr(prepared.info, "rows", {}) or {})
+    return log_dataset(run_id, prepared.path, name=name, rows=rows, storage_options=cfg.data.storage_options)
