@@ -73,7 +73,9 @@ def test_import_parquet_file_then_validate_and_train(tmp_path: Path) -> None:
     first = pq.read_table(ds / manifest["splits"]["val"]["files"][0])
     row = first.column("id")[0].as_py() - 1000
     source = circle_table()
-    assert np.allclose(load_split(info, "val")[0].numpy(), [source["px"][row].as_py(), source["py"][row].as_py()])
+    assert np.allclose(
+        load_split(info, "val")[0].numpy(), [source["px"][row].as_py(), source["py"][row].as_py()]
+    )
     assert cli("data", "validate", str(ds)).exit_code == 0
     assert math.isfinite(train_local(tmp_path, ds)["test_nll"])
 
@@ -114,7 +116,9 @@ def test_import_csv_and_a_folder_of_parquet_files(tmp_path: Path) -> None:
 )
 def test_import_refuses_bad_columns_and_fractions_in_one_line(tmp_path: Path, args, expected) -> None:
     pq.write_table(circle_table(20), tmp_path / "t.parquet")
-    result = runner.invoke(app, ["data", "import", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "ds"), *args])
+    result = runner.invoke(
+        app, ["data", "import", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "ds"), *args]
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
@@ -129,7 +133,9 @@ def test_import_failing_midway_leaves_nothing(tmp_path: Path) -> None:
     py[150] = np.nan
     table = table.set_column(table.schema.get_field_index("py"), "py", pa.array(py))
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=50)
-    result = cli("data", "import", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "ds"), "--shard-rows", "10")
+    result = cli(
+        "data", "import", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "ds"), "--shard-rows", "10"
+    )
     assert result.exit_code == 2, result.output
     assert "column 'py' has a non-finite value (NaN/inf) in row 150" in result.stderr
     assert not (tmp_path / "ds").exists()

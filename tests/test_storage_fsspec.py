@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import fsspec
 import numpy as np
@@ -60,9 +61,9 @@ class RecordingGCS(MemoryFileSystem):
     has an implementation for."""
 
     protocol = ("gs", "gcs")
-    options: list[dict] = []
-    store: dict = {}  # its own files, apart from memory://
-    pseudo_dirs = [""]
+    options: ClassVar[list[dict]] = []
+    store: ClassVar[dict] = {}  # its own files, apart from memory://
+    pseudo_dirs: ClassVar[list[str]] = [""]
 
     def __init__(self, **options):
         RecordingGCS.options.append(options)
@@ -125,7 +126,9 @@ def test_storage_option_and_scheme_errors() -> None:
         load_config(None, ["data.storage_options={secret: s3cr3t}"])
     with pytest.raises(ConfigError, match=r"storage.storage_options: .*'account_key'"):
         load_config(None, ["storage.storage_options={account_key: k}"])
-    cfg = load_config(None, ["data.storage_options={endpoint_url: 'http://x:9000', client: fsspec}"])
+    cfg = load_config(
+        None, ["data.path=s3://b/d", "data.storage_options={endpoint_url: 'http://x:9000', client: fsspec}"]
+    )
     assert cfg.flat()["data.storage_options.client"] == "fsspec"
 
 
@@ -141,7 +144,9 @@ def test_s3_through_both_clients(s3_server: str, client: str) -> None:
     x = np.arange(30, dtype=np.float32).reshape(10, 3)
     write_dataset(f"s3://{bucket}/ds", {"train": {"x": x}, "val": {"x": x[:2]}}, storage_options=options)
     other = {"client": "pyarrow" if client == "fsspec" else "fsspec"}  # read back with the other one
-    np.testing.assert_array_equal(load_split(open_dataset(f"s3://{bucket}/ds", storage_options=other), "train"), x)
+    np.testing.assert_array_equal(
+        load_split(open_dataset(f"s3://{bucket}/ds", storage_options=other), "train"), x
+    )
     result = cli("data", "validate", f"s3://{bucket}/ds", "--storage-option", f"client={client}")
     assert result.exit_code == 0, result.output
     path, filesystem = storage_location(f"s3://{bucket}/runs", options)

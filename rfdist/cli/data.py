@@ -111,7 +111,9 @@ def validate(
     from rfdist.data.validate import validate_dataset
 
     report = validate_dataset(
-        uri, features=features.split(",") if features else None, storage_options=_storage_options(storage_option)
+        uri,
+        features=features.split(",") if features else None,
+        storage_options=_storage_options(storage_option),
     )
     if not report.ok:
         for problem in report.problems:
@@ -129,11 +131,15 @@ def import_(
     out: Annotated[str, typer.Option("--out", help="Folder or storage URI to write the dataset to.")],
     features: Annotated[
         str | None,
-        typer.Option(help="Comma-separated numeric feature columns (default: every numeric column but the label and id)."),
+        typer.Option(
+            help="Comma-separated numeric feature columns (default: every numeric column but the label and id)."
+        ),
     ] = None,
     label: Annotated[str | None, typer.Option(help="An integer class column to keep as the label.")] = None,
     val_frac: Annotated[float, typer.Option("--val-frac", help="Fraction of rows for val.")] = 0.1,
-    test_frac: Annotated[float, typer.Option("--test-frac", help="Fraction of rows for test (0: none).")] = 0.1,
+    test_frac: Annotated[
+        float, typer.Option("--test-frac", help="Fraction of rows for test (0: none).")
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the row split.")] = 0,
     shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per Parquet shard.")] = 50_000,
     storage_option: StorageOpt = None,

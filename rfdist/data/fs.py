@@ -144,8 +144,10 @@ def _s3fs_options(options: dict[str, Any]) -> dict[str, Any]:
     """rfdist's S3 options (shared with the native client) as s3fs keyword arguments; others pass."""
     out = {k: v for k, v in options.items() if k not in ("region", "connect_timeout", "request_timeout",
                                                           "max_attempts")}  # fmt: skip
-    endpoint = options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-        "AWS_ENDPOINT_URL"
+    endpoint = (
+        options.get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
     )
     if endpoint:
         out["endpoint_url"] = endpoint
@@ -216,7 +218,12 @@ def storage_location(
     if client == "local":
         return resolve(uri)[1], None
     if client == "fsspec":
-        fs, path = _fsspec(uri, {"max_attempts": CHECKPOINT_ATTEMPTS, **options} if uri.startswith(("s3://", "s3a://")) else options)
+        fs, path = _fsspec(
+            uri,
+            {"max_attempts": CHECKPOINT_ATTEMPTS, **options}
+            if uri.startswith(("s3://", "s3a://"))
+            else options,
+        )
         return path, fs
     path = uri[len("s3://") :].rstrip("/")
     if not path:

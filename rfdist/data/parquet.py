@@ -39,10 +39,10 @@ from rfdist.data.fs import describe_s3_error, is_unreachable, join, resolve
 
 __all__ = [
     "IN_PROGRESS",
-    "DatasetWriter",
     "MANIFEST",
     "SHAPE_KEY",
     "SPLITS",
+    "DatasetWriter",
     "Layout",
     "image_shape",
     "list_layout",
@@ -373,14 +373,20 @@ class DatasetWriter:
         if start < table.num_rows:
             self.pending[split] = [table.slice(start)]
 
-    def finish(self, splits: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self, splits: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Write the remaining rows and the manifest (``splits``: each split's entry fields such as
         ``data_dim``/``shape``/``has_label``, beside the rows and files counted here)."""
         for split in list(self.pending):
             self._flush(split, final=True)
         manifest: dict[str, Any] = {"format": "rfdist-parquet-v1", "version": self.version, "splits": {}}
         for split, entry in self.splits.items():
-            manifest["splits"][split] = {"rows": entry["rows"], "files": entry["files"], **splits.get(split, {})}
+            manifest["splits"][split] = {
+                "rows": entry["rows"],
+                "files": entry["files"],
+                **splits.get(split, {}),
+            }
         manifest.update(extra or {})
         try:
             _write_bytes_atomic(self.fs, join(self.root, MANIFEST), json.dumps(manifest, indent=1).encode())

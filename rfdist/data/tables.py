@@ -130,7 +130,9 @@ def _rows(batch: pa.RecordBatch, features: list[str], uri: str, offset: int) -> 
         values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise DataError(f"{uri}: column {name!r} has a non-finite value (NaN/inf) in row {offset + bad[0]}")
+            raise DataError(
+                f"{uri}: column {name!r} has a non-finite value (NaN/inf) in row {offset + bad[0]}"
+            )
         columns.append(values)
     return np.column_stack(columns)
 
@@ -166,7 +168,9 @@ def import_table(
             for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
                 x = _rows(batch, features, source, offset)
                 if label and batch.column(label).null_count:
-                    raise DataError(f"{source}: --label column {label!r} has an empty value near row {offset}")
+                    raise DataError(
+                        f"{source}: --label column {label!r} has an empty value near row {offset}"
+                    )
                 where = assignment[offset : offset + batch.num_rows]
                 offset += batch.num_rows
                 for code, split in enumerate(names):
