@@ -155,3 +155,18 @@ def test_s3_through_both_clients(s3_server: str, client: str) -> None:
     pq.write_table(pa.table({"a": [1]}), f"{bucket}/runs/x/t.parquet", filesystem=filesystem)
     native, _ = resolve(f"s3://{bucket}/runs")
     assert pq.read_table(f"{bucket}/runs/x/t.parquet", filesystem=native).num_rows == 1  # on the bucket
+
+
+@pytest.mark.slow
+def test_ray_data_reads_a_dataset_through_s3fs(shared_ray, s3_server: str) -> None:
+    """Ray Data's read tasks get the pickled fsspec filesystem (s3fs on moto) and read every row."""
+    pytest.importorskip("s3fs")
+    from rfdist.runtime.datasets import ray_dataset
+
+    make_bucket(s3_server, "ray-s3fs")
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    options = {"client": "fsspec"}
+    write_dataset("s3://ray-s3fs/ds", {"train": {"x": x}}, shard_rows=5, storage_options=options)
+    info = open_dataset("s3://ray-s3fs/ds", storage_options=options)
+    rows = ray_dataset(info, "train").take_all()
+    assert sorted(float(r["x"][0]) for r in rows) == sorted(x[:, 0].tolist())
