@@ -142,8 +142,8 @@ def _client(uri: str, options: dict[str, Any]) -> str:
 
 def _s3fs_options(options: dict[str, Any]) -> dict[str, Any]:
     """rfdist's S3 options (shared with the native client) as s3fs keyword arguments; others pass."""
-    out = {k: v for k, v in options.items() if k not in ("region", "connect_timeout", "request_timeout",
-                                                          "max_attempts")}  # fmt: skip
+    translated = ("region", "connect_timeout", "request_timeout", "max_attempts")
+    out = {k: v for k, v in options.items() if k not in translated}
     endpoint = (
         options.get("endpoint_url")
         or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -218,12 +218,9 @@ def storage_location(
     if client == "local":
         return resolve(uri)[1], None
     if client == "fsspec":
-        fs, path = _fsspec(
-            uri,
-            {"max_attempts": CHECKPOINT_ATTEMPTS, **options}
-            if uri.startswith(("s3://", "s3a://"))
-            else options,
-        )
+        if uri.startswith(("s3://", "s3a://")):  # s3fs retries checkpoints as long as the native client
+            options = {"max_attempts": CHECKPOINT_ATTEMPTS, **options}
+        fs, path = _fsspec(uri, options)
         return path, fs
     path = uri[len("s3://") :].rstrip("/")
     if not path:
