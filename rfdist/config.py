@@ -49,9 +49,15 @@ CREDENTIAL_OPTIONS = re.compile(r"key|secret|token|password|credential|sas|conne
 a profile or an instance role instead."""
 
 
+TOKEN_MODES = ("anon", "google_default", "cloud", "browser")
+"""gcsfs's ``token`` values that name a way to authenticate rather than hold a secret."""
+
+
 def _storage_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """``storage_options`` of a config: no credentials (see :data:`CREDENTIAL_OPTIONS`)."""
-    for name in value or {}:
+    for name, option in (value or {}).items():
+        if name == "token" and option in TOKEN_MODES:
+            continue
         if CREDENTIAL_OPTIONS.search(str(name)):
             raise ValueError(
                 f"{name!r}: credentials are not accepted in a config (it is logged); set them in the "

@@ -126,6 +126,11 @@ def test_storage_option_and_scheme_errors() -> None:
         load_config(None, ["data.storage_options={secret: s3cr3t}"])
     with pytest.raises(ConfigError, match=r"storage.storage_options: .*'account_key'"):
         load_config(None, ["storage.storage_options={account_key: k}"])
+    with pytest.raises(ConfigError, match=r"'token': credentials"):
+        load_config(None, ["data.path=gs://b/d", "data.storage_options={token: ya29.secret}"])
+    assert load_config(None, ["storage.storage_options={token: anon}"]).storage.storage_options == {
+        "token": "anon"
+    }
     cfg = load_config(
         None, ["data.path=s3://b/d", "data.storage_options={endpoint_url: 'http://x:9000', client: fsspec}"]
     )
