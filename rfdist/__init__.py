@@ -12,7 +12,8 @@ The packages are the layers, each importing only those below it (checked by impo
 - :mod:`rfdist.cli` — the ``rfdist`` command.
 
 Importing ``rfdist`` is cheap: the names below load their modules (and torch) on first use.
-:func:`fit` trains a config on Ray Train with MLflow tracking (what ``rfdist train`` runs);
+:func:`fit` trains a config on Ray Train with MLflow tracking (what ``rfdist train`` runs),
+:func:`sweep` runs its Ray Tune sweep (``rfdist sweep``);
 :func:`rfdist.core.engine.fit` is the single-process loop on a model object in memory.
 
 Example:
@@ -35,7 +36,16 @@ if TYPE_CHECKING:
     # fit and TrainingResult (rfdist.recipes.api, rfdist.recipes.train) are not imported here:
     # the lower layers import this package, and import-linter counts type-checking imports
 
-__all__ = ["ModelSpec", "RectangularFlow", "RunConfig", "TrainingResult", "build_model", "fit", "load_config"]
+__all__ = [
+    "ModelSpec",
+    "RectangularFlow",
+    "RunConfig",
+    "TrainingResult",
+    "build_model",
+    "fit",
+    "load_config",
+    "sweep",
+]
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -45,6 +55,7 @@ _LAZY = {
     "RunConfig": "rfdist.config",
     "load_config": "rfdist.config",
     "fit": "rfdist.recipes.api",
+    "sweep": "rfdist.recipes.api",
     "TrainingResult": "rfdist.recipes.train",
 }
 

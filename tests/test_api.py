@@ -39,6 +39,17 @@ def test_as_config_takes_a_path_a_dict_or_a_config_with_overrides(tmp_path: Path
         as_config(None, {"train.max_steps": 0})
 
 
+def test_sweep_refuses_an_empty_search_space_before_ray_starts(tmp_path: Path, monkeypatch) -> None:
+    import rfdist
+    from rfdist.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"tune.space: empty"):
+        rfdist.sweep(None, {"name": "s"})
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_fit_trains_on_ray_and_returns_the_result(tmp_path: Path, shared_ray) -> None:
     """20 steps of the small two-worker config: enough for a checkpoint, a run and a version."""

@@ -348,7 +348,7 @@ class DatasetWriter:
 
     def write(self, split: str, table: pa.Table) -> None:
         """Append ``table``'s rows to ``split`` (a shard is written every ``shard_rows`` rows)."""
-        entry = self.splits.setdefault(split, {"rows": 0, "files": [], "schema": table.schema})
+        entry = self.splits.setdefault(split, {"rows": 0, "files": []})
         entry["rows"] += table.num_rows
         self.pending.setdefault(split, []).append(table)
         if sum(t.num_rows for t in self.pending[split]) >= self.shard_rows:

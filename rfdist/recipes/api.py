@@ -1,4 +1,5 @@
-"""The Python API of the distributed path: :func:`fit` a config on Ray Train, tracked in MLflow.
+"""The Python API of the distributed path: :func:`fit` a config on Ray Train, :func:`sweep` it on
+Ray Tune, tracked in MLflow.
 
 ``rfdist.fit`` is what ``rfdist train CONFIG --set …`` runs, as a function that returns a
 result (metrics, checkpoint path, MLflow run id, registered version) instead of printing it.
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from rfdist.config import ConfigError, RunConfig, load_config
+from rfdist.recipes.sweep import SweepResult, run_sweep
 from rfdist.recipes.train import TrainingResult, run_training
 
-__all__ = ["as_config", "fit"]
+__all__ = ["as_config", "fit", "sweep"]
 
 
 def _override_items(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
@@ -77,3 +79,23 @@ def fit(
     """
     cfg = as_config(config, overrides)
     return run_training(cfg, address=address, force=force, register=register)
+
+
+def sweep(
+    config: RunConfig | str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    address: str | None = None,
+) -> SweepResult:
+    """Run (or resume) the Ray Tune sweep ``config.tune`` describes, as ``rfdist sweep`` does.
+
+    ``config``/``overrides``/``address`` as for :func:`fit`. Returns the trials, the best one and
+    its registered version (alias ``sweep-best``); a bad search space or config raises
+    ``ConfigError`` before any trial starts.
+
+    Example (not run by the doctests: it starts Ray):
+
+        result = rfdist.sweep("jobs/configs/sweep-von-mises.yaml", {"tune.num_samples": 4})
+        result.best.metrics, result.model_name, result.model_version, result.summary_csv
+    """
+    return run_sweep(as_config(config, overrides), address=address)
