@@ -4,6 +4,7 @@ pyarrow's native client and s3fs on moto, ``storage_options`` from the config.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
@@ -120,6 +121,11 @@ def test_a_registered_scheme_serves_data_and_training_with_config_storage_option
 def test_storage_option_and_scheme_errors() -> None:
     with pytest.raises(DataError, match=r"unknown storage scheme 'nosuch'"):
         resolve("nosuch://bucket/ds")
+    if importlib.util.find_spec("gcsfs") is None:
+        with pytest.raises(
+            DataError, match=r"gs:// filesystem needs a package: .*gcsfs.*rfdist-flows\[gcs\]"
+        ):
+            resolve("gs://bucket/ds")
     with pytest.raises(DataError, match=r"storage_options.client must be one of \['pyarrow', 'fsspec'\]"):
         resolve("s3://bucket/ds", {"client": "boto"})
     with pytest.raises(ConfigError, match=r"data.storage_options: .*'secret': credentials are not accepted"):

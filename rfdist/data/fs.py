@@ -123,6 +123,18 @@ CLIENTS = ("pyarrow", "fsspec")
 """``storage_options.client`` for ``s3://``: pyarrow's native S3 (default) or s3fs through fsspec."""
 
 
+EXTRAS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+}
+"""rfdist's install extra for an fsspec scheme's package."""
+
+
 def is_local(uri: str) -> bool:
     """Whether ``uri`` is a local path (no scheme, or ``file://``)."""
     return uri.startswith("file://") or ("://" not in uri and "::" not in uri)
@@ -176,7 +188,8 @@ def _fsspec(uri: str, options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
                 f"{uri}: unknown storage scheme {scheme!r} (use a local folder, s3://, or a scheme fsspec knows)"
             ) from None
         except ImportError as exc:
-            raise DataError(f"{uri}: the {scheme}:// filesystem needs a package: {exc}") from None
+            extra = f" (pip install 'rfdist-flows[{EXTRAS[scheme]}]')" if scheme in EXTRAS else ""
+            raise DataError(f"{uri}: the {scheme}:// filesystem needs a package: {exc}{extra}") from None
     if scheme in ("s3", "s3a"):
         options = _s3fs_options(options)
     try:
@@ -185,6 +198,8 @@ def _fsspec(uri: str, options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"{uri}: a filesystem in this URI needs a package: {exc}") from None
     except (TypeError, ValueError) as exc:  # bad storage option names or values
         raise DataError(f"{uri}: cannot configure the {scheme}:// filesystem: {str(exc)[:200]}") from None
+    except OSError as exc:  # e.g. hdfs:// without a JVM and libhdfs
+        raise DataError(f"{uri}: cannot open the {scheme}:// filesystem: {str(exc)[:200]}") from None
     path = path.rstrip("/") or "/"
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
