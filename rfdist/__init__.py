@@ -12,6 +12,9 @@ The packages are the layers, each importing only those below it (checked by impo
 - :mod:`rfdist.cli` — the ``rfdist`` command.
 
 Importing ``rfdist`` is cheap: the names below load their modules (and torch) on first use.
+:func:`fit` trains a config on Ray Train with MLflow tracking (what ``rfdist train`` runs),
+:func:`sweep` runs its Ray Tune sweep (``rfdist sweep``);
+:func:`rfdist.core.engine.fit` is the single-process loop on a model object in memory.
 
 Example:
     >>> from rfdist import ModelSpec, build_model
@@ -27,16 +30,33 @@ from typing import TYPE_CHECKING, Any
 from rfdist import _moved
 
 if TYPE_CHECKING:
+    from rfdist.config import RunConfig, load_config
     from rfdist.core.builders import ModelSpec, build_model
     from rfdist.core.model import RectangularFlow
+    # fit and TrainingResult (rfdist.recipes.api, rfdist.recipes.train) are not imported here:
+    # the lower layers import this package, and import-linter counts type-checking imports
 
-__all__ = ["ModelSpec", "RectangularFlow", "build_model"]
+__all__ = [
+    "ModelSpec",
+    "RectangularFlow",
+    "RunConfig",
+    "TrainingResult",
+    "build_model",
+    "fit",
+    "load_config",
+    "sweep",
+]
 __version__ = "0.1.0"
 
 _LAZY = {
     "ModelSpec": "rfdist.core.builders",
     "build_model": "rfdist.core.builders",
     "RectangularFlow": "rfdist.core.model",
+    "RunConfig": "rfdist.config",
+    "load_config": "rfdist.config",
+    "fit": "rfdist.recipes.api",
+    "sweep": "rfdist.recipes.api",
+    "TrainingResult": "rfdist.recipes.train",
 }
 
 _moved.install()

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -42,6 +43,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+CREDENTIAL_OPTIONS = re.compile(r"key|secret|token|password|credential|sas|connection_string", re.IGNORECASE)
+"""``storage_options`` names refused in a config: a config is logged (MLflow params, its
+``config.yaml`` artifact, Tune's trial files), so credentials come from the environment,
+a profile or an instance role instead."""
+
+
+TOKEN_MODES = ("anon", "google_default", "cloud", "browser")
+"""gcsfs's ``token`` values that name a way to authenticate rather than hold a secret."""
+
+
+def _storage_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``storage_options`` of a config: no credentials (see :data:`CREDENTIAL_OPTIONS`)."""
+    for name, option in (value or {}).items():
+        if name == "token" and option in TOKEN_MODES:
+            continue
+        if CREDENTIAL_OPTIONS.search(str(name)):
+            raise ValueError(
+                f"{name!r}: credentials are not accepted in a config (it is logged); set them in the "
+                "environment (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS), "
+                "a profile or an instance role"
+            )
+    return value
+
+
 class DataConfig(_Section):
     """Where the data comes from.
 
@@ -52,6 +77,9 @@ class DataConfig(_Section):
     take under 256 MiB) — re-streaming small Parquet files every epoch costs more than a step.
     ``shuffle``: a new order every epoch, seeded by ``seed`` and the epoch (rfdist.runtime.epochs);
     ``shuffle_buffer``: rows in each worker's local shuffle buffer (0: block order only).
+    ``storage_options``: passed to the filesystem of ``path`` (:mod:`rfdist.data.fs`), e.g.
+    ``{endpoint_url: …, region: …}``, ``{client: fsspec}`` (``s3://`` through s3fs), gcsfs's
+    ``{project: …}``; no credentials (they come from the environment).
     """
 
     path: str | None = None
@@ -64,6 +92,12 @@ class DataConfig(_Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(10_000, ge=0)
     logit_lambda: float = Field(1e-6, gt=0, lt=0.5)
+    storage_options: dict[str, Any] | None = None
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _storage_options(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -271,11 +305,18 @@ class TuneConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """Where checkpoints go (local folder or ``s3://bucket/prefix``)."""
+    """Where checkpoints go (local folder, ``s3://bucket/prefix`` or an fsspec URI such as
+    ``gs://bucket/prefix``); ``storage_options`` as for ``data.storage_options``."""
 
     path: str = "runs"
     keep: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
+    storage_options: dict[str, Any] | None = None
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _storage_options(value)
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -398,10 +439,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a config; raises :class:`ConfigError` with one clear line."""
-    raw: dict[str, Any] = {}
-    source = "(defaults)"
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, *, base: dict[str, Any] | None = None
+) -> RunConfig:
+    """Read, override and validate a config; raises :class:`ConfigError` with one clear line.
+
+    ``base``: a nested dict to start from instead of a file (the Python API's dict configs).
+    """
+    raw: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else {}
+    source = "(defaults)" if base is None else "(dict)"
     if path is not None:
         source = str(path)
         file = Path(path)

@@ -179,7 +179,7 @@ CASES = {
         lambda t: _train(t, f"storage.path={unwritable(t)}/runs"), {}, 1, "is not writable",
     ),
     "train-storage-bad-scheme": (
-        lambda t: _train(t, "storage.path=gs://bucket/runs"), {}, 2, "unsupported URI scheme",
+        lambda t: _train(t, "storage.path=nosuch://bucket/runs"), {}, 2, "unknown storage scheme 'nosuch'",
     ),
     # --- data: storage that cannot be reached is a runtime failure (exit 1)
     "data-make-s3-unreachable": (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +16,28 @@ def _fail(message: str, code: int = 2) -> None:
     """One ``error:`` line; exit 2 for input the user must change, 1 for a runtime failure."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        help="KEY=VALUE for the storage filesystem (repeatable), e.g. client=fsspec, endpoint_url=…, project=…",
+    ),
+]
+
+
+def _storage_options(items: list[str] | None) -> dict[str, Any] | None:
+    """``--storage-option KEY=VALUE`` items as a dict (values parsed as YAML: numbers, booleans)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--storage-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value) if value else ""
+    return options or None
 
 
 def _moments(rows, chunk: int = 4096):
@@ -50,6 +72,7 @@ def make(
     ] = None,
     shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per Parquet shard.")] = 50_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Write the train/val/test shards of dataset NAME to --out (atomically)."""
     import numpy as np
@@ -69,6 +92,7 @@ def make(
             shard_rows=shard_rows,
             extra={"name": name, "seed": seed, "stats": stats, **generated.extra},
             progress=True,
+            storage_options=_storage_options(storage_option),
         )
     except DataError as exc:
         _fail(str(exc), 1 if isinstance(exc, StorageUnreachable) else 2)
@@ -82,14 +106,61 @@ def validate(
     features: Annotated[
         str | None, typer.Option(help="Comma-separated feature columns (a user's table).")
     ] = None,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Check a dataset; exit 0 only when it is usable."""
     from rfdist.data.validate import validate_dataset
 
-    report = validate_dataset(uri, features=features.split(",") if features else None)
+    report = validate_dataset(
+        uri,
+        features=features.split(",") if features else None,
+        storage_options=_storage_options(storage_option),
+    )
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1 if report.unreachable else 2)
     rows = ", ".join(f"{s}={n}" for s, n in report.rows.items())
     typer.echo(f"ok: {uri}  rows {rows}  D={report.data_dim}  shape={report.shape}  bytes={report.bytes}")
+
+
+@data_app.command("import")
+def import_(
+    table: Annotated[
+        str, typer.Argument(help="A Parquet or CSV file, or a folder of them (local or a storage URI).")
+    ],
+    out: Annotated[str, typer.Option("--out", help="Folder or storage URI to write the dataset to.")],
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated numeric feature columns (default: every numeric column but the label and id)."
+        ),
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="An integer class column to keep as the label.")] = None,
+    val_frac: Annotated[float, typer.Option("--val-frac", help="Fraction of rows for val.")] = 0.1,
+    test_frac: Annotated[
+        float, typer.Option("--test-frac", help="Fraction of rows for test (0: none).")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the row split.")] = 0,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", help="Rows per Parquet shard.")] = 50_000,
+    storage_option: StorageOpt = None,
+) -> None:
+    """Import your own table as a train/val/test dataset at --out (streamed; atomic)."""
+    from rfdist.data.tables import import_table
+
+    try:
+        manifest = import_table(
+            table,
+            out,
+            features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
+            label=label,
+            val_frac=val_frac,
+            test_frac=test_frac,
+            seed=seed,
+            shard_rows=shard_rows,
+            storage_options=_storage_options(storage_option),
+        )
+    except DataError as exc:
+        _fail(str(exc), 1 if isinstance(exc, StorageUnreachable) else 2)
+    counts = ", ".join(f"{s}={e['rows']}" for s, e in manifest["splits"].items())
+    typer.echo(f"wrote {table} to {out}: {counts}; features {','.join(manifest['features'])}")

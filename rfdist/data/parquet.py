@@ -42,6 +42,7 @@ __all__ = [
     "MANIFEST",
     "SHAPE_KEY",
     "SPLITS",
+    "DatasetWriter",
     "Layout",
     "image_shape",
     "list_layout",
@@ -309,3 +310,104 @@ def list_layout(uri: str, storage_options: dict[str, Any] | None = None) -> Layo
         return Layout(uri, fs, root, files, None)
     except OSError as exc:
         raise _storage_error(uri, exc, "read") from None
+
+
+class DatasetWriter:
+    """Write a dataset a batch at a time (input larger than memory), with :func:`write_dataset`'s
+    protocol: versioned shards, the manifest last; on an exception nothing of this version stays.
+
+    Used as a context manager: ``write(split, table)`` appends rows (a table in rfdist's schema:
+    :func:`vectors_table`, plus pass-through columns), ``finish(extra)`` writes the manifest.
+    Leaving the block without ``finish`` (an error) deletes the shards written so far and, when
+    there was no previous dataset, the ``_IN_PROGRESS`` marker.
+    """
+
+    def __init__(self, uri: str, *, shard_rows: int = 50_000, storage_options: dict[str, Any] | None = None):
+        if shard_rows < 1:
+            raise DataError(f"--shard-rows must be >= 1 (got {shard_rows})")
+        self.uri, self.shard_rows = uri, shard_rows
+        self.fs, self.root = resolve(uri, storage_options)
+        self.version = uuid.uuid4().hex[:12]
+        self.previous: dict[str, Any] | None = None
+        self.created_root = False
+        self.pending: dict[str, list[pa.Table]] = {}
+        self.splits: dict[str, dict[str, Any]] = {}
+        self.finished = False
+
+    def __enter__(self) -> DatasetWriter:
+        try:
+            self.created_root = not _exists(self.fs, self.root)
+            self.fs.create_dir(self.root, recursive=True)
+            if _exists(self.fs, join(self.root, MANIFEST)):
+                self.previous = _read_manifest(self.fs, self.root, self.uri)
+            else:
+                _write_bytes_atomic(self.fs, join(self.root, IN_PROGRESS), self.version.encode())
+        except OSError as exc:
+            raise _storage_error(self.uri, exc, "write the dataset") from None
+        return self
+
+    def write(self, split: str, table: pa.Table) -> None:
+        """Append ``table``'s rows to ``split`` (a shard is written every ``shard_rows`` rows)."""
+        entry = self.splits.setdefault(split, {"rows": 0, "files": []})
+        entry["rows"] += table.num_rows
+        self.pending.setdefault(split, []).append(table)
+        if sum(t.num_rows for t in self.pending[split]) >= self.shard_rows:
+            self._flush(split, final=False)
+
+    def _flush(self, split: str, *, final: bool) -> None:
+        tables = self.pending.pop(split, [])
+        if not tables:
+            return
+        table = pa.concat_tables(tables)
+        entry = self.splits[split]
+        try:
+            self.fs.create_dir(join(self.root, split), recursive=True)
+            start = 0
+            while table.num_rows - start >= self.shard_rows or (final and start < table.num_rows):
+                name = f"{split}/part-{self.version}-{len(entry['files']):05d}.parquet"
+                entry["files"].append(name)
+                pq.write_table(table.slice(start, self.shard_rows), join(self.root, name), filesystem=self.fs)
+                start += self.shard_rows
+        except OSError as exc:
+            raise _storage_error(self.uri, exc, "write the dataset") from None
+        if start < table.num_rows:
+            self.pending[split] = [table.slice(start)]
+
+    def finish(
+        self, splits: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write the remaining rows and the manifest (``splits``: each split's entry fields such as
+        ``data_dim``/``shape``/``has_label``, beside the rows and files counted here)."""
+        for split in list(self.pending):
+            self._flush(split, final=True)
+        manifest: dict[str, Any] = {"format": "rfdist-parquet-v1", "version": self.version, "splits": {}}
+        for split, entry in self.splits.items():
+            manifest["splits"][split] = {
+                "rows": entry["rows"],
+                "files": entry["files"],
+                **splits.get(split, {}),
+            }
+        manifest.update(extra or {})
+        try:
+            _write_bytes_atomic(self.fs, join(self.root, MANIFEST), json.dumps(manifest, indent=1).encode())
+            if _exists(self.fs, join(self.root, IN_PROGRESS)):
+                self.fs.delete_file(join(self.root, IN_PROGRESS))
+        except OSError as exc:
+            raise _storage_error(self.uri, exc, "write the dataset") from None
+        self.finished = True
+        if self.previous is not None:  # drop the superseded version's shards (best effort)
+            for entry in self.previous["splits"].values():
+                _delete_quietly(self.fs, self.root, entry["files"])
+        return manifest
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.finished:
+            return
+        _delete_quietly(self.fs, self.root, [f for e in self.splits.values() for f in e["files"]])
+        if self.previous is None:
+            _delete_quietly(self.fs, self.root, [IN_PROGRESS])
+            folders = [join(self.root, split) for split in self.splits]
+            for folder in [*folders, *([self.root] if self.created_root else [])]:
+                with contextlib.suppress(OSError):
+                    if not self.fs.get_file_info(pafs.FileSelector(folder)):  # only empty ones
+                        self.fs.delete_dir(folder)

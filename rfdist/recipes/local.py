@@ -42,7 +42,7 @@ def load_arrays(cfg: RunConfig) -> LoadedData:
     from rfdist.data.preprocess import batch_preprocessor
     from rfdist.data.reader import load_split, open_dataset  # the Parquet layer
 
-    info = open_dataset(cfg.data.path, features=cfg.data.features)
+    info = open_dataset(cfg.data.path, features=cfg.data.features, storage_options=cfg.data.storage_options)
     try:
         prep = batch_preprocessor(
             cfg.data.preprocess, tuple(info.shape), lam=cfg.data.logit_lambda, stats=info.stats

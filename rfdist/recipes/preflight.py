@@ -191,30 +191,35 @@ def check_tracking(uri: str, *, timeout: float = PROBE_TIMEOUT_S) -> None:
             )
 
 
-def check_storage(path: str) -> None:
-    """``storage.path`` can be reached (S3: a bucket lookup, bounded timeouts) or created locally."""
-    if path.startswith("s3://"):
-        import pyarrow.fs as pafs
+def check_storage(path: str, storage_options: dict[str, Any] | None = None) -> None:
+    """``storage.path`` can be reached (S3: a bucket lookup, bounded timeouts; other stores: a
+    lookup of the path) or created locally."""
+    from rfdist.data.fs import is_local
 
-        from rfdist.data.errors import DataError
-        from rfdist.data.fs import describe_s3_error, resolve
+    if is_local(path):
+        return _check_local_storage(path)
+    import pyarrow.fs as pafs
 
-        try:
-            fs, prefix = resolve(path)
-        except DataError as exc:
-            raise ConfigError(f"storage.path: {exc}") from None
-        bucket = prefix.split("/", 1)[0]
-        try:
-            found = fs.get_file_info(bucket)
-        except OSError as exc:
-            raise UnreachableError(f"storage.path: {describe_s3_error(path, exc)}") from None
-        if found.type == pafs.FileType.NotFound:
-            raise UnreachableError(f"storage.path: {path}: the S3 bucket {bucket!r} does not exist")
-        return
-    if "://" in path and not path.startswith("file://"):
-        raise ConfigError(
-            f"storage.path: {path}: unsupported URI scheme (use a folder or s3://bucket/prefix)"
-        )
+    from rfdist.data.errors import DataError
+    from rfdist.data.fs import describe_s3_error, resolve
+
+    try:
+        fs, prefix = resolve(path, storage_options)
+    except DataError as exc:
+        raise ConfigError(f"storage.path: {exc}") from None
+    s3 = path.startswith("s3://")
+    target = prefix.split("/", 1)[0] if s3 else prefix
+    try:
+        found = fs.get_file_info(target)
+    except OSError as exc:
+        reason = describe_s3_error(path, exc) if s3 else f"{path}: {str(exc).splitlines()[0][:200]}"
+        raise UnreachableError(f"storage.path: {reason}") from None
+    if s3 and found.type == pafs.FileType.NotFound:
+        raise UnreachableError(f"storage.path: {path}: the S3 bucket {target!r} does not exist")
+
+
+def _check_local_storage(path: str) -> None:
+    """A local ``storage.path``: the folder exists or can be created, and is writable."""
     folder = Path(path.removeprefix("file://")).resolve()
     existing = folder
     while not existing.exists() and existing != existing.parent:

@@ -481,7 +481,7 @@ def _preflight(cfg: RunConfig) -> _Plan:
 
     space = search_space(cfg)
     preflight.check_config(cfg, sweep=True)
-    preflight.check_storage(cfg.storage.path)
+    preflight.check_storage(cfg.storage.path, cfg.storage.storage_options)
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     preflight.check_tracking(tracking_uri)
     prepared = prepare_data(cfg)
@@ -493,7 +493,7 @@ def _preflight(cfg: RunConfig) -> _Plan:
     base["tracking"]["uri"] = tracking_uri
     max_steps = cfg.tune.max_steps or cfg.train.max_steps
     base["train"]["max_steps"] = max_steps
-    storage_path, filesystem = storage_target(cfg.storage.path)
+    storage_path, filesystem = storage_target(cfg.storage.path, cfg.storage.storage_options)
     return _Plan(space, prepared, tracking_uri, base, storage_path, filesystem, max_steps)
 
 

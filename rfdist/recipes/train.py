@@ -36,7 +36,12 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainingResult:
-    """What :func:`run_training` returns."""
+    """What :func:`run_training` (and ``rfdist.fit``) returns.
+
+    ``metrics``: the final ``val_nll`` and ``step``; ``checkpoint_path``: the final checkpoint on
+    storage (``None`` for a run that had already finished); ``model_version``/``aliases``: the
+    registered version of ``registered_model`` (``None`` when not registered).
+    """
 
     run_id: str
     tracking_uri: str
@@ -45,6 +50,14 @@ class TrainingResult:
     model_version: str | None
     aliases: list[str]
     already_finished: bool = False
+    registered_model: str | None = None
+
+    @property
+    def model_uri(self) -> str | None:
+        """``models:/NAME/VERSION`` of the registered model (for ``rfdist.tracking.load_model``)."""
+        if self.registered_model is None or self.model_version is None:
+            return None
+        return f"models:/{self.registered_model}/{self.model_version}"
 
 
 def _worker_error(exc: BaseException) -> str:
@@ -134,12 +147,12 @@ def _preflight(cfg: RunConfig) -> tuple[str, PreparedData, tuple[str, Any]]:
     from rfdist.tracking.models import resolve_tracking_uri
 
     preflight.check_config(cfg)
-    preflight.check_storage(cfg.storage.path)
+    preflight.check_storage(cfg.storage.path, cfg.storage.storage_options)
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     preflight.check_tracking(tracking_uri)
     prepared = prepare_data(cfg)
     preflight.check_data(cfg, prepared.info)
-    return tracking_uri, prepared, storage_target(cfg.storage.path)
+    return tracking_uri, prepared, storage_target(cfg.storage.path, cfg.storage.storage_options)
 
 
 def _finished_result(mlflow: Any, cfg: RunConfig, tracking_uri: str) -> TrainingResult | None:
@@ -296,6 +309,7 @@ def _finish_run(
         metrics={"val_nll": val_nll, "step": float(state.step)},
         model_version=version,
         aliases=aliases,
+        registered_model=cfg.registry.name if version is not None else None,
     )
 
 

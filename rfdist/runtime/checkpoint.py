@@ -110,12 +110,12 @@ def load_state(directory: str | Path, *, map_location: str | torch.device = "cpu
     )
 
 
-def storage_target(path: str) -> tuple[str, Any]:
+def storage_target(path: str, storage_options: dict[str, Any] | None = None) -> tuple[str, Any]:
     """``(storage_path, filesystem)`` for Ray Train's RunConfig, through the one storage layer
     (:func:`rfdist.data.fs.storage_location`: timeouts, retries)."""
     from rfdist.data.fs import storage_location
 
-    return storage_location(path)
+    return storage_location(path, storage_options)
 
 
 def storage_checkpoints(storage_path: str, filesystem: Any, name: str) -> list[Any]:

@@ -150,7 +150,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         cfg.model.spec((make_synthetic(cfg.data.synthetic).data_dim,), cfg.seed)
     data_path = cfg.data.path or materialize_synthetic(cfg)
     try:
-        info = open_dataset(data_path, features=cfg.data.features)
+        info = open_dataset(data_path, features=cfg.data.features, storage_options=cfg.data.storage_options)
     except DataError as exc:
         missing = "dataset not found" in str(exc)
         hint = " (make it with `rfdist data make NAME --out PATH`)" if missing else ""

@@ -207,7 +207,7 @@ class TrainWorker:
         # storage is scanned again at every (re)start: a checkpoint written shortly before a worker
         # crashed may not be registered by Ray's controller yet (the driver's scan predates the run)
         found = storage_checkpoints(
-            *storage_target(cfg.storage.path), self.loop_config.get("ray_name", cfg.name)
+            *storage_target(cfg.storage.path, cfg.storage.storage_options), self.loop_config.get("ray_name", cfg.name)
         )
         state = state_to_resume(
             ray.train.get_checkpoint(),

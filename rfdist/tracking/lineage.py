@@ -81,12 +81,12 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-def dataset_digest(uri: str) -> str:
+def dataset_digest(uri: str, storage_options: dict[str, Any] | None = None) -> str:
     """sha256 (first 16 hex digits) of the dataset's ``_MANIFEST.json``, else of its file list."""
     from rfdist.data.fs import join, resolve
     from rfdist.data.parquet import MANIFEST
 
-    fs, root = resolve(uri)
+    fs, root = resolve(uri, storage_options)
     try:
         with fs.open_input_stream(join(root, MANIFEST)) as handle:
             content = handle.read()
@@ -108,6 +108,7 @@ def log_dataset(
     context: str = "training",
     rows: dict[str, int] | None = None,
     source: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Log the dataset at ``uri`` as an input of run ``run_id`` (as ``mlflow.log_input``); returns its digest.
 
@@ -119,7 +120,7 @@ def log_dataset(
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    digest = dataset_digest(uri)
+    digest = dataset_digest(uri, storage_options)
     try:
         with warnings.catch_warnings():
             # MLflow registers its local artifact source twice and warns that a local path "can be
@@ -179,4 +180,11 @@ def describe_run(run_id: str, cfg: Any, prepared: Any) -> str:
     )
     name = cfg.data.synthetic or Path(prepared.path.rstrip("/")).name
     rows = dict(getattr(prepared.info, "rows", {}) or {})
-    return log_dataset(run_id, prepared.path, name=name, rows=rows, source=dataset_uri(cfg))
+    return log_dataset(
+        run_id,
+        prepared.path,
+        name=name,
+        rows=rows,
+        source=dataset_uri(cfg),
+        storage_options=cfg.data.storage_options,
+    )
