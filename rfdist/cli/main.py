@@ -261,7 +261,7 @@ app.add_typer(jobs_app, name="jobs")
 @app.command("eval")
 def eval_model(
     model_uri: Annotated[
-        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model.")
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/NAME (NAME: the run's registry.name, or model when it had none).")
     ],
     data: Annotated[str, typer.Option("--data", help="Dataset folder, s3:// prefix, or synthetic:NAME.")],
     ood_data: Annotated[str | None, typer.Option("--ood-data", help="Out-of-distribution dataset.")] = None,
@@ -309,7 +309,7 @@ def eval_model(
 
 @app.command("score")
 def score(
-    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/NAME (NAME: the run's registry.name, or model when it had none).")],
     data: Annotated[str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")],
     out: Annotated[str, typer.Option("--out", help="Output folder or s3:// prefix (Parquet + _SUCCESS).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
