@@ -521,7 +521,7 @@ def _sets(t: Path, *sets: str) -> list[str]:
 
 # id -> (argv from tmp_path, expected exit codes, text in the error line)
 PROCESS_CASES = {
-    "data-validate-null-rows": (lambda t: ["data", "validate", str(null_rows(t / "d"))], {2}, "is null"),
+    "data-validate-null-rows": (lambda t: ["data", "validate", str(null_rows(t / "d"))], {2}, "holds null rows"),
     "data-validate-files-empty": (
         lambda t: ["data", "validate", str(made(t / "d", lambda m: m["splits"]["train"].update(files=[])))],
         {2}, "files: lists no shard",

@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import ray
 from typer.testing import CliRunner
 
 from rfdist.cli.main import app
 from rfdist.config import load_config
-from rfdist.data.parquet import write_dataset
 from rfdist.recipes.train import TrainingError, run_training
 
 from .ray_training import PRESET, make_data

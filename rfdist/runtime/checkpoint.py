@@ -22,8 +22,8 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FILE",
-    "checkpoint_uri",
     "TrainingState",
+    "checkpoint_uri",
     "load_checkpoint",
     "load_state",
     "save_state",
