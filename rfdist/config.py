@@ -256,8 +256,7 @@ class RegistryConfig(_Section):
         if not value.strip() or bad:
             shown = f"contains {bad[0]!r}" if bad else "is empty"
             raise ValueError(
-                f"{shown}; MLflow model names cannot be empty or contain "
-                + " ".join(MODEL_NAME_FORBIDDEN)
+                f"{shown}; MLflow model names cannot be empty or contain " + " ".join(MODEL_NAME_FORBIDDEN)
             )
         return value
 

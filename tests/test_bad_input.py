@@ -99,7 +99,9 @@ def made(root: Path, edit=None) -> Path:
     from rfdist.data.parquet import write_dataset
 
     rng = np.random.default_rng(0)
-    write_dataset(str(root), {"train": {"x": rng.normal(size=(400, 2))}, "val": {"x": rng.normal(size=(100, 2))}})
+    write_dataset(
+        str(root), {"train": {"x": rng.normal(size=(400, 2))}, "val": {"x": rng.normal(size=(100, 2))}}
+    )
     if edit is not None:
         manifest = json.loads((root / "_MANIFEST.json").read_text())
         edit(manifest)

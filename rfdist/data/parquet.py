@@ -283,9 +283,12 @@ def _check_manifest_entry(where: str, entry: Any) -> None:
         raise DataError(f"{where}.rows: expected a whole number of rows >= 0, got {rows!r}")
     shape = entry.get("shape")
     if shape is not None and (
-        not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        not isinstance(shape, list)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
     ):
-        raise DataError(f"{where}.shape: expected a list of positive sizes like [2] or [1, 28, 28], got {shape!r}")
+        raise DataError(
+            f"{where}.shape: expected a list of positive sizes like [2] or [1, 28, 28], got {shape!r}"
+        )
 
 
 def _refuse_dangling(fs: pafs.FileSystem, folder: str, shards: list[str], uri: str) -> None:

@@ -23,8 +23,14 @@ from rfdist.data.errors import DataError, StorageUnreachable, arrow_reason
 from rfdist.data.parquet import SHAPE_KEY, list_layout
 from rfdist.data.reader import is_tensor_type, x_layout
 
-__all__ = ["SAMPLE_ROWS", "SAMPLE_TOTAL_ROWS", "ValidationReport", "sample_problem",
-           "unreadable_reason", "validate_dataset"]
+__all__ = [
+    "SAMPLE_ROWS",
+    "SAMPLE_TOTAL_ROWS",
+    "ValidationReport",
+    "sample_problem",
+    "unreadable_reason",
+    "validate_dataset",
+]
 
 SAMPLE_ROWS = 10_000
 """Rows at the start of each shard whose values ``train``'s preflight reads (nulls, NaN/inf,
@@ -303,7 +309,9 @@ def _value_type(table: pa.Table, features: list[str] | None) -> str:
     return str(table.schema.field("x").type.value_type)
 
 
-def _check_value_type(report: ValidationReport, table: pa.Table, features: list[str] | None, where: str) -> None:
+def _check_value_type(
+    report: ValidationReport, table: pa.Table, features: list[str] | None, where: str
+) -> None:
     """Every shard stores the same value type (``train`` refuses float32 beside float64 shards)."""
     got = _value_type(table, features)
     if report.value_type is None:

@@ -40,7 +40,15 @@ from rfdist.runtime.checkpoint import (
 from rfdist.runtime.console import quiet_train_reports, worker_print
 from rfdist.runtime.epochs import DataPosition, EmptyEpochError, EpochStream, epoch_seed, epoch_shard
 
-__all__ = ["FAULT_TAG", "DataFault", "TrainWorker", "WorkerHook", "preprocess_fn", "resolve_auto", "train_loop_per_worker"]
+__all__ = [
+    "FAULT_TAG",
+    "DataFault",
+    "TrainWorker",
+    "WorkerHook",
+    "preprocess_fn",
+    "resolve_auto",
+    "train_loop_per_worker",
+]
 
 
 class DataFault(ValueError):
