@@ -77,6 +77,14 @@ def null_rows(root: Path) -> Path:
     return root
 
 
+def null_label(root: Path) -> Path:
+    """A plain dataset whose train ``label`` column has a null at row 1 (a readable column)."""
+    dataset(root)
+    table = _table(400, 2).append_column("label", pa.array([0, None] + [1] * 398, type=pa.int64()))
+    pq.write_table(table, root / "train" / "a.parquet")
+    return root
+
+
 def string_labels(root: Path) -> Path:
     """A plain dataset whose train shard has a ``label`` column of strings."""
     dataset(root)
@@ -183,6 +191,14 @@ CASES = {
     "data-null-rows": (
         lambda t: ["data", "validate", str(null_rows(t / "d"))], {}, 2,
         "train/a.parquet: column 'x' holds null rows (100 null values in row group 0)",
+    ),
+    "data-null-label": (
+        lambda t: ["data", "validate", str(null_label(t / "d"))], {}, 2,
+        "train/a.parquet: column 'label' row 1 is null (no value)",
+    ),
+    "train-null-label": (
+        lambda t: _train(t, "train.batch_size=100", data=null_label(t / "d")), {}, 2,
+        "train/a.parquet: column 'label' row 1 is null (no value)",
     ),
     "data-label-strings": (
         lambda t: ["data", "validate", str(string_labels(t / "d"))], {}, 2,
