@@ -269,10 +269,30 @@ class TrackingConfig(_Section):
     checkpoint_plots: bool = True
 
 
+MODEL_NAME_FORBIDDEN = ("/", ":", ".", "%", '"', "'")
+"""Characters MLflow refuses in a model name: the registry's (``/ :``) and the logged model's
+(``/ : . % " '``, ``mlflow.utils.validation._validate_logged_model_name``); rfdist logs the model
+under ``registry.name`` and registers it under the same name, so both rules apply."""
+
+
 class RegistryConfig(_Section):
-    """Model registry name (``None`` = do not register)."""
+    """Model registry name (``None`` = do not register); MLflow's model-name rule is checked here,
+    not after training."""
 
     name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        bad = [c for c in MODEL_NAME_FORBIDDEN if c in value]
+        if not value.strip() or bad:
+            shown = f"contains {bad[0]!r}" if bad else "is empty"
+            raise ValueError(
+                f"{shown}; MLflow model names cannot be empty or contain " + " ".join(MODEL_NAME_FORBIDDEN)
+            )
+        return value
 
 
 class TuneConfig(_Section):
@@ -439,6 +459,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _duplicate_key(text: str) -> tuple[str, int] | None:
+    """The first key given twice in one YAML mapping (dotted path, 1-based line), else ``None``.
+
+    PyYAML keeps the last of duplicate keys silently; a config that sets ``train.lr`` twice is
+    a mistake whichever value was meant.
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    todo: list[tuple[str, Any]] = [("", root)]
+    while todo:
+        prefix, node = todo.pop()
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((f"{prefix}[{i}]", item) for i, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{prefix}.{key}" if prefix else key
+            if key in seen and key != "<<":
+                return path, key_node.start_mark.line + 1
+            seen.add(key)
+            todo.append((path, value_node))
+    return None
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None, *, base: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -459,11 +504,18 @@ def load_config(
                 raise ConfigError(f"config file not found: {file} (nor a preset: `rfdist presets list`)")
             file = preset
         try:
-            loaded = yaml.safe_load(file.read_text())
+            text = file.read_text()
+            loaded = yaml.safe_load(text)
+            duplicate = _duplicate_key(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {file}{_yaml_problem(exc, location=True)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {file}: cannot read it ({exc})") from None
+        if duplicate is not None:
+            raise ConfigError(
+                f"config file {file}:{duplicate[1]}: duplicate key {duplicate[0]!r} "
+                "(it is set twice; keep one)"
+            )
         if loaded is None:  # an empty file is a mistake, not "train the defaults"
             raise ConfigError(
                 f"config file {file} is empty (expected a mapping of sections, e.g. name:, data:)"

@@ -46,3 +46,25 @@ class RecordRows(WorkerHook):
         line = {"epoch": position.epoch, "batch": position.batches, "rows": batch.detach().cpu().tolist()}
         with path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
+
+
+class Poison(WorkerHook):
+    """Trains on a copy of batches ``batches`` (0-based, per worker; ``None``: all) whose every other
+    row starts with ``value``, and appends a line to ``folder/starts`` when a worker group starts (its first
+    batch), so a test can count restarts."""
+
+    def __init__(self, value: float, batches: set[int] | None, folder: str | Path) -> None:
+        self.value, self.batches, self.folder = value, batches, str(folder)
+        self.seen = 0
+
+    def on_batch(self, rank: int, position: Any, batch: Any) -> None:
+        if self.seen == 0 and rank == 0:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            with (Path(self.folder) / "starts").open("a") as handle:
+                handle.write("start\n")
+        poisoned = None
+        if self.batches is None or self.seen in self.batches:
+            poisoned = batch.clone()
+            poisoned[0::2, 0] = self.value
+        self.seen += 1
+        return poisoned

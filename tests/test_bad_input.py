@@ -68,6 +68,88 @@ def csv_as_parquet(root: Path) -> Path:
     return root
 
 
+def null_rows(root: Path) -> Path:
+    """A plain dataset whose train shard has one null row in ``x`` (row 2)."""
+    dataset(root)
+    rows = [[0.1, 0.2], [0.3, 0.4], None, [0.5, 0.6]] * 100
+    x = pa.array(rows, type=pa.list_(pa.float32(), 2))
+    pq.write_table(pa.table({"x": x}), root / "train" / "a.parquet")
+    return root
+
+
+def null_label(root: Path) -> Path:
+    """A plain dataset whose train ``label`` column has a null at row 1 (a readable column)."""
+    dataset(root)
+    table = _table(400, 2).append_column("label", pa.array([0, None] + [1] * 398, type=pa.int64()))
+    pq.write_table(table, root / "train" / "a.parquet")
+    return root
+
+
+def string_labels(root: Path) -> Path:
+    """A plain dataset whose train shard has a ``label`` column of strings."""
+    dataset(root)
+    table = _table(400, 2).append_column("label", pa.array(["cat", "dog"] * 200))
+    pq.write_table(table, root / "train" / "a.parquet")
+    return root
+
+
+def mixed_shards(root: Path) -> Path:
+    """A plain dataset whose train split has a float32 shard and a float64 shard."""
+    dataset(root)
+    pq.write_table(_table(100, 2, np.float64), root / "train" / "b.parquet")
+    return root
+
+
+def made(root: Path, edit=None) -> Path:
+    """A dataset written by rfdist (manifest layout), its manifest changed by ``edit(manifest)``."""
+    import json
+
+    from rfdist.data.parquet import write_dataset
+
+    rng = np.random.default_rng(0)
+    write_dataset(
+        str(root), {"train": {"x": rng.normal(size=(400, 2))}, "val": {"x": rng.normal(size=(100, 2))}}
+    )
+    if edit is not None:
+        manifest = json.loads((root / "_MANIFEST.json").read_text())
+        edit(manifest)
+        (root / "_MANIFEST.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _set_split(split: str, key: str, value):
+    return lambda manifest: manifest["splits"][split].__setitem__(key, value)
+
+
+def missing_shard(root: Path) -> Path:
+    """A manifest dataset whose val shard was deleted."""
+    made(root)
+    for shard in (root / "val").glob("*.parquet"):
+        shard.unlink()
+    return root
+
+
+def symlink_loop(root: Path) -> Path:
+    """A plain dataset with a shard that is a symlink to itself."""
+    dataset(root)
+    (root / "train" / "loop.parquet").symlink_to(root / "train" / "loop.parquet")
+    return root
+
+
+def no_gpu_here() -> None:
+    """``scaling.use_gpu`` cases only mean something on a machine without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+
+
+def duplicate_keys(tmp: Path) -> Path:
+    config = tmp / "dup.yaml"
+    config.write_text("name: dup\ndata:\n  synthetic: von-mises\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
+    return config
+
+
 def unwritable(tmp: Path) -> Path:
     """A folder this process cannot write: mode 555, or (as root) a read-only system folder."""
     folder = tmp / "ro"
@@ -106,6 +188,46 @@ CASES = {
     "data-csv-renamed-parquet": (
         lambda t: ["data", "validate", str(csv_as_parquet(t / "d"))], {}, 2, "not a readable Parquet file",
     ),
+    "data-null-rows": (
+        lambda t: ["data", "validate", str(null_rows(t / "d"))], {}, 2,
+        "train/a.parquet: column 'x' holds null rows (100 null values in row group 0)",
+    ),
+    "data-null-label": (
+        lambda t: ["data", "validate", str(null_label(t / "d"))], {}, 2,
+        "train/a.parquet: column 'label' row 1 is null (no value)",
+    ),
+    "train-null-label": (
+        lambda t: _train(t, "train.batch_size=100", data=null_label(t / "d")), {}, 2,
+        "train/a.parquet: column 'label' row 1 is null (no value)",
+    ),
+    "data-label-strings": (
+        lambda t: ["data", "validate", str(string_labels(t / "d"))], {}, 2,
+        "train/a.parquet: column 'label' has type string",
+    ),
+    "data-mixed-dtypes": (
+        lambda t: ["data", "validate", str(mixed_shards(t / "d"))], {}, 2,
+        "train/b.parquet: column 'x' stores double values, other shards float",
+    ),
+    "data-manifest-shape-edited": (
+        lambda t: ["data", "validate", str(made(t / "d", _set_split("train", "shape", [1, 2])))], {}, 2,
+        "the manifest says (1, 2)",
+    ),
+    "data-manifest-files-empty": (
+        lambda t: ["data", "validate", str(made(t / "d", _set_split("train", "files", [])))], {}, 2,
+        "_MANIFEST.json: splits.train.files: lists no shard",
+    ),
+    "data-manifest-rows-lots": (
+        lambda t: ["data", "validate", str(made(t / "d", _set_split("val", "rows", "lots")))], {}, 2,
+        "splits.val.rows: expected a whole number of rows >= 0, got 'lots'",
+    ),
+    "data-missing-shard": (
+        lambda t: ["data", "validate", str(missing_shard(t / "d"))], {}, 2,
+        "not a readable Parquet file (No such file or directory)",
+    ),
+    "data-symlink-loop": (
+        lambda t: ["data", "validate", str(symlink_loop(t / "d"))], {}, 2,
+        "train/loop.parquet: not a readable Parquet file (Too many levels of symbolic links)",
+    ),
     "data-make-unknown-name": (
         lambda t: ["data", "make", "bogus", "--out", str(t / "o")], {}, 2, "unknown dataset 'bogus'",
     ),
@@ -142,6 +264,58 @@ CASES = {
     ),
     "train-csv-renamed-parquet": (
         lambda t: _train(t, data=csv_as_parquet(t / "d")), {}, 2, "not a readable Parquet file",
+    ),
+    "train-null-rows": (
+        lambda t: _train(t, "train.batch_size=100", data=null_rows(t / "d")), {}, 2,
+        "train/a.parquet: column 'x' holds null rows (100 null values in row group 0)",
+    ),
+    "train-nan-values": (
+        lambda t: _train(t, "train.batch_size=100", data=dataset(t / "d", value=np.nan)), {}, 2,
+        "train/a.parquet: column 'x' row 200: NaN or inf",
+    ),
+    "train-inf-values": (
+        lambda t: _train(t, "train.batch_size=100", data=dataset(t / "d", value=-np.inf)), {}, 2,
+        "column 'x' row 200: NaN or inf",
+    ),
+    "train-huge-values": (
+        lambda t: _train(t, "train.batch_size=100", data=dataset(t / "d", value=1e30)), {}, 2,
+        "column 'x' row 200: value 1e+30 is too large",
+    ),
+    "train-label-strings": (
+        lambda t: _train(t, "train.batch_size=100", data=string_labels(t / "d")), {}, 2,
+        "train/a.parquet: column 'label' has type string, expected int64",
+    ),
+    "train-manifest-shape-edited": (
+        lambda t: _train(t, "train.batch_size=100", data=made(t / "d", _set_split("train", "shape", [1, 2]))),
+        {}, 2, "the manifest says (1, 2)",
+    ),
+    "train-manifest-files-empty": (
+        lambda t: _train(t, "train.batch_size=100", data=made(t / "d", _set_split("train", "files", []))),
+        {}, 2, "splits.train.files: lists no shard",
+    ),
+    "train-manifest-rows-lots": (
+        lambda t: _train(t, "train.batch_size=100", data=made(t / "d", _set_split("train", "rows", "lots"))),
+        {}, 2, "splits.train.rows: expected a whole number",
+    ),
+    "train-missing-shard": (
+        lambda t: _train(t, "train.batch_size=100", data=missing_shard(t / "d")), {}, 2,
+        "not a readable Parquet file (No such file or directory)",
+    ),
+    "train-symlink-loop": (
+        lambda t: _train(t, "train.batch_size=100", data=symlink_loop(t / "d")), {}, 2,
+        "train/loop.parquet: not a readable Parquet file (Too many levels of symbolic links)",
+    ),
+    "train-use-gpu-no-gpu": (
+        lambda t: (no_gpu_here(), _train(t, "scaling.use_gpu=true"))[1], {}, 2,
+        "scaling.use_gpu: true needs one GPU per worker (1), but this machine has 0 CUDA device(s)",
+    ),
+    "train-registry-name-slash": (
+        lambda t: _train(t, "registry.name=team/vm"), {}, 2, "registry.name: contains '/'; MLflow model names",
+    ),
+    "train-registry-name-colon": (lambda t: _train(t, "registry.name=vm:1"), {}, 2, "registry.name: contains ':'"),
+    "train-registry-name-dot": (lambda t: _train(t, "registry.name=vm.v2"), {}, 2, "registry.name: contains '.'"),
+    "train-duplicate-yaml-key": (
+        lambda t: _train(t, config=duplicate_keys(t)), {}, 2, "dup.yaml:6: duplicate key 'train.lr'",
     ),
     "train-dataset-missing": (
         lambda t: _train(t, data=t / "nowhere"), {}, 2, "make it with `rfdist data make",
@@ -205,6 +379,13 @@ CASES = {
     "sweep-tracking-unreachable": (
         lambda t: _sweep(t, f"tracking.uri={DEAD_HTTP}"), {}, 1, "cannot reach the MLflow tracking server",
     ),
+    "sweep-space-unknown-nested-key": (
+        lambda t: _sweep(t, "tune.space={model: {choice: [{bogus: 1}]}}"), {}, 2, "model.bogus: unknown key",
+    ),
+    "sweep-use-gpu-no-gpu": (
+        lambda t: (no_gpu_here(), _sweep(t, "scaling.use_gpu=true"))[1], {}, 2, "scaling.use_gpu: true needs",
+    ),
+    "sweep-registry-name-slash": (lambda t: _sweep(t, "registry.name=a/b"), {}, 2, "registry.name: contains '/'"),
     "sweep-name-non-ascii": (lambda t: _sweep(t, "name=s\u00e9"), {}, 2, "name: use 1-100 characters"),
     # --- eval
     "eval-tracking-unreachable": (
@@ -248,6 +429,14 @@ CASES = {
     "submit-train-batch-gt-rows": (
         lambda t: ["submit", "train", str(VM), "--address", DEAD_HTTP, "--set", "data.train_rows=10"],
         {}, 2, "train.batch_size: 1000 over 1 worker(s)",
+    ),
+    "submit-train-registry-name-dot": (
+        lambda t: ["submit", "train", str(VM), "--address", DEAD_HTTP, "--set", "registry.name=a.b"], {}, 2,
+        "registry.name: contains '.'",
+    ),
+    "submit-train-duplicate-yaml-key": (
+        lambda t: ["submit", "train", str(duplicate_keys(t)), "--address", DEAD_HTTP], {}, 2,
+        "duplicate key 'train.lr'",
     ),
     "submit-train-empty-config": (
         lambda t: ["submit", "train", str((t / "e.yaml", (t / "e.yaml").write_text(""))[0]), "--address", DEAD_HTTP],
@@ -329,3 +518,96 @@ def test_dead_tracking_server_one_line_in_a_real_process(args: list[str], tmp_pa
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "cannot reach the MLflow tracking server" in proc.stderr
     print(f"{args[0]} {args[1] if len(args) > 1 else ''}: {seconds:.1f} s")
+
+
+# ------------------------------------------------------------------- every entry point, real process
+# The cases above run the CLI in-process; these run ``python -m rfdist.cli`` as the user does, so a
+# traceback printed by an import, a logger or an uncaught exception would show on stderr. Cheap
+# cases only (nothing trains, no cluster exists): a few seconds of Python start-up each.
+
+
+def _sqlite(t: Path) -> str:
+    return f"sqlite:///{t / 'mlflow.db'}"
+
+
+def _sets(t: Path, *sets: str) -> list[str]:
+    out = ["--set", f"storage.path={t / 'runs'}", "--set", f"tracking.uri={_sqlite(t)}"]
+    for item in sets:
+        out += ["--set", item]
+    return out
+
+
+# id -> (argv from tmp_path, expected exit codes, text in the error line)
+PROCESS_CASES = {
+    "data-validate-null-rows": (lambda t: ["data", "validate", str(null_rows(t / "d"))], {2}, "holds null rows"),
+    "data-validate-files-empty": (
+        lambda t: ["data", "validate", str(made(t / "d", lambda m: m["splits"]["train"].update(files=[])))],
+        {2}, "files: lists no shard",
+    ),
+    "train-registry-name": (lambda t: ["train", str(VM), *_sets(t, "registry.name=a/b")], {2}, "registry.name"),
+    "train-duplicate-key": (lambda t: ["train", str(duplicate_keys(t)), *_sets(t)], {2}, "duplicate key"),
+    "train-label-strings": (
+        lambda t: ["train", str(VM), *_sets(t, f"data.path={string_labels(t / 'd')}", "data.synthetic=null",
+                                              "train.batch_size=100")],
+        {2}, "column 'label'",
+    ),
+    "sweep-space-nested-key": (
+        lambda t: ["sweep", str(SWEEP), *_sets(t, "tune.space={model: {choice: [{bogus: 1}]}}")], {2},
+        "model.bogus",
+    ),
+    "score-model-missing": (
+        lambda t: ["score", "models:/nope@champion", "--data", str(made(t / "d")), "--out", str(t / "o"),
+                   "--split", "val", "--tracking-uri", _sqlite(t)],
+        {1, 2}, "nope",
+    ),
+    "eval-data-missing": (
+        lambda t: ["eval", "models:/vm@latest", "--data", str(t / "nowhere"), "--tracking-uri", _sqlite(t)],
+        {2}, "dataset not found",
+    ),
+    "models-show-missing": (lambda t: ["models", "show", "nope", "--tracking-uri", _sqlite(t)], {2}, "nope"),
+    "submit-registry-name": (
+        lambda t: ["submit", "train", str(VM), "--address", DEAD_HTTP, "--set", "registry.name=a.b"], {2},
+        "registry.name",
+    ),
+    "jobs-status-unreachable": (
+        lambda t: ["jobs", "status", "raysubmit_x", "--address", DEAD_HTTP], {1, 2}, "",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(PROCESS_CASES))
+def test_no_traceback_in_a_real_process(case: str, tmp_path: Path) -> None:
+    make_args, codes, expected = PROCESS_CASES[case]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=_sqlite(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rfdist.cli", *make_args(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr
+    assert proc.returncode in codes, (proc.returncode, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_s3_checkpoint_location_is_printed_with_its_scheme() -> None:
+    """Ray's ``Checkpoint.path`` on S3 is ``bucket/…`` (relative to its filesystem); users see ``s3://``."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from rfdist.runtime.checkpoint import checkpoint_uri
+
+    s3 = pafs.S3FileSystem(endpoint_override=DEAD_HTTP, region="us-east-1", access_key="k", secret_key="s")
+    assert checkpoint_uri(Checkpoint("bucket/runs/vm/checkpoint_1", filesystem=s3)) == (
+        "s3://bucket/runs/vm/checkpoint_1"
+    )
+    assert checkpoint_uri(Checkpoint("/tmp/runs/vm/checkpoint_1")) == "/tmp/runs/vm/checkpoint_1"
+
+
+def test_eval_and_score_help_name_the_artifact_the_model_is_logged_under() -> None:
+    """The model is logged under ``registry.name`` (``model`` when unset), not always ``model``."""
+    for command in ("eval", "score"):
+        shown = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output.split())
+        assert "runs:/ID/model" not in shown and "runs:/RUN_ID/NAME" in shown, shown
+        assert "registry.name" in shown, shown

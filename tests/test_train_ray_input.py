@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import ray
 from typer.testing import CliRunner
 
 from rfdist.cli.main import app
 from rfdist.config import load_config
-from rfdist.data.parquet import write_dataset
 from rfdist.recipes.train import TrainingError, run_training
 
 from .ray_training import PRESET, make_data
@@ -108,20 +106,43 @@ def test_finished_run_is_not_retrained_corrupt_checkpoint_falls_back_force_retra
 
 
 def test_non_finite_data_is_named_once_and_no_checkpoint_is_claimed(tmp_path: Path) -> None:
-    x = np.random.default_rng(0).normal(size=(1000, 2)).astype(np.float32)
-    x[::2, 0] = 1e30  # every batch holds values whose square overflows float32
-    val = np.random.default_rng(1).normal(size=(200, 2)).astype(np.float32)
-    data = str(tmp_path / "huge")
-    write_dataset(data, {"train": {"x": x}, "val": {"x": val}})
+    """Values the preflight's sample cannot see (injected into every batch in the worker) fail the
+    run once, naming the data: not retried although ``storage.max_failures=1``."""
+    from .hooks import Poison
+
+    data = make_data(str(tmp_path / "vm"), rows=2000)
     name = "vm-huge"
-    result = _cli(_overrides(tmp_path, data, name, "train.max_consecutive_skips=3"))
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].count("FloatingPointError") == 1, result.stderr
-    assert f"rfdist data validate {data}" in lines[0] and "no checkpoint was written" in lines[0]
-    assert "checkpoint is kept" not in lines[0]
+    cfg = load_config(PRESET, _overrides(tmp_path, data, name, "train.max_consecutive_skips=3",
+                                         "storage.max_failures=1"))  # fmt: skip
+    with pytest.raises(TrainingError) as caught:
+        run_training(cfg, worker_hooks=[Poison(1e30, None, tmp_path / "hook")])
+    line = str(caught.value)
+    assert "\n" not in line and line.count("FloatingPointError") == 1, line
+    assert f"rfdist data validate {data}" in line and "no checkpoint was written" in line
+    assert "checkpoint is kept" not in line
+    assert (tmp_path / "hook" / "starts").read_text().count("start") == 1  # deterministic: no retry
     runs = _runs(tmp_path, name)
     assert [r.info.status for r in runs] == ["FAILED"] and _versions(tmp_path, name) == []
+
+
+def test_skipped_steps_are_named_and_never_champion(tmp_path: Path, capfd) -> None:
+    """One batch of NaN (past the preflight's sample): the first skipped step names the batch row,
+    the version is registered without ``champion``, with one warning line."""
+    from .hooks import Poison
+
+    data = make_data(str(tmp_path / "vm"), rows=2000)
+    name = "vm-nan"
+    cfg = load_config(PRESET, _overrides(tmp_path, data, name, "train.max_steps=6",
+                                         "train.checkpoint_every=6", "train.log_every=3"))  # fmt: skip
+    result = run_training(cfg, worker_hooks=[Poison(float("nan"), {1}, tmp_path / "hook")])
+    text = "".join(capfd.readouterr())
+    assert result.model_version == "1" and result.aliases == [], result
+    assert "step 2 skipped (non-finite loss or gradient): row 0 of worker 0's batch" in text, text
+    assert f"{name} v1 is registered without the champion alias" in text
+    assert "(1 skipped)" in text and "loss nan" not in text
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_model_version(name, "1").tags.get("rfdist.skipped_steps") == "1"
+    assert _runs(tmp_path, name)[0].data.tags.get("rfdist.first_skipped_step") == "2"
 
 
 def test_empty_train_or_val_shards_fail_instead_of_hanging(tmp_path: Path) -> None:

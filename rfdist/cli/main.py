@@ -293,7 +293,7 @@ app.add_typer(jobs_app, name="jobs")
 @app.command("eval", cls=PlainCommand)
 def eval_model(
     model_uri: Annotated[
-        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model.")
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/NAME (NAME: the run's registry.name, or model when it had none).")
     ],
     data: Annotated[str, typer.Option("--data", help="Dataset folder, s3:// prefix, or synthetic:NAME.")],
     ood_data: Annotated[str | None, typer.Option("--ood-data", help="Out-of-distribution dataset.")] = None,
@@ -342,7 +342,7 @@ def eval_model(
 @app.command("score", cls=PlainCommand)
 def score(
     model_uri: Annotated[
-        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/NAME (NAME: the run's registry.name, or model when it had none).")
     ],
     data: Annotated[
         str, typer.Option("--data", help="Dataset folder or s3:// prefix (rfdist Parquet layout).")

@@ -263,9 +263,54 @@ def _read_manifest(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any]:
             manifest = json.loads(handle.read())
         except json.JSONDecodeError:
             raise DataError(f"{uri}/{MANIFEST}: not valid JSON") from None
-    if manifest.get("format") != "rfdist-parquet-v1" or "splits" not in manifest:
+    if manifest.get("format") != "rfdist-parquet-v1" or not isinstance(manifest.get("splits"), dict):
         raise DataError(f"{uri}/{MANIFEST}: not an rfdist dataset manifest")
+    for split, entry in manifest["splits"].items():
+        _check_manifest_entry(f"{uri}/{MANIFEST}: splits.{split}", entry)
     return manifest
+
+
+def _check_manifest_entry(where: str, entry: Any) -> None:
+    """A split's manifest entry: a non-empty ``files`` list of names, a whole ``rows`` count."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected a mapping with files and rows, got {entry!r}")
+    files = entry.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise DataError(f"{where}.files: expected a list of shard file names, got {files!r}")
+    if not files:
+        raise DataError(f"{where}.files: lists no shard (every split has at least one)")
+    rows = entry.get("rows")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise DataError(f"{where}.rows: expected a whole number of rows >= 0, got {rows!r}")
+    shape = entry.get("shape")
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise DataError(
+            f"{where}.shape: expected a list of positive sizes like [2] or [1, 28, 28], got {shape!r}"
+        )
+
+
+def _refuse_dangling(fs: pafs.FileSystem, folder: str, shards: list[str], uri: str) -> None:
+    """A local ``*.parquet`` entry the listing skipped (a symlink loop, a dangling link): say why.
+
+    pyarrow's listing leaves such entries out silently, so the shard would just be missing.
+    """
+    import os
+
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    for name in sorted(os.listdir(folder)):
+        path = join(folder, name)
+        if name.endswith(".parquet") and path not in shards:
+            try:
+                os.stat(path)
+            except OSError as exc:
+                split = folder.rstrip("/").rsplit("/", 1)[-1]
+                raise DataError(
+                    f"{uri}: {split}/{name}: not a readable Parquet file ({exc.strerror})"
+                ) from None
 
 
 @dataclass
@@ -303,6 +348,7 @@ def list_layout(uri: str, storage_options: dict[str, Any] | None = None) -> Layo
                     for f in fs.get_file_info(pafs.FileSelector(entry.path))
                     if f.type == pafs.FileType.File and f.path.endswith(".parquet")
                 )
+                _refuse_dangling(fs, entry.path, shards, uri)
                 if shards:
                     files[entry.base_name] = shards
         if not files:

@@ -116,9 +116,10 @@ def open_dataset(
             )
         dim, shape, dtype, tensor = x_layout(schema, where)
         manifest_shape = ((layout.manifest or {}).get("splits", {}).get(split) or {}).get("shape")
-        if tensor and manifest_shape is not None and tuple(manifest_shape) != shape:
+        if manifest_shape is not None and tuple(manifest_shape) != shape:
             raise DataError(
-                f"{where}: column 'x' holds tensors of shape {shape}, the manifest says {tuple(manifest_shape)}"
+                f"{where}: column 'x' holds {'tensors' if tensor else 'rows'} of shape {shape}, "
+                f"the manifest says {tuple(manifest_shape)}"
             )
     has_label = "label" in schema.names
     rows: dict[str, int] = {}

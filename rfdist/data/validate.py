@@ -9,6 +9,7 @@ large for float32 arithmetic (the first bad row of each shard is named).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,22 @@ from rfdist.data.errors import DataError, StorageUnreachable, arrow_reason
 from rfdist.data.parquet import SHAPE_KEY, list_layout
 from rfdist.data.reader import is_tensor_type, x_layout
 
-__all__ = ["ValidationReport", "validate_dataset"]
+__all__ = [
+    "SAMPLE_ROWS",
+    "SAMPLE_TOTAL_ROWS",
+    "ValidationReport",
+    "sample_problem",
+    "unreadable_reason",
+    "validate_dataset",
+]
+
+SAMPLE_ROWS = 10_000
+"""Rows at the start of each shard whose values ``train``'s preflight reads (nulls, NaN/inf,
+huge values, label type); ``data validate`` reads every row."""
+
+SAMPLE_TOTAL_ROWS = 200_000
+"""At most this many rows in all, per preflight: shards beyond it are checked by footer only
+(a run's first non-finite step then names the data, :mod:`rfdist.runtime.worker`)."""
 
 
 @dataclass
@@ -36,6 +52,7 @@ class ValidationReport:
     shape: tuple[int, ...] | None = None
     bytes: int = 0
     unreachable: bool = False  # the storage could not be reached (a runtime failure, not bad data)
+    value_type: str | None = None  # of the first usable shard's x (or features): shards must agree
 
     @property
     def ok(self) -> bool:
@@ -75,8 +92,39 @@ def _first_bad_row(values: np.ndarray, row_len: int) -> tuple[int, str] | None:
     return None
 
 
-def _check_vectors(report: ValidationReport, table: pa.Table, column: pa.Array, where: str) -> int:
-    """Checks of a fixed_size_list<float> column ``x``: finite values, ``rfdist.shape`` metadata."""
+def _first_null_row(column: pa.Array) -> int | None:
+    """The first row that is null or holds a null value (nested one level), else ``None``."""
+    if column.null_count:
+        return int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+    storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+    if pa.types.is_fixed_size_list(storage.type):
+        values = storage.flatten()
+        if values.null_count:
+            index = int(np.argmax(values.is_null().to_numpy(zero_copy_only=False)))
+            return index // storage.type.list_size
+    return None
+
+
+def _check_nulls(report: ValidationReport, table: pa.Table, names: list[str], where: str) -> bool:
+    """One problem per column holding a null (row named); ``True`` when none does."""
+    clean = True
+    for name in names:
+        if name not in table.column_names:
+            continue
+        row = _first_null_row(table.column(name).combine_chunks())
+        if row is not None:
+            report.problems.append(
+                f"{where}: column {name!r} row {row} is null (no value); drop or fill null rows"
+            )
+            clean = False
+    return clean
+
+
+def _check_vectors(
+    report: ValidationReport, table: pa.Table, column: pa.Array, where: str, manifest_shape: Any = None
+) -> int:
+    """Checks of a fixed_size_list<float> column ``x``: finite values, ``rfdist.shape`` metadata
+    and the manifest's ``shape``."""
     dim = column.type.list_size
     values = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
     bad = _first_bad_row(values, dim)
@@ -94,7 +142,19 @@ def _check_vectors(report: ValidationReport, table: pa.Table, column: pa.Array, 
                 f"{where}: metadata rfdist.shape={shape} does not match vector length {dim}"
             )
         report.shape = report.shape or shape
+    stored = _meta_shape(meta) or (dim,)
+    if manifest_shape is not None and tuple(manifest_shape) != stored:
+        report.problems.append(
+            f"{where}: column 'x' holds rows of shape {stored}, the manifest says {tuple(manifest_shape)}"
+        )
     return dim
+
+
+def _meta_shape(meta: bytes | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(s) for s in meta.decode().split(",")) if meta else None
+    except ValueError:
+        return None
 
 
 def _check_features(report: ValidationReport, table: pa.Table, features: list[str], where: str) -> int | None:
@@ -170,13 +230,15 @@ def _check_x(report: ValidationReport, table: pa.Table, where: str, manifest_sha
             "or arrow.fixed_shape_tensor<uint8>[C,H,W]"
         )
         return None
-    return _check_vectors(report, table, column, where)
+    return _check_vectors(report, table, column, where, manifest_shape)
 
 
 def _check_shard(
     report: ValidationReport, table: pa.Table, where: str, features: list[str] | None, manifest_shape: Any
 ) -> int | None:
     """Check one readable shard's columns; its ``D``, or ``None`` when its data is unusable."""
+    if not _check_nulls(report, table, [*(features or ["x"]), "label"], where):
+        return None
     if features:
         dim = _check_features(report, table, features, where)
     else:
@@ -215,7 +277,7 @@ def validate_dataset(
                 report.bytes += fs.get_file_info(path).size or 0
                 table = pq.read_table(path, filesystem=fs)
             except (pa.ArrowInvalid, OSError) as exc:
-                report.problems.append(f"{where}: not a readable Parquet file ({arrow_reason(exc)})")
+                report.problems.append(f"{where}: {unreadable_reason(fs, path, exc)}")
                 unreadable.add(split)
                 continue
             report.rows[split] += table.num_rows
@@ -224,6 +286,7 @@ def validate_dataset(
             )
             if dim is None:
                 continue
+            _check_value_type(report, table, features, where)
             if expected_dim is None:
                 expected_dim = dim
             elif dim != expected_dim:
@@ -237,6 +300,76 @@ def validate_dataset(
     if report.shape is None and expected_dim is not None:
         report.shape = (expected_dim,)
     return report
+
+
+def _value_type(table: pa.Table, features: list[str] | None) -> str:
+    """The stored value type(s) of ``x`` or of the feature columns, as ``train`` compares them."""
+    if features:
+        return ",".join(str(table.schema.field(f).type) for f in features)
+    return str(table.schema.field("x").type.value_type)
+
+
+def _check_value_type(
+    report: ValidationReport, table: pa.Table, features: list[str] | None, where: str
+) -> None:
+    """Every shard stores the same value type (``train`` refuses float32 beside float64 shards)."""
+    got = _value_type(table, features)
+    if report.value_type is None:
+        report.value_type = got
+    elif got != report.value_type:
+        report.problems.append(
+            f"{where}: column 'x' stores {got} values, other shards {report.value_type}; "
+            "write every shard with one type (float32)"
+        )
+
+
+def unreadable_reason(filesystem: Any, path: str, exc: Exception) -> str:
+    """Why a shard's values cannot be read: nulls in a fixed-size list column, named with the
+    row group (from the Parquet statistics), else Arrow's own reason.
+
+    pyarrow refuses to read a null row of a ``fixed_size_list`` column ("Expected all lists to be
+    of size=D …"): that is a null in the data, not a damaged file.
+    """
+    if "Expected all lists to be of size" in str(exc):
+        with contextlib.suppress(Exception):
+            meta = pq.ParquetFile(path, filesystem=filesystem).metadata
+            for group in range(meta.num_row_groups):
+                for index in range(meta.num_columns):
+                    chunk = meta.row_group(group).column(index)
+                    stats = chunk.statistics
+                    if stats is not None and stats.has_null_count and stats.null_count:
+                        column = chunk.path_in_schema.split(".")[0]
+                        return (
+                            f"column {column!r} holds null rows ({stats.null_count} null values in row "
+                            f"group {group}); drop or fill null rows"
+                        )
+        return "column 'x' holds null rows (a fixed-size list with missing values); drop or fill them"
+    return f"not a readable Parquet file ({arrow_reason(exc)})"
+
+
+def sample_problem(
+    filesystem: Any, path: str, where: str, features: list[str] | None, rows: int = SAMPLE_ROWS
+) -> str | None:
+    """The first problem in the values of the first ``rows`` rows of one shard, else ``None``.
+
+    The same checks as ``data validate`` (nulls, NaN/inf, values too large, label type) on a
+    bounded read, for ``train``'s preflight.
+    """
+    handle = pq.ParquetFile(path, filesystem=filesystem)
+    schema = handle.schema_arrow
+    columns = [c for c in [*(features or ["x"]), "label"] if c in schema.names]  # only what trains
+    schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    batches = []
+    taken = 0
+    for batch in handle.iter_batches(batch_size=max(1, min(rows, 65_536)), columns=columns):
+        batches.append(batch.slice(0, rows - taken))
+        taken += batches[-1].num_rows
+        if taken >= rows:
+            break
+    table = pa.Table.from_batches(batches, schema=schema)
+    report = ValidationReport(where)
+    _check_shard(report, table, where, features, None)
+    return report.problems[0] if report.problems else None
 
 
 def _check_manifest_rows(report: ValidationReport, manifest: dict[str, Any] | None) -> None:

@@ -7,7 +7,11 @@ so that a run that cannot work fails before any worker, MLflow run or checkpoint
   synthetic dataset's rows vs the batch, a sweep's ASHA ``grace_period`` vs its steps;
 - :func:`check_data` — every shard of every split against train's schema (D, shape, value type;
   the reader's own :func:`rfdist.data.reader.x_layout`, footers only), rows per worker vs the
-  per-worker batch (``drop_last``), a non-empty ``val`` split for every worker;
+  per-worker batch (``drop_last``), a non-empty ``val`` split for every worker, and the values
+  of a bounded sample (the first :data:`rfdist.data.validate.SAMPLE_ROWS` rows of each shard,
+  at most :data:`~rfdist.data.validate.SAMPLE_TOTAL_ROWS` in all): nulls, NaN/inf, values too
+  large for float32, a non-integer ``label``;
+- :func:`check_devices` — ``scaling.use_gpu`` against the GPUs this machine has (a local Ray);
 - :func:`check_tracking` / :func:`check_storage` — the MLflow store and ``storage.path`` are
   reachable and writable (bounded timeouts: a dead server costs seconds, not minutes).
 
@@ -32,6 +36,7 @@ __all__ = [
     "bound_mlflow_http",
     "check_config",
     "check_data",
+    "check_devices",
     "check_storage",
     "check_tracking",
 ]
@@ -105,14 +110,16 @@ def _check_rows(cfg: RunConfig, split: str, rows: int, where: str) -> None:
 def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
     """Every split's shards vs train's schema; rows per worker vs the batch. Returns rows per split.
 
-    Reads Parquet footers only (schema and row count), so it costs one small read per shard.
+    Reads every Parquet footer (schema and row count) and a bounded sample of values.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rfdist.data.errors import DataError, arrow_reason
+    from rfdist.data.validate import SAMPLE_ROWS, SAMPLE_TOTAL_ROWS, sample_problem, unreadable_reason
 
     want: tuple | None = None
+    sampled = 0
     rows: dict[str, int] = {}
     order = sorted(info.splits, key=lambda split: split != "train")  # train first: the reference
     for split in order:
@@ -135,9 +142,39 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
                     f"(`rfdist data validate {info.uri}` lists every problem)"
                 )
             rows[split] += handle.metadata.num_rows
+            if sampled < SAMPLE_TOTAL_ROWS:  # values, not only the footer (bounded read)
+                take = min(SAMPLE_ROWS, SAMPLE_TOTAL_ROWS - sampled)
+                try:
+                    problem = sample_problem(info.filesystem, path, where, info.features, take)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    problem = f"{where}: {unreadable_reason(info.filesystem, path, exc)}"
+                if problem is not None:
+                    raise DataError(f"data.path: {problem}")
+                sampled += min(take, handle.metadata.num_rows)
     _check_rows(cfg, "train", rows.get("train", 0), info.uri)
     _check_rows(cfg, "val", rows.get("val", 0), info.uri)
     return rows
+
+
+def check_devices(cfg: RunConfig, address: str | None) -> None:
+    """``scaling.use_gpu`` vs the GPUs present: for a local Ray, this machine's CUDA devices.
+
+    Ray Train would otherwise wait for GPUs that never come (its worker-group timeout, then a
+    retry). A cluster (``address`` or ``RAY_ADDRESS``) is checked once connected
+    (:func:`rfdist.runtime.cluster.check_cluster_gpus`): its nodes, not this machine, have them.
+    """
+    if not cfg.scaling.use_gpu or address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers = cfg.scaling.num_workers
+    if found < workers:
+        raise ConfigError(
+            f"scaling.use_gpu: true needs one GPU per worker ({workers}), but this machine has "
+            f"{found} CUDA device(s); set scaling.use_gpu=false, lower scaling.num_workers, or "
+            "pass --address of a Ray cluster with GPUs"
+        )
 
 
 def _signature(schema: Any, features: list[str] | None, where: str) -> tuple[int, tuple[int, ...], str]:

@@ -120,7 +120,12 @@ def _check_value(base: dict[str, Any], key: str, value: Any) -> None:
         RunConfig.model_validate(raw)
     except Exception as exc:  # pydantic's ValidationError: keep the first problem, one line
         errors = getattr(exc, "errors", None)
-        detail = errors()[0]["msg"] if callable(errors) else str(exc)
+        detail = str(exc)
+        if callable(errors):  # the full key path of the problem (a nested unknown key included)
+            first = errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            detail = f"{where}: {message}" if where and where != key else message
         raise ConfigError(f"tune.space.{key}: value {value!r} is not valid for {key}: {detail}") from None
 
 
@@ -307,10 +312,11 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
     Each trial needs one CPU for its driver plus its workers, and Ray Data needs CPUs left
     over for its read tasks: without them a 2-core machine hangs silently.
     """
-    from rfdist.runtime.cluster import connect_or_start_ray
+    from rfdist.runtime.cluster import check_cluster_gpus, connect_or_start_ray
 
     per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
     connect_or_start_ray(address, math.ceil(concurrency * per_trial) + 2)
+    check_cluster_gpus(cfg)
 
 
 #: Trials the scheduler stopped early in this process, ``{trial_id: step}``. Tune reports them
@@ -472,7 +478,7 @@ def _check_model_values(cfg: RunConfig, prepared: Any) -> None:
                 raise ConfigError(f"tune.space.{key}: value {value!r}: {exc}") from None
 
 
-def _preflight(cfg: RunConfig) -> _Plan:
+def _preflight(cfg: RunConfig, address: str | None = None) -> _Plan:
     """Everything that can be checked before a trial starts; the data materialised once."""
     from rfdist.recipes import preflight
     from rfdist.runtime.checkpoint import storage_target
@@ -481,6 +487,7 @@ def _preflight(cfg: RunConfig) -> _Plan:
 
     space = search_space(cfg)
     preflight.check_config(cfg, sweep=True)
+    preflight.check_devices(cfg, address)
     preflight.check_storage(cfg.storage.path, cfg.storage.storage_options)
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     preflight.check_tracking(tracking_uri)
@@ -670,7 +677,7 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     """
     import mlflow
 
-    plan = _preflight(cfg)
+    plan = _preflight(cfg, address)
     parent_run_id = _start_parent(mlflow, cfg, plan.tracking_uri)
     tuner = _build_tuner(cfg, plan, parent_run_id, address)
     started = time.perf_counter()

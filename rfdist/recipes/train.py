@@ -21,10 +21,10 @@ from typing import Any
 from rfdist.config import RunConfig
 from rfdist.core.builders import build_model
 from rfdist.runtime import cluster
-from rfdist.runtime.checkpoint import load_state, storage_checkpoints, storage_target
+from rfdist.runtime.checkpoint import checkpoint_uri, load_state, storage_checkpoints, storage_target
 from rfdist.runtime.console import start_hints
 from rfdist.runtime.datasets import PreparedData, prepare_data, ray_datasets
-from rfdist.runtime.worker import WorkerHook, preprocess_fn, train_loop_per_worker
+from rfdist.runtime.worker import FAULT_TAG, WorkerHook, preprocess_fn, train_loop_per_worker
 from rfdist.tracking.runs import finished_step, latest_run, log_params, open_run
 
 __all__ = ["TrainingError", "TrainingResult", "run_training"]
@@ -109,7 +109,7 @@ def run_training(
     """
     import mlflow
 
-    tracking_uri, prepared, storage = _preflight(cfg)
+    tracking_uri, prepared, storage = _preflight(cfg, address)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     if not force:
@@ -131,6 +131,10 @@ def run_training(
     except Exception as exc:
         client.set_terminated(run_id, status="FAILED")
         raise TrainingError(f"training run {cfg.name!r} failed: {_worker_error(exc)}") from exc
+    fault = client.get_run(run_id).data.tags.get(FAULT_TAG)
+    if fault:  # a deterministic fault (bad data): raised once, never retried by max_failures
+        client.set_terminated(run_id, status="FAILED")
+        raise TrainingError(f"training run {cfg.name!r} failed: {fault}")
     if result.checkpoint is None:
         client.set_terminated(run_id, status="FAILED")
         raise TrainingError(f"training run {cfg.name!r} produced no checkpoint")
@@ -138,7 +142,7 @@ def run_training(
                        register=register, data_digest=data_digest)  # fmt: skip
 
 
-def _preflight(cfg: RunConfig) -> tuple[str, PreparedData, tuple[str, Any]]:
+def _preflight(cfg: RunConfig, address: str | None = None) -> tuple[str, PreparedData, tuple[str, Any]]:
     """Everything that can be checked before a worker starts.
 
     Returns ``(tracking_uri, prepared data, (storage_path, filesystem))``.
@@ -147,6 +151,7 @@ def _preflight(cfg: RunConfig) -> tuple[str, PreparedData, tuple[str, Any]]:
     from rfdist.tracking.models import resolve_tracking_uri
 
     preflight.check_config(cfg)
+    preflight.check_devices(cfg, address)
     preflight.check_storage(cfg.storage.path, cfg.storage.storage_options)
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     preflight.check_tracking(tracking_uri)
@@ -299,8 +304,9 @@ def _finish_run(
                 version, aliases = _log_final_model(
                     mlflow, cfg, prepared, model, sample_data, state.step, val_nll, run_id=run_id,
                     tracking_uri=tracking_uri, register=register, data_digest=data_digest,
+                    skipped=int(state.metrics.get("skipped_steps", 0) or 0),
                 )  # fmt: skip
-        checkpoint_path = checkpoint.path
+        checkpoint_path = checkpoint_uri(checkpoint)
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     return TrainingResult(
         run_id=run_id,
@@ -326,8 +332,13 @@ def _log_final_model(
     tracking_uri: str,
     register: bool,
     data_digest: Any,
+    skipped: int = 0,
 ) -> tuple[str | None, list[str]]:
-    """Log the model (in the active run) and, when ``register``, register it and set its aliases."""
+    """Log the model (in the active run) and, when ``register``, register it and set its aliases.
+
+    A run with ``skipped`` steps (a non-finite loss or gradient: usually NaN/inf in the data) is
+    registered but never made ``champion``, with one warning line saying so.
+    """
     from rfdist.tracking.lineage import dataset_uri, describe_version
     from rfdist.tracking.models import log_flow_model, register_with_aliases
 
@@ -345,6 +356,16 @@ def _log_final_model(
     version = str(logged.registered_model_version)
     describe_version(mlflow.MlflowClient(), registered_name, version, val_nll=val_nll, dataset=dataset_uri(cfg),
                      digest=data_digest, run_id=run_id)  # fmt: skip
+    if skipped:
+        where = cfg.data.path or f"data.synthetic {cfg.data.synthetic}"
+        mlflow.MlflowClient().set_model_version_tag(registered_name, version, "rfdist.skipped_steps", str(skipped))
+        print(
+            f"[rfdist] warning: {skipped} training step(s) had a non-finite loss or gradient and were "
+            f"skipped: {registered_name} v{version} is registered without the champion alias "
+            f"(`rfdist data validate {where}`; `rfdist models promote` sets it by hand)",
+            flush=True,
+        )
+        return version, []
     aliases = register_with_aliases(
         cfg.registry.name, version, metric="final_val_nll", value=val_nll, tracking_uri=tracking_uri
     )

@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "CHECKPOINT_FILE",
     "TrainingState",
+    "checkpoint_uri",
     "load_checkpoint",
     "load_state",
     "save_state",
@@ -118,6 +119,16 @@ def storage_target(path: str, storage_options: dict[str, Any] | None = None) -> 
     return storage_location(path, storage_options)
 
 
+def checkpoint_uri(checkpoint: Any) -> str:
+    """A checkpoint's location as the user writes it: ``s3://bucket/…`` on S3 (Ray's
+    ``Checkpoint.path`` is relative to its filesystem, without the scheme), else the folder."""
+    path = str(checkpoint.path)
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if getattr(filesystem, "type_name", None) == "s3" and "://" not in path:
+        return f"s3://{path.lstrip('/')}"
+    return path
+
+
 def storage_checkpoints(storage_path: str, filesystem: Any, name: str) -> list[Any]:
     """Checkpoint folders (with a ``state.pt``) of run ``name`` on storage, newest first.
 
@@ -185,7 +196,7 @@ def state_to_resume(
             if warn is not None:
                 reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
                 warn(
-                    f"[rfdist] warning: checkpoint {checkpoint.path}/{CHECKPOINT_FILE} is unreadable "
+                    f"[rfdist] warning: checkpoint {checkpoint_uri(checkpoint)}/{CHECKPOINT_FILE} is unreadable "
                     f"({reason}); falling back to an older checkpoint"
                 )
             return None

@@ -171,3 +171,23 @@ def init_ray(cfg: RunConfig, address: str | None) -> None:
     # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
     # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
     connect_or_start_ray(address, max(4, math.ceil(workers_cpu) + 2))
+    check_cluster_gpus(cfg)
+
+
+def check_cluster_gpus(cfg: RunConfig) -> None:
+    """With ``scaling.use_gpu``, one warning line when the joined Ray has fewer GPUs than workers.
+
+    A local Ray was checked before it started (``rfdist.recipes.preflight.check_devices``); a
+    cluster may still add GPU nodes (an autoscaler), so this warns rather than refuses.
+    """
+    import ray
+
+    if not cfg.scaling.use_gpu:
+        return
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus < cfg.scaling.num_workers:
+        print(
+            f"[rfdist] warning: scaling.use_gpu asks for {cfg.scaling.num_workers} GPU worker(s) but the "
+            f"Ray cluster has {gpus:g} GPU(s) now; the workers wait for GPU nodes (an autoscaler) or time out",
+            flush=True,
+        )

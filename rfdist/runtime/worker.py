@@ -40,7 +40,15 @@ from rfdist.runtime.checkpoint import (
 from rfdist.runtime.console import quiet_train_reports, worker_print
 from rfdist.runtime.epochs import DataPosition, EmptyEpochError, EpochStream, epoch_seed, epoch_shard
 
-__all__ = ["DataFault", "TrainWorker", "WorkerHook", "preprocess_fn", "resolve_auto", "train_loop_per_worker"]
+__all__ = [
+    "FAULT_TAG",
+    "DataFault",
+    "TrainWorker",
+    "WorkerHook",
+    "preprocess_fn",
+    "resolve_auto",
+    "train_loop_per_worker",
+]
 
 
 class DataFault(ValueError):
@@ -56,8 +64,11 @@ class WorkerHook:
     itself passes none; tests use them to inject a fault or record the rows each rank saw.
     """
 
-    def on_batch(self, rank: int, position: DataPosition, batch: torch.Tensor) -> None:
-        """A training batch was fetched: its stored rows (before preprocessing) and position."""
+    def on_batch(self, rank: int, position: DataPosition, batch: torch.Tensor) -> torch.Tensor | None:
+        """A training batch was fetched: its stored rows (before preprocessing) and position.
+
+        Returns ``None``, or rows to train on instead (a test injects values the data lacks).
+        """
 
     def on_step(self, rank: int, step: int) -> None:
         """Step ``step`` is about to train on the batch fetched last."""
@@ -283,9 +294,11 @@ class TrainWorker:
         """Preprocessed training batches, epoch after epoch; each raw batch shown to the hooks."""
         try:
             for batch in self.epochs:
+                x = batch["x"]
                 for hook in self.hooks:
-                    hook.on_batch(self.rank, self.epochs.position, batch["x"])
-                yield self.prep(batch["x"])
+                    x = hook.on_batch(self.rank, self.epochs.position, x)
+                    x = batch["x"] if x is None else x
+                yield self.prep(x)
         except EmptyEpochError:  # drop_last and too few rows: another pass would loop forever
             raise DataFault(
                 f"the train split gave worker {self.rank} no full batch of {self.per_worker_batch} rows "
@@ -330,6 +343,8 @@ class TrainWorker:
         if result.skipped:
             self.consecutive_skips += 1
             self.skipped_total += 1
+            if self.skipped_total == 1:
+                self.name_first_skip(x, step)
             if self.consecutive_skips >= cfg.train.max_consecutive_skips:
                 raise FloatingPointError(
                     f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
@@ -346,6 +361,32 @@ class TrainWorker:
         metrics["skipped_steps"] = float(self.skipped_total)
         self.window.append(metrics)
 
+    def name_first_skip(self, x: torch.Tensor, step: int) -> None:
+        """The run's first skipped step, once: which batch row holds NaN/inf, and where to look.
+
+        Batches do not carry their file, so the row is named within this worker's batch and
+        ``data validate`` is pointed at for the file and row.
+        """
+        where = self.cfg.data.path or f"data.synthetic {self.cfg.data.synthetic}"
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        position = self.epochs.position
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            worker_print(
+                f"[rfdist] warning: step {step} skipped (non-finite loss or gradient): row {row} of "
+                f"worker {self.rank}'s batch {position.batches} in epoch {position.epoch} holds NaN or "
+                f"inf; `rfdist data validate {where}` names the file and row",
+                flush=True,
+            )
+        elif self.rank == 0:
+            worker_print(
+                f"[rfdist] warning: step {step} skipped (non-finite loss or gradient; worker 0's batch "
+                f"is finite, another worker's may not be); `rfdist data validate {where}` checks the data",
+                flush=True,
+            )
+        if self.log is not None:
+            self.log.tag("rfdist.first_skipped_step", str(step))
+
     def log_progress(self) -> None:
         """Rank 0, every ``train.log_every`` steps: the window's mean metrics to MLflow and a console line."""
         cfg, step, window = self.cfg, self.step, self.window
@@ -353,11 +394,15 @@ class TrainWorker:
             return
         elapsed = time.perf_counter() - self.started
         mean = {k: sum(m[k] for m in window if k in m) / len(window) for k in window[-1]}
+        losses = [m["loss"] for m in window if "loss" in m and math.isfinite(m["loss"])]
+        skipped = len(window) - len(losses)  # a skipped step's NaN must not hide the others' loss
+        mean["loss"] = sum(losses) / len(losses) if losses else math.nan
         mean["examples_per_s"] = self.examples / max(elapsed, 1e-9)
         self.log(mean, step)
         eta = (cfg.train.max_steps - step) * elapsed / max(step - self.first_step, 1)
         worker_print(
-            f"[rfdist] step {step}/{cfg.train.max_steps}  loss {mean['loss']:.4f}  "
+            f"[rfdist] step {step}/{cfg.train.max_steps}  loss {mean['loss']:.4f}"
+            f"{f' ({skipped} skipped)' if skipped else ''}  "
             f"{mean['examples_per_s']:.0f} ex/s  step {mean['step_s'] * 1000:.0f} ms  "
             f"data wait {mean['data_wait_s'] * 1000:.0f} ms  eta {eta:.0f}s",
             flush=True,
@@ -470,10 +515,11 @@ class TrainWorker:
 
     def close(self) -> None:
         """Stop the system-metrics monitor; flush the metrics buffered while the tracking server was away."""
-        if self.monitor is not None:
+        if getattr(self, "monitor", None) is not None:
             from rfdist.runtime.system_metrics import stop_monitor
 
             stop_monitor(self.monitor)
+            self.monitor = None
         if self.log is not None:
             self.log.close()
 
@@ -485,4 +531,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ``tracking_uri``, ``stats``, ``ray_name``, ``unregistered_checkpoint``, ``train_dataset``
     (a materialized train split, else ``None``) and ``hooks`` (:class:`WorkerHook` objects).
     """
-    TrainWorker(loop_config).run()
+    worker = TrainWorker(loop_config)
+    try:
+        worker.run()
+    except (DataFault, FloatingPointError) as exc:
+        # deterministic (the data, not the machine): a restart would fail the same way, so the
+        # fault is recorded on the run and every rank ends without an exception for Ray to retry
+        # (each of these faults is raised by every rank at the same step: the loss, gradients and
+        # val NLL are all-reduced)
+        worker.close()
+        record_fault(loop_config, f"{type(exc).__name__}: {exc}", rank=worker.rank)
+
+
+FAULT_TAG = "rfdist.fault"
+"""MLflow run tag holding a deterministic worker fault (``Type: message``); the driver raises it."""
+
+
+def record_fault(loop_config: dict[str, Any], message: str, *, rank: int) -> None:
+    """Rank 0 tags the run with ``message`` (synchronously: the driver reads it once ``fit`` returns)."""
+    if rank != 0:
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient(loop_config["tracking_uri"]).set_tag(loop_config["run_id"], FAULT_TAG, message[:4900])
