@@ -45,7 +45,7 @@ def train_local(tmp_path: Path, data: Path) -> dict:
     """Two steps on the imported data: enough to show the layout trains (finite NLL)."""
     out = tmp_path / "metrics.json"
     result = cli(
-        "train", str(ROOT / "jobs/configs/von-mises.yaml"), "--local", "--json", str(out),
+        "train", str(ROOT / "rfdist/presets/von-mises.yaml"), "--local", "--json", str(out),
         "--set", f"data.path={data}", "--set", "data.synthetic=null",
         "--set", "train.max_steps=2", "--set", "train.batch_size=50",
     )  # fmt: skip

@@ -105,7 +105,7 @@ def test_a_registered_scheme_serves_data_and_training_with_config_storage_option
     assert "/bucket/ds/_MANIFEST.json" in gs_store.store
     out = tmp_path / "m.json"
     result = cli(
-        "train", str(ROOT / "jobs/configs/von-mises.yaml"), "--local", "--json", str(out),
+        "train", str(ROOT / "rfdist/presets/von-mises.yaml"), "--local", "--json", str(out),
         "--set", "data.path=gs://bucket/ds", "--set", "data.synthetic=null",
         "--set", "data.storage_options={project: p2}",
         "--set", "train.max_steps=2", "--set", "train.batch_size=50",

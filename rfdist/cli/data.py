@@ -124,7 +124,7 @@ def validate(
     typer.echo(f"ok: {uri}  rows {rows}  D={report.data_dim}  shape={report.shape}  bytes={report.bytes}")
 
 
-@data_app.command("import")
+@data_app.command("import", cls=PlainCommand)
 def import_(
     table: Annotated[
         str, typer.Argument(help="A Parquet or CSV file, or a folder of them (local or a storage URI).")

@@ -72,7 +72,7 @@ def fit(
 
         import rfdist
 
-        result = rfdist.fit("jobs/configs/von-mises.yaml", {"train.max_steps": 300})
+        result = rfdist.fit("von-mises", {"train.max_steps": 300})
         result.metrics["val_nll"], result.run_id, result.model_version  # (1.7, 'f3a…', '1')
         result.checkpoint_path     # the final checkpoint, on storage.path
         result.model_uri           # 'models:/von-mises/1': rfdist.tracking.load_model(result.model_uri)
@@ -95,7 +95,7 @@ def sweep(
 
     Example (not run by the doctests: it starts Ray):
 
-        result = rfdist.sweep("jobs/configs/sweep-von-mises.yaml", {"tune.num_samples": 4})
+        result = rfdist.sweep("sweep-von-mises", {"tune.num_samples": 4})
         result.best.metrics, result.model_name, result.model_version, result.summary_csv
     """
     return run_sweep(as_config(config, overrides), address=address)
