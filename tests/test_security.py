@@ -67,17 +67,17 @@ def _point_manifest(root: Path, entry: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "entry", ["../../../../etc/passwd", "../other/train/part-00000.parquet", "/etc/passwd"]
+    "entry", ["../../../../etc/passwd", "../other/OTHER_SHARD", "/etc/passwd"]
 )
 def test_manifest_entries_outside_the_dataset_are_refused(entry: str, tmp_path: Path) -> None:
     """data validate, train's preflight and the reader all refuse, naming the manifest and entry."""
     from rfdist.data.errors import DataError
     from rfdist.data.reader import open_dataset
 
-    _dataset(tmp_path / "other")
+    other = _dataset(tmp_path / "other")
     data = _dataset(tmp_path / "mine")
-    first = json.loads((data / "_MANIFEST.json").read_text())["splits"]["train"]["files"][0]
-    assert first == "train/part-00000.parquet"  # so `../other/…` names a real shard
+    shard = json.loads((other / "_MANIFEST.json").read_text())["splits"]["train"]["files"][0]
+    entry = entry.replace("OTHER_SHARD", shard)  # another dataset's real shard
     _point_manifest(data, entry)
     result = CliRunner().invoke(app, ["data", "validate", str(data)])
     assert result.exit_code == 2
@@ -95,7 +95,8 @@ def test_manifest_entries_outside_the_dataset_are_refused(entry: str, tmp_path: 
 def test_a_manifest_entry_that_links_out_of_the_dataset_is_refused(tmp_path: Path) -> None:
     other = _dataset(tmp_path / "other")
     data = _dataset(tmp_path / "mine")
-    (data / "train" / "link.parquet").symlink_to(other / "train" / "part-00000.parquet")
+    shard = json.loads((other / "_MANIFEST.json").read_text())["splits"]["train"]["files"][0]
+    (data / "train" / "link.parquet").symlink_to(other / shard)
     _point_manifest(data, "train/link.parquet")
     result = CliRunner().invoke(app, ["data", "validate", str(data)])
     assert result.exit_code == 2 and "leads out of the dataset folder" in _error_line(result)
@@ -141,13 +142,18 @@ JOBS_COMMANDS = {
 
 @pytest.mark.parametrize("variable", ["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"])
 @pytest.mark.parametrize("command", list(JOBS_COMMANDS))
-def test_the_address_option_wins_over_the_environment(command, variable, other_cluster, monkeypatch) -> None:
+def test_the_address_option_wins_over_the_environment(
+    command, variable, other_cluster, monkeypatch, tmp_path: Path
+) -> None:
     """With the variable naming a live listener, ``--address`` (where nothing listens) is what is
     tried: the command fails naming that address and the listener is never contacted."""
     monkeypatch.setenv(variable, other_cluster.address)
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, [*JOBS_COMMANDS[command], "--address", DEAD_HTTP])
     assert result.exit_code == 2, result.output
-    line = _error_line(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output  # (submit adds notes)
+    line = errors[0]
     assert "127.0.0.1:9 " in line or "127.0.0.1:9)" in line or line.endswith("127.0.0.1:9"), line
     assert other_cluster.address not in result.output
     assert other_cluster.connections == 0, "talked to the cluster the environment names"
