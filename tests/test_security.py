@@ -248,13 +248,14 @@ def store(logged):
     client = mlflow.MlflowClient()
     files = {p: p.read_bytes() for p in logged["folder"].rglob("*") if p.is_file() and "code" not in p.parts}
     tag = f"{RUN_DIGEST_TAG}{MODEL}"
-    run_tag = client.get_run(logged["run_id"]).data.tags[tag]
+    run_tag = client.get_run(logged["run_id"]).data.tags.get(tag)
     version_tags = dict(client.get_model_version(MODEL, logged["version"]).tags)
     model_tags = dict(client.get_logged_model(logged["model_id"]).tags)
     yield logged
     for path, data in files.items():
         path.write_bytes(data)
-    client.set_tag(logged["run_id"], tag, run_tag)
+    if run_tag is not None:
+        client.set_tag(logged["run_id"], tag, run_tag)
     for key, value in version_tags.items():
         client.set_model_version_tag(MODEL, logged["version"], key, value)
     client.set_logged_model_tags(logged["model_id"], model_tags)
@@ -273,7 +274,7 @@ def _rerecord(store, form: str, key: str, digest: str) -> None:
         client.set_logged_model_tags(store["model_id"], {key: digest})
     else:
         tag = f"{RUN_DIGEST_TAG}{MODEL}"
-        record = json.loads(client.get_run(store["run_id"]).data.tags[tag])
+        record = json.loads(client.get_run(store["run_id"]).data.tags.get(tag, "{}"))
         client.set_tag(store["run_id"], tag, json.dumps({**record, key: digest}))
 
 
