@@ -252,6 +252,20 @@ def log_flow_model(
     return info
 
 
+def run_digest_tag(name: str) -> str:
+    """The run tag holding the digest record of the model logged as ``name`` in that run.
+
+    ``rfdist_digests/NAME``; a name MLflow refuses in a tag key (e.g. with ``\\``) is replaced
+    by a hash of it.
+    """
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[\w\-. :/]+", name):
+        return f"{RUN_DIGEST_TAG}{name}"
+    return f"{RUN_DIGEST_TAG}sha256-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+
+
 def _record_digests(info, name: str, registered_model_name: str | None, metadata: dict[str, str]) -> None:
     """Copies of the digests in the tracking store, where the artifact store cannot rewrite them.
 
@@ -260,7 +274,7 @@ def _record_digests(info, name: str, registered_model_name: str | None, metadata
     """
     client = _mlflow().MlflowClient()
     if info.run_id:
-        client.set_tag(info.run_id, f"{RUN_DIGEST_TAG}{name}", json.dumps(metadata, sort_keys=True))
+        client.set_tag(info.run_id, run_digest_tag(name), json.dumps(metadata, sort_keys=True))
     if getattr(info, "model_id", None):
         client.set_logged_model_tags(info.model_id, metadata)
     if registered_model_name and info.registered_model_version is not None:
@@ -317,8 +331,8 @@ def digest_record(uri: str) -> tuple[dict[str, str], str]:
             record = dict(_registered_version(ref).tags or {})
         elif uri.startswith("runs:/"):
             run_id, _, name = uri[len("runs:/") :].partition("/")
-            where = f"run tag {RUN_DIGEST_TAG}{name.strip('/')}"
-            text = client.get_run(run_id).data.tags.get(f"{RUN_DIGEST_TAG}{name.strip('/')}")
+            where = f"run tag {run_digest_tag(name.strip('/'))}"
+            text = client.get_run(run_id).data.tags.get(run_digest_tag(name.strip("/")))
             record = json.loads(text) if text else {}
         else:
             raise ModelIntegrityError(
