@@ -66,9 +66,7 @@ def _point_manifest(root: Path, entry: str) -> Path:
     return manifest
 
 
-@pytest.mark.parametrize(
-    "entry", ["../../../../etc/passwd", "../other/OTHER_SHARD", "/etc/passwd"]
-)
+@pytest.mark.parametrize("entry", ["../../../../etc/passwd", "../other/OTHER_SHARD", "/etc/passwd"])
 def test_manifest_entries_outside_the_dataset_are_refused(entry: str, tmp_path: Path) -> None:
     """data validate, train's preflight and the reader all refuse, naming the manifest and entry."""
     from rfdist.data.errors import DataError
@@ -494,3 +492,21 @@ def test_non_finite_results_are_json_null(served) -> None:
         first, second = body["predictions"]
         assert second is None or second == [None], body
         assert isinstance(first, float) or isinstance(first[0], float), body
+
+
+def test_a_version_registered_after_logging_carries_the_digests(store) -> None:
+    """The sweep registers its best trial's logged model afterwards: the version gets the record;
+    a version registered by plain ``mlflow.register_model`` has none and is refused."""
+    import mlflow
+
+    from rfdist.tracking.models import ModelIntegrityError, load_flow, register_flow
+
+    model_uri = store["uris"]["logged-model"]
+    version = register_flow(model_uri, "sec-swept")
+    load_flow(f"models:/sec-swept/{version}", tracking_uri=store["tracking"])
+    _tamper(store["folder"], "state.pt")
+    with pytest.raises(ModelIntegrityError, match=r"state\.pt does not match"):
+        load_flow(f"models:/sec-swept/{version}", tracking_uri=store["tracking"])
+    bare = mlflow.register_model(model_uri, "sec-bare").version
+    with pytest.raises(ModelIntegrityError, match="no sha256 record"):
+        load_flow(f"models:/sec-bare/{bare}", tracking_uri=store["tracking"])

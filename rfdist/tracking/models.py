@@ -298,6 +298,21 @@ class LoadedFlow:
     metadata: dict[str, Any]
 
 
+def register_flow(model_uri: str, name: str) -> str:
+    """Register a logged flow as a new version of ``name``; returns the version number.
+
+    The version's tags get the model's digest record (read from the tracking store, never from
+    the artifact), so ``models:/NAME/VERSION`` is verified like a model registered when logged.
+    """
+    record, _ = digest_record(model_uri)
+    version = str(_mlflow().register_model(model_uri, name).version)
+    client = _mlflow().MlflowClient()
+    for key in (*FILE_DIGEST_KEYS.values(), CODE_DIGEST_KEY, "rfdist_dist"):
+        if record.get(key):
+            client.set_model_version_tag(name, version, key, record[key])
+    return version
+
+
 def _registered_version(ref: str):
     """The registered version a ``models:/NAME@ALIAS``/``NAME/VERSION``/``NAME/latest`` names."""
     client = _mlflow().MlflowClient()
