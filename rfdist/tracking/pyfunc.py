@@ -8,7 +8,10 @@ store: it rebuilds the flow with the installed rfdist.
 
 ``predict`` takes rows of ``D`` floats (data space) and returns per-row log-densities; the
 ``output`` param selects ``log_prob`` (default), ``reconstruction_error``, ``latent`` or
-``sample`` (``count`` rows, ``seed``); ``space`` is ``data`` (default) or ``model``.
+``sample`` (``count`` rows, ``seed``); ``space`` is ``data`` (default) or ``model``. Params are
+checked (:func:`check_params`: known keys and values, ``count`` at most ``RFDIST_SERVE_MAX_COUNT``)
+and a refusal is an ``MlflowException``, which the scoring server answers with HTTP 400 and its
+message only; non-finite results are ``None`` (JSON ``null``).
 """
 
 from __future__ import annotations
