@@ -34,6 +34,13 @@ from rfdist.core.options import (  # noqa: F401 (re-exported)
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config"]
 
+SERVE_MAX_COUNT = 100_000
+"""The most rows one ``params.count`` may ask a served model to sample (``output: sample``).
+
+A served model has no run config: set ``RFDIST_SERVE_MAX_COUNT`` in the server's environment
+to change it (:data:`SERVE_MAX_COUNT_ENV`)."""
+SERVE_MAX_COUNT_ENV = "RFDIST_SERVE_MAX_COUNT"
+
 
 class ConfigError(ValueError):
     """A configuration problem; its message is one line meant for the user."""
@@ -155,8 +162,8 @@ class ModelConfig(_Section):
                 f"model.flow: 'multiscale' needs image rows (C, H, W) but the dataset has shape {data_shape}"
             )
         fields = self.model_dump(exclude={"data_dim"})
-        spec = ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
-        try:  # catch architecture/shape mismatches here, not inside a remote worker
+        try:  # catch limits and architecture/shape mismatches here, not inside a remote worker
+            spec = ModelSpec.from_dict({**fields, "data_shape": data_shape, "seed": seed})
             build_model(spec)
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None

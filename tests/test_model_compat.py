@@ -46,9 +46,12 @@ def test_an_old_model_loads_through_the_registry_and_scores_as_it_did(registered
     from rfdist.tracking import load_flow, load_model
     from rfdist.tracking.pyfunc import score_rows
 
-    model = load_model("models:/old@champion", tracking_uri=registered_old_model)
+    # its version's tags predate rfdist_preprocess_sha256: loaded, with a loud warning
+    with pytest.warns(UserWarning, match=r"preprocess\.json has no sha256 .* NOT verified"):
+        model = load_model("models:/old@champion", tracking_uri=registered_old_model)
     rows = torch.tensor(EXPECTED["rows"])
-    preprocess = load_flow("models:/old@champion", tracking_uri=registered_old_model).preprocess
+    with pytest.warns(UserWarning, match="NOT verified"):
+        preprocess = load_flow("models:/old@champion", tracking_uri=registered_old_model).preprocess
     log_prob = score_rows(model, rows, preprocess)["log_prob"]
     assert torch.allclose(
         log_prob.double(), torch.tensor(EXPECTED["log_prob"], dtype=torch.float64), atol=1e-5

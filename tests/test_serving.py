@@ -135,9 +135,13 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read(), parse_constant=_not_json)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        return exc.code, json.loads(exc.read() or b"{}", parse_constant=_not_json)
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"the response holds {constant}, which is not JSON")
 
 
 @pytest.mark.slow
@@ -182,6 +186,19 @@ def test_mlflow_models_serve_answers_log_densities(registered, tmp_path) -> None
         assert status == 200 and np.asarray(body["predictions"]).shape == (3, 2), body
         status, body = _post(f"{base}/invocations", {"inputs": [[0.0, 1.0, 2.0]]})
         assert status == 400 and "(-1, 2)" in body.get("message", ""), body
+        refused = [
+            ({"output": "sample", "count": 10**9}, "params.count must be between 1 and 100000"),
+            ({"space": "bogus"}, "params.space must be one of data, model, got 'bogus'"),
+            ({"output": "nope"}, "params.output must be one of"),
+        ]
+        for params, reason in refused:  # the reason on the message's last line, no stack trace
+            status, body = _post(f"{base}/invocations", {"inputs": x[:1].tolist(), "params": params})
+            assert status == 400 and reason in body["message"].splitlines()[-1], body
+            assert "stack_trace" not in body and "Traceback" not in body["message"], body
+            assert "site-packages" not in json.dumps(body) and str(tmp_path) not in json.dumps(body), body
+        status, body = _post(f"{base}/invocations", {"inputs": [[float("nan"), 0.0], [0.5, -1.0]]})
+        assert status == 200 and body["predictions"][0] is None, body  # null, not NaN
+        assert isinstance(body["predictions"][1], float), body
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)

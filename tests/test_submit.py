@@ -321,6 +321,20 @@ def test_submitting_without_the_token_is_refused(head) -> None:
 
 
 @pytest.mark.slow
+def test_the_address_option_wins_over_the_variable_on_a_real_head(head) -> None:
+    """``RAY_API_SERVER_ADDRESS`` names a dead port; ``--address`` the head: the head answers and
+    the command prints the address it used (the reverse case is in tests/test_security.py)."""
+    address = head["dashboard_url"]
+    env = {
+        **_cli_env(head["tmp"], token_file=head["token_file"]),
+        "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9",
+    }
+    listed = _rfdist(["jobs", "list", "--address", address], env)
+    assert listed.returncode == 0, listed.stderr
+    assert f"cluster: {address.rstrip('/')}" in listed.stderr.splitlines()
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> None:
     import mlflow

@@ -19,8 +19,8 @@ AddressOpt = Annotated[
     str | None,
     typer.Option(
         "--address",
-        help="Ray dashboard (Jobs API) address, e.g. http://127.0.0.1:8265 "
-        "(default: RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS).",
+        help="Ray dashboard (Jobs API) address, e.g. http://127.0.0.1:8265; wins over the "
+        "environment (default: RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS).",
     ),
 ]
 
@@ -43,9 +43,11 @@ def _client(address: str | None):
 
     try:
         resolved = resolve_address(address)
-        return resolved, connect(resolved, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+        client = connect(resolved, warn=lambda m: typer.echo(f"warning: {m}", err=True))
     except SubmitError as exc:
         _fail(str(exc))
+    typer.echo(f"cluster: {resolved}", err=True)  # the address actually used (--address wins)
+    return resolved, client
 
 
 SUBMIT_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -7,7 +7,8 @@ rebuilt from ``asdict(spec)`` and a ``state_dict`` alone (no pickled code).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -16,7 +17,24 @@ from rfdist.core.density import LatentDensity
 from rfdist.core.flows import MultiScaleFlow, vector_flow
 from rfdist.core.model import RectangularFlow
 
-__all__ = ["ModelSpec", "build_model"]
+__all__ = ["SPEC_LIMITS", "ModelSpec", "build_model"]
+
+SPEC_LIMITS: dict[str, int] = {
+    "data_dim": 1 << 20,  # D: 3x512x512 images fit
+    "latent_dim": 1 << 20,
+    "flow_layers": 256,
+    "flow_hidden": 1 << 14,  # each hidden width (and at most 64 hidden layers)
+    "bins": 1024,
+    "scales": 16,
+    "couplings": 64,
+    "conv_hidden": 4096,
+    "conv_blocks": 128,
+    "density_layers": 256,
+    "density_hidden": 1 << 14,
+}
+"""Upper bounds a :class:`ModelSpec` is checked against before anything is allocated: a spec
+read from a file (a logged model's ``spec.json``) must not make the loader build a huge model."""
+MAX_HIDDEN_LAYERS = 64
 
 
 @dataclass
@@ -68,11 +86,55 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """A spec from its dict; unknown keys, wrong types and values over :data:`SPEC_LIMITS` are a
+        ``ValueError`` naming the key (checked before any tensor is allocated)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object of model settings, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
         data = dict(data)
         for key in ("data_shape", "flow_hidden", "density_hidden"):
             if key in data:
-                data[key] = tuple(int(v) for v in data[key])
-        return cls(**data)
+                data[key] = tuple(_count(key, v) for v in _sequence(key, data[key]))
+        spec = cls(**data)
+        spec.check_limits()
+        return spec
+
+    def check_limits(self) -> None:
+        """``ValueError`` naming the first setting outside :data:`SPEC_LIMITS` (or not a whole number)."""
+        values: dict[str, Any] = {
+            key: getattr(self, key)
+            for key in SPEC_LIMITS
+            if key not in ("data_dim", "flow_hidden", "density_hidden")
+        }
+        for key, value in values.items():
+            _count(key, value)
+        values["data_dim"] = math.prod(_count("data_shape", v) for v in self.data_shape)
+        for key in ("flow_hidden", "density_hidden"):
+            widths = getattr(self, key)
+            if len(widths) > MAX_HIDDEN_LAYERS:
+                raise ValueError(f"{key}: at most {MAX_HIDDEN_LAYERS} hidden layers, got {len(widths)}")
+            values[key] = max(widths, default=0)
+        for key, value in values.items():
+            if value > SPEC_LIMITS[key]:
+                raise ValueError(f"{key}: {value} is over the limit of {SPEC_LIMITS[key]}")
+
+
+def _count(key: str, value: Any) -> int:
+    """A whole number >= 0 for ``key`` (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{key}: expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _sequence(key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{key}: expected a list of whole numbers, got {value!r}")
+    if len(value) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"{key}: at most {MAX_HIDDEN_LAYERS} entries, got {len(value)}")
+    return list(value)
 
 
 def build_model(spec: ModelSpec) -> RectangularFlow:

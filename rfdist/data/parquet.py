@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -313,6 +314,29 @@ def _refuse_dangling(fs: pafs.FileSystem, folder: str, shards: list[str], uri: s
                 ) from None
 
 
+def confined(fs: pafs.FileSystem, root: str, entry: Any, manifest: str) -> str:
+    """``root/entry`` for a manifest's file entry, refused unless it stays inside the dataset.
+
+    A manifest is data: an entry such as ``../../etc/passwd`` or ``../other/train/x.parquet``
+    must not make rfdist read a file outside the dataset folder (on a local disk a symlink that
+    leads out is refused too).
+    """
+    parts = str(entry).replace("\\", "/").split("/")
+    if not isinstance(entry, str) or not entry or entry.startswith("/") or ".." in parts or "" in parts:
+        raise DataError(
+            f"{manifest}: file entry {entry!r} leaves the dataset folder "
+            "(expected a relative path inside it, e.g. train/part-00000.parquet)"
+        )
+    path = join(root, entry)
+    if isinstance(fs, pafs.LocalFileSystem):
+        real, base = os.path.realpath(path), os.path.realpath(root)
+        if os.path.commonpath([real, base]) != base:
+            raise DataError(
+                f"{manifest}: file entry {entry!r} is a link that leads out of the dataset folder"
+            )
+    return path
+
+
 @dataclass
 class Layout:
     """Where a dataset's shards are: ``files[split]`` are paths on ``filesystem``."""
@@ -333,7 +357,10 @@ def list_layout(uri: str, storage_options: dict[str, Any] | None = None) -> Layo
             raise DataError(f"{uri}: dataset not found (no such folder or prefix)")
         if _exists(fs, join(root, MANIFEST)):
             manifest = _read_manifest(fs, root, uri)
-            files = {s: [join(root, f) for f in e["files"]] for s, e in manifest["splits"].items()}
+            files = {
+                s: [confined(fs, root, f, f"{uri}/{MANIFEST}") for f in e["files"]]
+                for s, e in manifest["splits"].items()
+            }
             return Layout(uri, fs, root, files, manifest)
         if _exists(fs, join(root, IN_PROGRESS)):
             raise DataError(

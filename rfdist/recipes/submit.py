@@ -148,9 +148,23 @@ def job_env(environ: Mapping[str, str] | None = None, *, forward_credentials: bo
     environ = os.environ if environ is None else environ
     names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
     env = {name: environ[name] for name in names if environ.get(name)}
+    if not forward_credentials:  # a URI's user:password@ is a credential too
+        env = {name: strip_userinfo(value) for name, value in env.items()}
     if "MLFLOW_TRACKING_URI" in env:
         env["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(env["MLFLOW_TRACKING_URI"])
     return env
+
+
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def strip_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URI in it removed (the rest kept as is).
+
+    What a job receives (``runtime_env``, entrypoint, an inline config) is stored on the
+    cluster and readable through the Jobs API: credentials travel only with ``--forward-credentials``.
+    """
+    return _USERINFO.sub(r"\1", text)
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -350,6 +364,8 @@ def build_job(
     for item in job.overrides:
         argv += ["--set", item]
     argv += list(extra_args or [])
+    if not forward_credentials:
+        notes += _strip_credentials(argv, env, environ)
     runtime_env: dict[str, Any] = {"working_dir": str(root), "env_vars": env}
     if install_deps:
         runtime_env["pip"] = _pyproject_deps(root)
@@ -365,6 +381,26 @@ def build_job(
         forwarded=forwarded,
         notes=notes,
     )
+
+
+def _strip_credentials(argv: list[str], env: dict[str, str], environ: Mapping[str, str]) -> list[str]:
+    """Remove ``user:password@`` from the job's arguments and inline config (in place); a note if any."""
+    stripped = [
+        name for name in FORWARDED_ENV if environ.get(name, "") != strip_userinfo(environ.get(name, ""))
+    ]
+    for i, arg in enumerate(argv):
+        if strip_userinfo(arg) != arg:
+            argv[i] = strip_userinfo(arg)
+            stripped.append(arg.split("=", 1)[0] if "=" in arg else "an argument")
+    if INLINE_CONFIG_ENV in env and strip_userinfo(env[INLINE_CONFIG_ENV]) != env[INLINE_CONFIG_ENV]:
+        env[INLINE_CONFIG_ENV] = strip_userinfo(env[INLINE_CONFIG_ENV])
+        stripped.append("the inline config")
+    if not stripped:
+        return []
+    return [
+        f"removed user:password@ from {', '.join(stripped)} (credentials travel only with "
+        "--forward-credentials; prefer the cluster's own secrets)"
+    ]
 
 
 def job_argv(argv: list[str], environ: Mapping[str, str] | None = None) -> list[str]:
@@ -458,10 +494,32 @@ def connect(address: str, *, warn: Callable[[str], None] | None = None):
         )
     from ray.job_submission import JobSubmissionClient
 
-    with cluster_errors(address):
+    with cluster_errors(address), _without(ADDRESS_ENV):
         client = JobSubmissionClient(address)
+        if client.get_address().rstrip("/") != address:  # Ray resolved it elsewhere: never talk there
+            raise SubmitError(f"the Jobs API client chose {client.get_address()} instead of {address}")
         client.list_jobs()  # the version check does not need a token; this does
     return client
+
+
+ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+"""Variables ``JobSubmissionClient`` prefers over the address it is given (Ray 2.60)."""
+
+
+@contextlib.contextmanager
+def _without(names: Iterable[str]):
+    """``os.environ`` without ``names`` while the block runs (restored afterwards).
+
+    Ray's ``get_address_for_submission_client`` lets ``RAY_API_SERVER_ADDRESS``/``RAY_ADDRESS``
+    override the address passed to ``JobSubmissionClient``: the job, its token and any forwarded
+    credentials would go to a cluster the user did not name. rfdist resolves the address itself
+    (:func:`resolve_address`: ``--address`` first) and hides the variables from the client.
+    """
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def follow(client, job_id: str, write: Callable[[str], None], redact: Redactor) -> str:

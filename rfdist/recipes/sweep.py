@@ -644,6 +644,8 @@ def _finish(
     Returns ``(best trial or None, its registered version or None)``; no completed trial
     closes the parent as FAILED.
     """
+    from rfdist.tracking.models import register_flow
+
     sign = 1.0 if cfg.tune.mode == "min" else -1.0
     metric = cfg.tune.metric
     completed = [
@@ -659,7 +661,7 @@ def _finish(
         return None, None
     model_name = cfg.registry.name or cfg.name
     model_uri = client.get_run(best.run_id).data.tags.get("rfdist.model_uri", f"runs:/{best.run_id}/model")
-    version = str(mlflow.register_model(model_uri, model_name).version)
+    version = register_flow(model_uri, model_name)  # its digests go onto the version's tags
     client.set_registered_model_alias(model_name, "sweep-best", version)
     client.set_tag(parent_run_id, "rfdist.best_trial", best.trial)
     client.set_tag(parent_run_id, "rfdist.best_run_id", best.run_id)

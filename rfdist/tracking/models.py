@@ -73,6 +73,11 @@ def _mlflow():
 CODE_DIGEST_KEY = "rfdist_code_sha256"
 STATE_DIGEST_KEY = "rfdist_state_sha256"
 SPEC_DIGEST_KEY = "rfdist_spec_sha256"
+PREPROCESS_DIGEST_KEY = "rfdist_preprocess_sha256"
+FILE_DIGEST_KEYS = {"state": STATE_DIGEST_KEY, "spec": SPEC_DIGEST_KEY, "preprocess": PREPROCESS_DIGEST_KEY}
+"""Each file the loader reads (an MLmodel artifact key) → the key of its sha256 in a digest record."""
+RUN_DIGEST_TAG = "rfdist_digests/"
+"""Run tag ``rfdist_digests/NAME``: the JSON digest record of the model logged as ``NAME`` in that run."""
 
 
 def _requirements() -> list[str]:
@@ -215,6 +220,8 @@ def log_flow_model(
             SPEC_DIGEST_KEY: file_digest(spec_path),
             "rfdist_dist": f"{DIST_NAME}=={dist_version()}",
         }
+        if preprocess:
+            metadata[PREPROCESS_DIGEST_KEY] = file_digest(folder / "preprocess.json")
         with quiet_mlflow():
             info = mlflow.pyfunc.log_model(
                 name=name or registered_model_name or "model",
@@ -227,17 +234,44 @@ def log_flow_model(
                 metadata=metadata,
                 registered_model_name=registered_model_name,
             )
-    if registered_model_name and info.registered_model_version is not None:
-        client = mlflow.MlflowClient()
-        for key, value in metadata.items():  # the registry's copy: the artifact store can't change it
-            client.set_model_version_tag(
-                registered_model_name, str(info.registered_model_version), key, value
-            )
+    _record_digests(info, name or registered_model_name or "model", registered_model_name, metadata)
     return info
 
 
+def run_digest_tag(name: str) -> str:
+    """The run tag holding the digest record of the model logged as ``name`` in that run.
+
+    ``rfdist_digests/NAME``; a name MLflow refuses in a tag key (e.g. with ``\\``) is replaced
+    by a hash of it.
+    """
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[\w\-. :/]+", name):
+        return f"{RUN_DIGEST_TAG}{name}"
+    return f"{RUN_DIGEST_TAG}sha256-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+
+
+def _record_digests(info, name: str, registered_model_name: str | None, metadata: dict[str, str]) -> None:
+    """Copies of the digests in the tracking store, where the artifact store cannot rewrite them.
+
+    The run's tag ``rfdist_digests/NAME`` (for ``runs:/RUN/NAME``), the logged model's tags (for
+    ``models:/m-ID``) and the registered version's tags (for ``models:/NAME/…``).
+    """
+    client = _mlflow().MlflowClient()
+    if info.run_id:
+        client.set_tag(info.run_id, run_digest_tag(name), json.dumps(metadata, sort_keys=True))
+    if getattr(info, "model_id", None):
+        client.set_logged_model_tags(info.model_id, metadata)
+    if registered_model_name and info.registered_model_version is not None:
+        for key, value in metadata.items():
+            client.set_model_version_tag(
+                registered_model_name, str(info.registered_model_version), key, value
+            )
+
+
 class ModelIntegrityError(RuntimeError):
-    """A model's files do not match the digests recorded when it was logged."""
+    """A model's files do not match (or lack) the digests recorded when it was logged, or are unusable."""
 
 
 @dataclass
@@ -250,34 +284,154 @@ class LoadedFlow:
     metadata: dict[str, Any]
 
 
-def _version_tags(uri: str) -> dict[str, str]:
-    """The registered version's tags for a ``models:/`` URI ({} otherwise or when not found)."""
-    if not uri.startswith("models:/"):
-        return {}
-    ref = uri[len("models:/") :]
+def register_flow(model_uri: str, name: str) -> str:
+    """Register a logged flow as a new version of ``name``; returns the version number.
+
+    The version's tags get the model's digest record (read from the tracking store, never from
+    the artifact), so ``models:/NAME/VERSION`` is verified like a model registered when logged.
+    """
+    record, _ = digest_record(model_uri)
+    version = str(_mlflow().register_model(model_uri, name).version)
     client = _mlflow().MlflowClient()
+    for key in (*FILE_DIGEST_KEYS.values(), CODE_DIGEST_KEY, "rfdist_dist"):
+        if record.get(key):
+            client.set_model_version_tag(name, version, key, record[key])
+    return version
+
+
+def _registered_version(ref: str):
+    """The registered version a ``models:/NAME@ALIAS``/``NAME/VERSION``/``NAME/latest`` names."""
+    client = _mlflow().MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = ref.rsplit("/", 1)
+    if number == "latest":
+        versions = client.search_model_versions(f"name={filter_value(name)}")
+        return max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(name, number)
+
+
+def digest_record(uri: str) -> tuple[dict[str, str], str]:
+    """``(digests, where)``: the sha256 record of a model, from the tracking store, never the artifact.
+
+    ``models:/NAME/…`` → the registered version's tags; ``models:/m-ID`` → the logged model's
+    tags; ``runs:/RUN/NAME`` → the run's tag ``rfdist_digests/NAME``. The artifact's own MLmodel
+    is never trusted: whoever can rewrite the files can rewrite it too. Any other URI form, or
+    no record, is a :class:`ModelIntegrityError` (nothing would vouch for the files).
+    """
+    client = _mlflow().MlflowClient()
+    record: dict[str, str] = {}
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
+        ref = uri[len("models:/") :]
+        if uri.startswith("models:/m-") and "/" not in ref and "@" not in ref:
+            where = "the logged model's tags"
+            record = dict(client.get_logged_model(ref).tags or {})
+        elif uri.startswith("models:/"):
+            where = "the registered version's tags"
+            record = dict(_registered_version(ref).tags or {})
+        elif uri.startswith("runs:/"):
+            run_id, _, name = uri[len("runs:/") :].partition("/")
+            where = f"run tag {run_digest_tag(name.strip('/'))}"
+            text = client.get_run(run_id).data.tags.get(run_digest_tag(name.strip("/")))
+            record = json.loads(text) if text else {}
         else:
-            name, number = ref.rsplit("/", 1)
-            if number == "latest":
-                versions = client.search_model_versions(f"name={filter_value(name)}")
-                version = max(versions, key=lambda v: int(v.version))
-            else:
-                version = client.get_model_version(name, number)
-    except Exception:
-        return {}
-    return dict(version.tags or {})
+            raise ModelIntegrityError(
+                f"{uri}: only models:/ and runs:/ URIs can be verified (their digests live in the "
+                "tracking store); log or register the model and load it by that URI"
+            )
+    except ModelIntegrityError:
+        raise
+    except Exception as exc:
+        raise ModelIntegrityError(
+            f"{uri}: cannot read the model's digest record ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(record, dict) or not all(record.get(FILE_DIGEST_KEYS[k]) for k in ("state", "spec")):
+        raise ModelIntegrityError(
+            f"{uri}: no sha256 record for spec.json and state.pt in {where} (a model logged before "
+            "rfdist recorded them there: load it through the registry, models:/NAME/VERSION)"
+        )
+    return record, where
+
+
+def _artifact_paths(mlmodel: Any, local: Path, uri: str) -> dict[str, Path]:
+    """The pyfunc artifacts named in MLmodel, each confined to the downloaded model folder."""
+    try:
+        artifacts = mlmodel["flavors"]["python_function"].get("artifacts") or {}
+        entries = {key: str(entry["path"]) for key, entry in artifacts.items()}
+    except (KeyError, TypeError, AttributeError):
+        raise ModelIntegrityError(f"{uri}: MLmodel has no python_function artifacts") from None
+    base, paths = local.resolve(), {}
+    for key, entry in entries.items():
+        path = (local / entry).resolve()
+        if Path(entry).is_absolute() or not path.is_relative_to(base):
+            raise ModelIntegrityError(
+                f"{uri}: MLmodel artifact {key!r} path {entry!r} leaves the model folder"
+            )
+        paths[key] = path
+    for key in ("state", "spec"):
+        if key not in paths or not paths[key].is_file():
+            raise ModelIntegrityError(
+                f"{uri}: the model has no {key} artifact (MLmodel python_function.artifacts)"
+            )
+    return paths
+
+
+def _verify(paths: dict[str, Path], record: dict[str, str], uri: str, where: str) -> None:
+    """Every file the loader reads matches ``record``; a recorded file that is missing is refused."""
+    for key, digest_key in FILE_DIGEST_KEYS.items():
+        want = record.get(digest_key)
+        if key not in paths:
+            if want:  # e.g. the preprocess entry deleted from MLmodel: the standardisation would go
+                raise ModelIntegrityError(
+                    f"{uri}: {key} artifact recorded in {where} is missing from MLmodel"
+                )
+            continue
+        if not want:
+            import warnings
+
+            warnings.warn(
+                f"{uri}: {paths[key].name} has no sha256 in {where} (logged by an older rfdist): NOT verified",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif file_digest(paths[key]) != want:
+            raise ModelIntegrityError(
+                f"{uri}: {paths[key].name} does not match the sha256 recorded when it was logged ({where})"
+            )
+
+
+def _read_files(paths: dict[str, Path], uri: str) -> tuple[ModelSpec, dict, dict | None]:
+    """``(spec, state, preprocess)`` read from verified files; anything unusable is one clear error."""
+    import pickle
+
+    try:
+        spec = ModelSpec.from_dict(json.loads(paths["spec"].read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ModelIntegrityError(f"{uri}: spec.json: {exc}") from None
+    try:
+        state = torch.load(paths["state"], map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ModelIntegrityError(
+            f"{uri}: state.pt is not a plain weights file (torch.load(weights_only=True) refused it: "
+            f"{str(exc).splitlines()[0][:120]})"
+        ) from None
+    preprocess = None
+    if "preprocess" in paths:
+        try:
+            preprocess = json.loads(paths["preprocess"].read_text())
+        except ValueError as exc:
+            raise ModelIntegrityError(f"{uri}: preprocess.json is not valid JSON ({exc})") from None
+    return spec, state, preprocess
 
 
 def load_flow(uri: str, *, tracking_uri: str | None = None) -> LoadedFlow:
     """Rebuild a logged flow with the INSTALLED rfdist — nothing from the artifact store is executed.
 
-    Reads ``MLmodel`` (YAML), ``spec.json`` (JSON), ``state.pt`` (``torch.load(weights_only=True)``)
-    and ``preprocess.json``, after checking the weights and spec against the sha256 recorded at
-    logging time (on the registered version when ``uri`` is ``models:/…``, else in MLmodel).
+    Reads ``MLmodel`` (YAML), ``spec.json`` (JSON, bounded by :class:`ModelSpec`), ``state.pt``
+    (``torch.load(weights_only=True)``) and ``preprocess.json``, each after checking its sha256
+    against the record in the tracking store (:func:`digest_record`), with paths confined to the
+    model folder. A failed check is a :class:`ModelIntegrityError` with one line.
     """
     import yaml
 
@@ -286,26 +440,26 @@ def load_flow(uri: str, *, tracking_uri: str | None = None) -> LoadedFlow:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
     uri = _resolve_latest(uri)
+    record, where = digest_record(uri)
     with quiet_mlflow(), tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-        metadata = dict(mlmodel.get("metadata") or {})
-        artifacts = mlmodel["flavors"]["python_function"].get("artifacts") or {}
-        paths = {key: local / entry["path"] for key, entry in artifacts.items()}
-        expected = {**metadata, **_version_tags(uri)}
-        for key, digest_key in (("state", STATE_DIGEST_KEY), ("spec", SPEC_DIGEST_KEY)):
-            want = expected.get(digest_key)
-            if want and file_digest(paths[key]) != want:
-                raise ModelIntegrityError(
-                    f"{uri}: {paths[key].name} does not match the sha256 recorded when it was logged"
-                )
-        spec = ModelSpec.from_dict(json.loads(paths["spec"].read_text()))
-        state = torch.load(paths["state"], map_location="cpu", weights_only=True)
-        preprocess = json.loads(paths["preprocess"].read_text()) if "preprocess" in paths else None
+        try:
+            mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelIntegrityError(f"{uri}: cannot read MLmodel ({str(exc).splitlines()[0]})") from None
+        metadata = dict((mlmodel or {}).get("metadata") or {}) if isinstance(mlmodel, dict) else {}
+        paths = _artifact_paths(mlmodel, local, uri)
+        _verify(paths, record, uri, where)
+        spec, state, preprocess = _read_files(paths, uri)
     from rfdist.core.builders import build_model
 
-    model = build_model(spec)
-    model.load_state_dict(state)
+    try:
+        model = build_model(spec)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelIntegrityError(
+            f"{uri}: state.pt does not fit spec.json ({str(exc).splitlines()[0][:160]})"
+        ) from None
     return LoadedFlow(model=model.eval(), spec=spec, preprocess=preprocess, metadata=metadata)
 
 
