@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from rfdist.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-VM = ROOT / "jobs" / "configs" / "von-mises.yaml"
+VM = ROOT / "rfdist" / "presets" / "von-mises.yaml"
 DEAD_HTTP = "http://127.0.0.1:9"  # nothing listens on the discard port
 
 
