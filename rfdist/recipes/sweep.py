@@ -670,16 +670,20 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     """
     import mlflow
 
+    from rfdist.tracking.runs import closed_on_failure, stop_signals
+
     plan = _preflight(cfg)
     parent_run_id = _start_parent(mlflow, cfg, plan.tracking_uri)
-    tuner = _build_tuner(cfg, plan, parent_run_id, address)
-    started = time.perf_counter()
-    result_grid = tuner.fit()
-    elapsed = time.perf_counter() - started
     client = mlflow.MlflowClient()
-    trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
-    summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)
-    best, version = _finish(mlflow, client, cfg, parent_run_id, trials, elapsed)
+    # an interrupted sweep ends KILLED (the same command resumes it); any other failure FAILED
+    with stop_signals(), closed_on_failure(client, parent_run_id, stopped=(SweepInterrupted,)):
+        tuner = _build_tuner(cfg, plan, parent_run_id, address)
+        started = time.perf_counter()
+        result_grid = tuner.fit()
+        elapsed = time.perf_counter() - started
+        trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
+        summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)
+        best, version = _finish(mlflow, client, cfg, parent_run_id, trials, elapsed)
     return SweepResult(
         parent_run_id=parent_run_id,
         tracking_uri=plan.tracking_uri,
