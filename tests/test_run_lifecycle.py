@@ -191,3 +191,20 @@ def test_s3_lease_is_created_once_and_a_stale_one_is_taken_over(s3_server, monke
         first._write()
     second.release()
     locks.acquire("s3://lock-test/runs", "job").release()
+
+
+def test_ctrl_c_after_the_run_opens_marks_it_killed(clean_env, tmp_path) -> None:
+    """Ctrl-C (SIGINT) of a driver whose MLflow run is open: the run ends KILLED, not RUNNING."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_TRAIN, *_args(tmp_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert any(line.strip() == "ready" for line in proc.stdout), proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    [run] = _runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["rfdist.failure"] == "interrupted (Ctrl-C)"
