@@ -569,12 +569,14 @@ def _record_trials(
 
     Raises :class:`SweepInterrupted` when a trial did not end.
     """
-    from rfdist.tracking.runs import child_runs
+    from rfdist.tracking.runs import child_runs, close_run
 
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children, earlier = child_runs(client, experiment_id, parent_run_id)
     trials = _summaries(result_grid, max_steps, children, earlier)
     for t in trials:
+        if t.run_id is not None and t.status == "interrupted":  # its process is gone: not RUNNING
+            close_run(client, t.run_id, "KILLED", "interrupted with its sweep; the same command resumes it")
         if t.run_id is None or t.status == "interrupted":
             continue
         client.set_tag(t.run_id, "rfdist.stop_reason", t.status)
