@@ -68,7 +68,8 @@ def test_state_api_in_workers_reaches_this_instance() -> None:
     through its own GCS address, not by scanning the machine for Ray processes."""
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="rt") as tmp:  # short: Ray's socket paths
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
-        env.update(RAY_TMPDIR=tmp, PYTHONPATH=str(ROOT))
+        # as after `eval "$(cluster/local-head.sh env)"`: the shell names another cluster's dashboard
+        env.update(RAY_TMPDIR=tmp, PYTHONPATH=str(ROOT), RAY_API_SERVER_ADDRESS="http://127.0.0.1:9")
         proc = subprocess.run(
             [sys.executable, "-c", PROBE], env=env, cwd=tmp, capture_output=True, text=True, timeout=300
         )

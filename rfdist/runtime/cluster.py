@@ -109,11 +109,14 @@ def point_state_api_here() -> None:
     controller lives; without an address that API finds "the" cluster by scanning the machine's
     processes and fails when a second Ray instance runs there (another test, a ``ray start``
     head), leaving the placement groups of stopped trials behind. ``RAY_ADDRESS`` set to this
-    worker's own GCS (known once it runs) gives it the address; one the user set is kept.
+    worker's own GCS (known once it runs) gives it the address. A ``RAY_API_SERVER_ADDRESS``
+    inherited from the shell (``cluster/local-head.sh env``) names another cluster, whose answer
+    ("no such controller") would make the cleaner remove a live run's placement group: dropped.
     """
     import ray
 
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # preferred by the state API over RAY_ADDRESS
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # a private instance's own
 
 
 def _startup_error(exc: Exception) -> RayStartError | None:
