@@ -63,24 +63,112 @@ def _check(table, model, x: np.ndarray) -> None:
     np.testing.assert_allclose(latent_matrix(table)[order], latent, atol=1e-4)
 
 
-def test_score_rejects_bad_input_before_ray(registered, tmp_path) -> None:
-    from rfdist.cli.main import app
+def _no_ray(monkeypatch) -> None:
+    """A tripwire: starting Ray fails the test (these cases must stop before it)."""
 
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("rfdist.runtime.cluster.connect_or_start_ray", tripwire)
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_score_rejects_bad_input_before_ray(registered, tmp_path, monkeypatch) -> None:
+    import json
+
+    from rfdist.cli.main import app
+    from rfdist.data.parquet import MANIFEST
+
+    _no_ray(monkeypatch)
     uri, _, root, _ = registered
     wide = tmp_path / "wide"
     write_dataset(str(wide), {"test": {"x": np.zeros((4, 3))}})
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
+    # a truncated test shard (train intact: open_dataset reads train's footer only)
+    cut = tmp_path / "cut"
+    write_dataset(str(cut), {"train": {"x": np.zeros((4, 2))}, "test": {"x": np.zeros((4, 2))}})
+    shard = next((cut / "test").glob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-20])
+    # a manifest that claims more rows than its shards hold
+    lies = tmp_path / "lies"
+    write_dataset(str(lies), {"test": {"x": np.zeros((4, 2))}})
+    manifest = json.loads((lies / MANIFEST).read_text())
+    manifest["splits"]["test"]["rows"] = 5
+    (lies / MANIFEST).write_text(json.dumps(manifest))
     cases = [
         (["--data", str(wide), "--out", str(tmp_path / "o1")], "rows have 3 values, the model expects 2"),
         (["--data", str(root / "data"), "--out", str(tmp_path / "o2"), "--split", "val"], "--split val"),
-        (["--data", str(root / "data"), "--out", str(tmp_path / "taken")], "not an `rfdist score` output"),
+        (["--data", str(root / "data"), "--out", str(tmp_path / "taken")], "has no _SUCCESS written by"),
+        (
+            ["--data", str(cut), "--out", str(tmp_path / "o3")],
+            "test/" + shard.name + " is not a readable Parquet",
+        ),
+        (
+            ["--data", str(lies), "--out", str(tmp_path / "o4")],
+            "says split 'test' has 5 rows, its shards hold 4",
+        ),
     ]
     for args, message in cases:
         result = CliRunner().invoke(app, ["score", f"models:/{NAME}@latest", *args, "--tracking-uri", uri])
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and message in result.output, result.output
-    assert not (tmp_path / "o1").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("o")]
+
+
+def test_score_never_replaces_a_folder_it_did_not_write(registered, tmp_path, monkeypatch) -> None:
+    """A Spark/Hadoop output (an empty ``_SUCCESS``), or an earlier score output with a foreign file
+    added, is refused with one line and left byte for byte as it was."""
+    import json
+
+    from rfdist.cli.main import app
+
+    _no_ray(monkeypatch)
+    uri, _, root, _ = registered
+    spark = tmp_path / "spark"
+    (spark / "sub").mkdir(parents=True)
+    (spark / "_SUCCESS").write_text("")
+    (spark / "part-00000-precious.csv").write_text("a,b\n1,2\n")
+    (spark / "sub" / "notes.txt").write_text("keep me")
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "_SUCCESS").write_text(json.dumps({"format": "rfdist-score-v1", "files": ["a.parquet"]}))
+    (ours / "a.parquet").write_bytes(b"scores")
+    (ours / "notes.txt").write_text("added by the user")
+    for out, message in [(spark, "has no _SUCCESS written by `rfdist score`"), (ours, "holds notes.txt")]:
+        before = _tree(out)
+        args = ["score", f"models:/{NAME}@latest", "--data", str(root / "data"), "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, "--tracking-uri", uri])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and message in result.output, result.output
+        assert _tree(out) == before
+
+
+@pytest.mark.slow
+def test_score_publishes_only_after_its_checks_and_replaces_only_its_own_output(shared_ray, tmp_path) -> None:
+    """Rows scored ≠ rows expected: nothing published, the earlier output intact, no tmp folder left.
+    Ray Data writes the Parquet (the real writer); 3 rows are enough to count."""
+    import pyarrow as pa
+    import ray.data
+
+    from rfdist.data.errors import DataError
+    from rfdist.recipes.score import _output, _write_scores, read_scores
+
+    out = tmp_path / "scores"
+    source = {"model_uri": "m", "data": "d", "split": "test", "out": str(out)}
+    first = ray.data.from_arrow(pa.table({"log_prob": [1.0, 2.0, 3.0]}))
+    _write_scores(_output(str(out)), first, source, ["log_prob"], 3)
+    before = _tree(out)
+    second = ray.data.from_arrow(pa.table({"log_prob": [7.0, 8.0]}))
+    with pytest.raises(DataError, match="scored 2 rows, but split 'test' has 3"):
+        _write_scores(_output(str(out)), second, source, ["log_prob"], 3)
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+    _write_scores(_output(str(out)), second, source, ["log_prob"], 2)  # its own output: replaced
+    assert sorted(read_scores(str(out)).column("log_prob").to_pylist()) == [7.0, 8.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
 
 
 @pytest.mark.slow

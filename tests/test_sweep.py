@@ -173,7 +173,9 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
     assert code == 130, text[-3000:]
     assert "run the same command again to resume it" in text
     _, parent, children = _runs(tmp_path, "sweep-resume", "sweep-team")
-    assert parent.info.status == "RUNNING"
+    assert parent.info.status == "KILLED"  # no run left RUNNING; the same command resumes it
+    assert "run the same command again to resume it" in parent.data.tags["rfdist.failure"]
+    assert "RUNNING" not in [c.info.status for c in children]  # the interrupted trial's run: KILLED
 
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     output = second.stdout + second.stderr

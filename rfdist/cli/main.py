@@ -107,7 +107,7 @@ def _user_error(exc: Exception) -> bool:
 
     return isinstance(
         exc, ConfigError | FloatingPointError | TrainingError | FileNotFoundError | UnreachableError
-    ) or (type(exc).__name__ == "DataError")
+    ) or (type(exc).__name__ in ("DataError", "RayStartError"))
 
 
 def _exit_code(exc: Exception) -> int:
@@ -117,7 +117,8 @@ def _exit_code(exc: Exception) -> int:
 
     if isinstance(exc, FloatingPointError | TrainingError | UnreachableError):
         return 1
-    return 1 if type(exc).__name__ == "StorageUnreachable" else 2  # data storage: unreachable is runtime
+    # data storage unreachable, Ray not starting: runtime failures
+    return 1 if type(exc).__name__ in ("StorageUnreachable", "RayStartError") else 2
 
 
 def _tracking_ready(tracking_uri: str | None) -> None:
@@ -368,7 +369,7 @@ def score(
         )  # fmt: skip
     except Exception as exc:
         if _user_error(exc):
-            fail(str(exc))
+            fail(str(exc), code=_exit_code(exc))
         if type(exc).__module__.startswith("mlflow") or type(exc).__name__ == "ModelIntegrityError":
             fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", code=1)
         raise

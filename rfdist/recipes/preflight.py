@@ -37,6 +37,7 @@ __all__ = [
     "check_config",
     "check_data",
     "check_devices",
+    "check_shards",
     "check_storage",
     "check_tracking",
 ]
@@ -112,6 +113,18 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
 
     Reads every Parquet footer (schema and row count) and a bounded sample of values.
     """
+    rows = check_shards(info, sorted(info.splits, key=lambda split: split != "train"))
+    _check_rows(cfg, "train", rows.get("train", 0), info.uri)
+    _check_rows(cfg, "val", rows.get("val", 0), info.uri)
+    return rows
+
+
+def check_shards(info: Any, splits: list[str], *, option: str = "data.path") -> dict[str, int]:
+    """Footers of every shard of ``splits`` against the first's schema; rows per split.
+
+    ``option`` names the setting in the error line (``data.path`` for train, ``--data`` for
+    score). The first split is the reference (train's, for training).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -121,8 +134,7 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
     want: tuple | None = None
     sampled = 0
     rows: dict[str, int] = {}
-    order = sorted(info.splits, key=lambda split: split != "train")  # train first: the reference
-    for split in order:
+    for split in splits:
         rows[split] = 0
         for path in info.splits[split]:
             where = f"{info.uri}: {'/'.join(path.rsplit('/', 2)[-2:])}"
@@ -130,15 +142,15 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
                 handle = pq.ParquetFile(path, filesystem=info.filesystem)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DataError(
-                    f"data.path: {where} is not a readable Parquet file ({arrow_reason(exc)})"
+                    f"{option}: {where} is not a readable Parquet file ({arrow_reason(exc)})"
                 ) from None
-            got = _signature(handle.schema_arrow, info.features, where)
+            got = _signature(handle.schema_arrow, info.features, where, option)
             if want is None:
                 want = got
             elif got != want:
                 raise DataError(
-                    f"data.path: {where} has D={got[0]} shape={got[1]} {got[2]}, but train has "
-                    f"D={want[0]} shape={want[1]} {want[2]}; every split must match train "
+                    f"{option}: {where} has D={got[0]} shape={got[1]} {got[2]}, but {splits[0]} has "
+                    f"D={want[0]} shape={want[1]} {want[2]}; every split must match {splits[0]} "
                     f"(`rfdist data validate {info.uri}` lists every problem)"
                 )
             rows[split] += handle.metadata.num_rows
@@ -149,10 +161,8 @@ def check_data(cfg: RunConfig, info: Any) -> dict[str, int]:
                 except (pa.ArrowInvalid, OSError) as exc:
                     problem = f"{where}: {unreadable_reason(info.filesystem, path, exc)}"
                 if problem is not None:
-                    raise DataError(f"data.path: {problem}")
+                    raise DataError(f"{option}: {problem}")
                 sampled += min(take, handle.metadata.num_rows)
-    _check_rows(cfg, "train", rows.get("train", 0), info.uri)
-    _check_rows(cfg, "val", rows.get("val", 0), info.uri)
     return rows
 
 
@@ -177,7 +187,9 @@ def check_devices(cfg: RunConfig, address: str | None) -> None:
         )
 
 
-def _signature(schema: Any, features: list[str] | None, where: str) -> tuple[int, tuple[int, ...], str]:
+def _signature(
+    schema: Any, features: list[str] | None, where: str, option: str = "data.path"
+) -> tuple[int, tuple[int, ...], str]:
     """``(D, row shape, stored value type)`` of a shard, read as the reader reads it."""
     from rfdist.data.errors import DataError
     from rfdist.data.reader import x_layout
@@ -185,10 +197,10 @@ def _signature(schema: Any, features: list[str] | None, where: str) -> tuple[int
     if features:
         missing = [f for f in features if f not in schema.names]
         if missing:
-            raise DataError(f"data.path: {where}: column {missing[0]!r} (data.features) not found")
+            raise DataError(f"{option}: {where}: column {missing[0]!r} (data.features) not found")
         return len(features), (len(features),), ",".join(str(schema.field(f).type) for f in features)
     if "x" not in schema.names:
-        raise DataError(f"data.path: {where}: no column 'x' (columns are {schema.names})")
+        raise DataError(f"{option}: {where}: no column 'x' (columns are {schema.names})")
     dim, shape, _, _ = x_layout(schema, where)
     return dim, tuple(shape), str(schema.field("x").type.value_type)
 

@@ -8,9 +8,12 @@ of the chosen split becomes one output row: the input's ``id``/``label`` columns
 ``reconstruction_error`` (``‖z − g(g†(z))‖²``) and ``latent`` (``d`` floats). Logit
 preprocessing is scored without dequantisation noise, so a re-run gives the same numbers.
 
-Output (local folder or ``s3://``) is Parquet plus ``_SUCCESS`` (a JSON summary listing the
-files), written last: locally the whole folder appears at once (written beside, then renamed);
-on S3 (no renames) a reader trusts only the files ``_SUCCESS`` lists.
+Output (local folder or ``s3://``) is Parquet plus ``_SUCCESS`` (a JSON summary with
+``format: rfdist-score-v1`` listing the files), written to a sibling ``OUT.tmp-*``, checked,
+and only then published: locally the whole folder appears at once (renamed); on S3 (no renames)
+the files are copied in and ``_SUCCESS`` is written last, so a reader trusts only the files it
+lists. An existing ``OUT`` is replaced only when it is wholly an earlier score output (that
+``_SUCCESS`` and the files it lists); anything else is refused untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from rfdist.data.errors import DataError
 __all__ = ["SUCCESS", "ScoreResult", "Scorer", "score_dataset", "score_table"]
 
 SUCCESS = "_SUCCESS"
+FORMAT = "rfdist-score-v1"
+"""The ``format`` of the ``_SUCCESS`` JSON: how ``score`` recognises an output it may replace."""
 PASSTHROUGH = ("id", "label")
 SCORE_COLUMNS = ("log_prob", "log_prob_model", "reconstruction_error", "latent")
 
@@ -86,20 +91,42 @@ class Scorer:
         )
 
 
+def _own_output(fs: pafs.FileSystem, root: str) -> str | None:
+    """``None`` when ``root`` holds only what an earlier ``rfdist score`` wrote, else why not.
+
+    Ours means: a ``_SUCCESS`` JSON with :data:`FORMAT`, and no file it does not list (a Spark
+    or Hadoop output also has a ``_SUCCESS``, an empty one).
+    """
+    from rfdist.data.fs import join
+
+    try:
+        with fs.open_input_stream(join(root, SUCCESS)) as handle:
+            summary = json.loads(handle.read())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
+        return f"has no {SUCCESS} written by `rfdist score`"
+    listed = {SUCCESS, *summary.get("files", [])}
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    for entry in sorted(entries, key=lambda e: e.path):
+        name = entry.path[len(root) + 1 :]
+        if entry.type != pafs.FileType.Directory and name not in listed:
+            return f"holds {name}, which `rfdist score` did not write"
+    return None
+
+
 def _output(out: str) -> tuple[pafs.FileSystem, str, bool]:
-    """``(filesystem, root, is_s3)``; refuses a non-empty folder that is not a previous score output."""
-    from rfdist.data.fs import join, resolve
+    """``(filesystem, root, is_s3)``; refuses a non-empty folder that is not wholly a previous score output."""
+    from rfdist.data.fs import resolve
 
     fs, root = resolve(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise DataError(f"--out {out}: is a file, expected a folder")
-    if info.type == pafs.FileType.Directory:
-        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        if entries and fs.get_file_info(join(root, SUCCESS)).type != pafs.FileType.File:
-            raise DataError(
-                f"--out {out}: exists and is not an `rfdist score` output (no {SUCCESS}); choose a new folder"
-            )
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
+        reason = _own_output(fs, root)
+        if reason:
+            raise DataError(f"--out {out}: exists and {reason}; nothing was changed: choose a new folder")
     return fs, root, out.startswith("s3://")
 
 
@@ -177,45 +204,62 @@ def _scored(
 
 
 def _write_scores(
-    output: tuple[pafs.FileSystem, str, bool], scored: Any, source: dict[str, str], columns: list[str]
+    output: tuple[pafs.FileSystem, str, bool],
+    scored: Any,
+    source: dict[str, Any],
+    columns: list[str],
+    expected_rows: int | None,
 ) -> dict[str, Any]:
     """Write ``scored`` to ``output`` (:func:`_output`) with its ``_SUCCESS``; returns that summary.
 
-    A local folder appears whole at once (written beside it, then moved in); on S3 the old
-    ``_SUCCESS`` goes first, so a half-written output is never taken for a complete one.
+    Everything is written to a sibling ``OUT.tmp-*`` first and checked (rows scored vs
+    ``expected_rows``); only then does the output replace an earlier one: locally by renames
+    (the folder appears whole), on S3 (no renames) by copying the files in and writing
+    ``_SUCCESS`` last, after the old ``_SUCCESS`` is gone. A failed check leaves ``OUT`` as it was.
     """
-    from rfdist.data.fs import join
-
     fs, root, is_s3 = output
-    target = root if is_s3 else f"{root}.tmp-{uuid.uuid4().hex[:12]}"
-    if is_s3 and fs.get_file_info(join(root, SUCCESS)).type == pafs.FileType.File:
-        fs.delete_file(join(root, SUCCESS))  # the previous output is no longer complete
-        fs.delete_dir_contents(root, missing_dir_ok=True)
+    target = f"{root}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         scored.write_parquet(target, filesystem=fs)
         files = _parquet_files(fs, target)
         rows = sum(pq.read_metadata(e.path, filesystem=fs).num_rows for e in files)
-        summary = {
-            **source,
-            "rows": rows,
-            "files": [e.path[len(target) + 1 :] for e in files],
-            "columns": columns,
-        }
-        fs.create_dir(target, recursive=True)
-        _publish(fs, target, summary)
-        if not is_s3:  # the whole folder appears at once
-            old = None
-            if fs.get_file_info(root).type == pafs.FileType.Directory:
-                old = f"{root}.old-{uuid.uuid4().hex[:12]}"
-                fs.move(root, old)
-            fs.move(target, root)
-            if old:
-                fs.delete_dir(old)
-    except BaseException:
-        if not is_s3 and fs.get_file_info(target).type == pafs.FileType.Directory:
+        if expected_rows is not None and rows != expected_rows:
+            raise DataError(
+                f"--data {source['data']}: scored {rows} rows, but split {source['split']!r} has "
+                f"{expected_rows} (manifest and shards disagree); --out {source['out']} was not changed"
+            )
+        names = [e.path[len(target) + 1 :] for e in files]
+        summary = {"format": FORMAT, **source, "rows": rows, "files": names, "columns": columns}
+        (_replace_s3 if is_s3 else _replace_local)(fs, target, root, summary)
+    finally:
+        if fs.get_file_info(target).type == pafs.FileType.Directory:
             fs.delete_dir(target)
-        raise
     return summary
+
+
+def _replace_local(fs: pafs.FileSystem, target: str, root: str, summary: dict[str, Any]) -> None:
+    """Publish ``target`` as ``root``: ``_SUCCESS`` in, then two renames (an old output goes last)."""
+    fs.create_dir(target, recursive=True)
+    _publish(fs, target, summary)
+    old = None
+    if fs.get_file_info(root).type == pafs.FileType.Directory:
+        old = f"{root}.old-{uuid.uuid4().hex[:12]}"
+        fs.move(root, old)  # checked by _output: only an earlier score output
+    fs.move(target, root)
+    if old:
+        fs.delete_dir(old)
+
+
+def _replace_s3(fs: pafs.FileSystem, target: str, root: str, summary: dict[str, Any]) -> None:
+    """Publish ``target`` under ``root`` on S3: old ``_SUCCESS`` first, its files, new files, new ``_SUCCESS``."""
+    from rfdist.data.fs import join
+
+    if fs.get_file_info(join(root, SUCCESS)).type == pafs.FileType.File:
+        fs.delete_file(join(root, SUCCESS))  # the previous output is no longer complete
+        fs.delete_dir_contents(root, missing_dir_ok=True)  # checked by _output: only its own files
+    for name in summary["files"]:
+        fs.copy_file(join(target, name), join(root, name))
+    _publish(fs, root, summary)
 
 
 def score_dataset(
@@ -232,13 +276,23 @@ def score_dataset(
 ) -> ScoreResult:
     """Score ``split`` of ``data`` with ``model_uri`` and write Parquet to ``out`` (see module doc).
 
-    Everything that can be checked (model, dataset, split, row width, output folder) is checked
-    before Ray starts; bad input raises ``DataError`` with one line naming the option.
+    Everything that can be checked (model, dataset, split, row width, every shard's footer vs
+    the manifest — train's :func:`~rfdist.recipes.preflight.check_shards` — and the output
+    folder) is checked before Ray starts; bad input raises ``DataError`` with one line naming the option.
     """
+    from rfdist.recipes.preflight import check_shards
+
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1 (got {batch_size})")
     loaded, info, preprocess = _open_inputs(model_uri, data, split, tracking_uri)
     output = _output(out)
+    footer_rows = check_shards(info, [split], option="--data")[split]
+    expected = info.rows.get(split, footer_rows)
+    if expected != footer_rows:
+        raise DataError(
+            f"--data {data}: the manifest says split {split!r} has {expected} rows, its shards hold "
+            f"{footer_rows}"
+        )
 
     import ray.data
 
@@ -247,15 +301,10 @@ def score_dataset(
     connect_or_start_ray(address, 4)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     scored, columns = _scored(loaded, info, split, preprocess, batch_size=batch_size, actors=actors)
-    source = {"model_uri": model_uri, "data": data, "split": split}
-    summary = _write_scores(
-        output, scored, source, [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS]
-    )
-    rows = summary["rows"]
-    expected = info.rows.get(split)
-    if expected is not None and rows != expected:
-        raise RuntimeError(f"scored {rows} rows of {expected} in split {split!r}")
-    return ScoreResult(out=out, rows=rows, files=summary["files"])
+    source = {"model_uri": model_uri, "data": data, "split": split, "out": out}
+    columns = [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS]
+    summary = _write_scores(output, scored, source, columns, expected)
+    return ScoreResult(out=out, rows=summary["rows"], files=summary["files"])
 
 
 def read_scores(out: str) -> pa.Table:

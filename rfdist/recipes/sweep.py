@@ -576,12 +576,14 @@ def _record_trials(
 
     Raises :class:`SweepInterrupted` when a trial did not end.
     """
-    from rfdist.tracking.runs import child_runs
+    from rfdist.tracking.runs import child_runs, close_run
 
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children, earlier = child_runs(client, experiment_id, parent_run_id)
     trials = _summaries(result_grid, max_steps, children, earlier)
     for t in trials:
+        if t.run_id is not None and t.status == "interrupted":  # its process is gone: not RUNNING
+            close_run(client, t.run_id, "KILLED", "interrupted with its sweep; the same command resumes it")
         if t.run_id is None or t.status == "interrupted":
             continue
         client.set_tag(t.run_id, "rfdist.stop_reason", t.status)
@@ -679,16 +681,20 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     """
     import mlflow
 
+    from rfdist.tracking.runs import closed_on_failure, stop_signals
+
     plan = _preflight(cfg, address)
     parent_run_id = _start_parent(mlflow, cfg, plan.tracking_uri)
-    tuner = _build_tuner(cfg, plan, parent_run_id, address)
-    started = time.perf_counter()
-    result_grid = tuner.fit()
-    elapsed = time.perf_counter() - started
     client = mlflow.MlflowClient()
-    trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
-    summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)
-    best, version = _finish(mlflow, client, cfg, parent_run_id, trials, elapsed)
+    # an interrupted sweep ends KILLED (the same command resumes it); any other failure FAILED
+    with stop_signals(), closed_on_failure(client, parent_run_id, stopped=(SweepInterrupted,)):
+        tuner = _build_tuner(cfg, plan, parent_run_id, address)
+        started = time.perf_counter()
+        result_grid = tuner.fit()
+        elapsed = time.perf_counter() - started
+        trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
+        summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)
+        best, version = _finish(mlflow, client, cfg, parent_run_id, trials, elapsed)
     return SweepResult(
         parent_run_id=parent_run_id,
         tracking_uri=plan.tracking_uri,

@@ -1,8 +1,10 @@
 """Data-parallel training on Ray Train (``TorchTrainer``, DDP), tracked in MLflow.
 
 The driver (:func:`run_training`) runs in four steps: preflight (config, data layout, ``d < D``,
-storage and tracking, all before any worker starts), open — or, for a re-run with the same
-name, reopen — one MLflow run, build and fit a ``TorchTrainer`` whose workers run
+storage and tracking, all before any worker starts), take the run's checkpoint-folder lock
+(:mod:`rfdist.runtime.lock`) and start Ray, open — or, for a re-run with the same name,
+reopen — one MLflow run (closed FAILED/KILLED with a reason on any failure or stop:
+:func:`rfdist.tracking.runs.closed_on_failure`), build and fit a ``TorchTrainer`` whose workers run
 :func:`rfdist.runtime.worker.train_loop_per_worker` (the core train step on a DDP-wrapped
 model, gloo on CPU, nccl on GPU, each worker streaming its shard of the Parquet data; rank 0
 writes checkpoints and per-step metrics), and finish the run: log the final model from the
@@ -24,8 +26,16 @@ from rfdist.runtime import cluster
 from rfdist.runtime.checkpoint import checkpoint_uri, load_state, storage_checkpoints, storage_target
 from rfdist.runtime.console import start_hints
 from rfdist.runtime.datasets import PreparedData, prepare_data, ray_datasets
+from rfdist.runtime.lock import RunLocked, acquire
 from rfdist.runtime.worker import FAULT_TAG, WorkerHook, preprocess_fn, train_loop_per_worker
-from rfdist.tracking.runs import finished_step, latest_run, log_params, open_run
+from rfdist.tracking.runs import (
+    closed_on_failure,
+    finished_step,
+    latest_run,
+    log_params,
+    open_run,
+    stop_signals,
+)
 
 __all__ = ["TrainingError", "TrainingResult", "run_training"]
 
@@ -82,7 +92,6 @@ def _worker_error(exc: BaseException) -> str:
 # ------------------------------------------------ run lookup (moving to rfdist.tracking.runs)
 
 
-
 # ----------------------------------------------------------------------------------- driver
 def run_training(
     cfg: RunConfig,
@@ -116,30 +125,37 @@ def run_training(
         finished = _finished_result(mlflow, cfg, tracking_uri)
         if finished is not None:
             return finished
-    run_id, ray_name, data_digest = _open_tracked_run(mlflow, cfg, prepared, tracking_uri, parent_run_id, tags,
-                                                      force=force)  # fmt: skip
-    cluster.init_ray(cfg, address)
-    for line in start_hints(tracking_uri, cluster.dashboard_url()):
-        print(line, flush=True)
-    trainer = _build_trainer(
-        cfg, prepared, storage, datasets, callbacks,
-        {"run_id": run_id, "tracking_uri": tracking_uri, "ray_name": ray_name, "hooks": list(worker_hooks or [])},
-    )  # fmt: skip
-    client = mlflow.MlflowClient()
     try:
-        result = trainer.fit()
-    except Exception as exc:
-        client.set_terminated(run_id, status="FAILED")
-        raise TrainingError(f"training run {cfg.name!r} failed: {_worker_error(exc)}") from exc
-    fault = client.get_run(run_id).data.tags.get(FAULT_TAG)
-    if fault:  # a deterministic fault (bad data): raised once, never retried by max_failures
-        client.set_terminated(run_id, status="FAILED")
-        raise TrainingError(f"training run {cfg.name!r} failed: {fault}")
-    if result.checkpoint is None:
-        client.set_terminated(run_id, status="FAILED")
-        raise TrainingError(f"training run {cfg.name!r} produced no checkpoint")
-    return _finish_run(mlflow, cfg, prepared, result.checkpoint, run_id=run_id, tracking_uri=tracking_uri,
-                       register=register, data_digest=data_digest)  # fmt: skip
+        lock = acquire(cfg.storage.path, cfg.name)
+    except RunLocked as exc:
+        raise TrainingError(str(exc)) from None
+    with lock, stop_signals():
+        try:  # Ray first: a start that fails leaves no MLflow run behind
+            cluster.init_ray(cfg, address)
+        except cluster.RayStartError as exc:
+            raise TrainingError(str(exc)) from None
+        run_id, ray_name, data_digest = _open_tracked_run(mlflow, cfg, prepared, tracking_uri, parent_run_id,
+                                                          tags, force=force)  # fmt: skip
+        lock.set_run_id(run_id)
+        with closed_on_failure(mlflow.MlflowClient(), run_id):
+            for line in start_hints(tracking_uri, cluster.dashboard_url()):
+                print(line, flush=True)
+            trainer = _build_trainer(
+                cfg, prepared, storage, datasets, callbacks,
+                {"run_id": run_id, "tracking_uri": tracking_uri, "ray_name": ray_name,
+                 "hooks": list(worker_hooks or [])},
+            )  # fmt: skip
+            try:
+                result = trainer.fit()
+            except Exception as exc:
+                raise TrainingError(f"training run {cfg.name!r} failed: {_worker_error(exc)}") from exc
+            fault = mlflow.MlflowClient().get_run(run_id).data.tags.get(FAULT_TAG)
+            if fault:  # a deterministic fault (bad data): raised once, never retried by max_failures
+                raise TrainingError(f"training run {cfg.name!r} failed: {fault}")
+            if result.checkpoint is None:
+                raise TrainingError(f"training run {cfg.name!r} produced no checkpoint")
+            return _finish_run(mlflow, cfg, prepared, result.checkpoint, run_id=run_id, tracking_uri=tracking_uri,
+                               register=register, data_digest=data_digest)  # fmt: skip
 
 
 def _preflight(cfg: RunConfig, address: str | None = None) -> tuple[str, PreparedData, tuple[str, Any]]:

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from rfdist.config import RunConfig
 
 __all__ = [
+    "RayStartError",
     "connect_or_start_ray",
     "dashboard_url",
     "init_ray",
     "loopback_only",
+    "point_state_api_here",
     "private_token",
     "start_local_ray",
 ]
@@ -96,21 +98,49 @@ def private_token() -> None:
     path.chmod(0o600)  # O_CREAT's mode applies to new files only
 
 
-def _free_port() -> int:
-    import socket
+class RayStartError(RuntimeError):
+    """A local Ray instance did not come up (one line saying what to do)."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def point_state_api_here() -> None:
+    """Worker-process setup hook: Ray's state API in this process talks to its own cluster.
+
+    Ray Train's placement-group cleaner (a detached actor) asks the state API whether the
+    controller lives; without an address that API finds "the" cluster by scanning the machine's
+    processes and fails when a second Ray instance runs there (another test, a ``ray start``
+    head), leaving the placement groups of stopped trials behind. ``RAY_ADDRESS`` set to this
+    worker's own GCS (known once it runs) gives it the address. A ``RAY_API_SERVER_ADDRESS``
+    inherited from the shell (``cluster/local-head.sh env``) names another cluster, whose answer
+    ("no such controller") would make the cleaner remove a live run's placement group: dropped.
+    """
+    import ray
+
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # preferred by the state API over RAY_ADDRESS
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # a private instance's own
+
+
+def _startup_error(exc: Exception) -> RayStartError | None:
+    """A one-line :class:`RayStartError` for Ray's start-up timeouts and port clashes, else ``None``."""
+    text = str(exc)
+    if "timed out during startup" in text:
+        return RayStartError(
+            "Ray did not start: the local node timed out during startup (the machine is overloaded "
+            "or short of memory); retry when it is less busy, or join a running cluster with --address"
+        )
+    if "dashboard" in text.lower() and ("port" in text.lower() or "address already in use" in text.lower()):
+        return RayStartError(
+            f"Ray did not start: its dashboard could not bind a port ({text.splitlines()[0]})"
+        )
+    return None
 
 
 def start_local_ray(num_cpus: int) -> None:
     """Start a local Ray with ``num_cpus`` logical CPUs, its dashboard on 127.0.0.1.
 
-    Every process of this instance gets ``RAY_API_SERVER_ADDRESS`` (its own dashboard):
-    Ray Train's placement-group cleaner otherwise auto-detects the cluster by scanning the
-    machine's processes and fails when a second Ray instance runs there (another test, a
-    ``ray start`` head), leaving the placement groups of stopped trials behind.
+    Ray chooses the dashboard port (8265, else the next free one: it binds it itself, so no
+    other process can take it in between); the URL is read back from ``ray.init``. Every worker
+    process runs :func:`point_state_api_here`. A start-up failure Ray explains only with a
+    traceback (its node timing out under load) becomes :class:`RayStartError`.
     """
     import ray
 
@@ -123,27 +153,33 @@ def start_local_ray(num_cpus: int) -> None:
     # never has; its actor printed a core_worker "constructor arguments in the object store" error
     # line (ray-project/ray#53727) on some runs, which nobody can act on. A user's setting wins.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    dashboard_port = _free_port()
-    ray.init(
-        # "local": a new private instance even when a `ray start` head runs on this machine
-        # (a plain ray.init() would join it through /tmp/ray/ray_current_cluster and then
-        # refuse num_cpus)
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=768 * 1024**2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}},
-        log_to_driver=True,
-        logging_level="WARNING",
-    )
-    os.environ["RFDIST_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"  # for the start-up hint
+    try:
+        context = ray.init(
+            # "local": a new private instance even when a `ray start` head runs on this machine
+            # (a plain ray.init() would join it through /tmp/ray/ray_current_cluster and then
+            # refuse num_cpus)
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=768 * 1024**2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env={"worker_process_setup_hook": f"{__name__}.point_state_api_here"},
+            log_to_driver=True,
+            logging_level="WARNING",
+        )
+    except Exception as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    url = context.dashboard_url or ""
+    if url:  # for the start-up hint
+        os.environ["RFDIST_DASHBOARD_URL"] = url if "://" in url else f"http://{url}"
     from ray.data import DataContext
 
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    data_context = DataContext.get_current()
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
 
 
 def connect_or_start_ray(address: str | None, local_cpus: int) -> None:

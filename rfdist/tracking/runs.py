@@ -5,17 +5,32 @@ A training job and a sweep find their runs the same way: in the experiment
 rfdist sets on them: a training run by its MLflow run name (``mlflow.runName``, the config's
 ``name``) and tag ``rfdist.storage``; a sweep's parent run by ``rfdist.sweep_name`` and ``rfdist.storage``.
 A sweep's trials are child runs (``mlflow.parentRunId``) in the same experiment as their parent.
+
+No run is left RUNNING: a driver runs everything after its run opens inside
+:func:`closed_on_failure`, which closes the run FAILED (any error) or KILLED (Ctrl-C, SIGTERM —
+``rfdist jobs stop`` — or an exit) with the reason in the tag :data:`FAILURE_TAG`;
+:func:`stop_signals` turns SIGTERM into :class:`RunStopped` so that it is seen. A re-run that
+resumes such a run sets it RUNNING again and drops the tag.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rfdist.config import ConfigError, RunConfig
 
 __all__ = [
+    "FAILURE_TAG",
+    "RunStopped",
     "child_runs",
+    "close_run",
+    "closed_on_failure",
     "experiment_for",
     "filter_value",
     "finished_step",
@@ -23,7 +38,78 @@ __all__ = [
     "log_params",
     "open_parent_run",
     "open_run",
+    "stop_signals",
 ]
+
+FAILURE_TAG = "rfdist.failure"
+"""Tag of a FAILED/KILLED run: why it ended (one line)."""
+
+
+class RunStopped(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: ``rfdist jobs stop``, a scheduler, ``kill``)."""
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`RunStopped` in the main thread (elsewhere: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise RunStopped(f"stopped by {signal.Signals(signum).name} (rfdist jobs stop, or kill)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def close_run(client: Any, run_id: str, status: str, reason: str) -> None:
+    """End ``run_id`` as ``status`` (FAILED/KILLED) with ``reason`` in :data:`FAILURE_TAG`.
+
+    Best effort: the run's own error matters more than a tracking store that is down too.
+    """
+    try:
+        client.set_tag(
+            run_id, FAILURE_TAG, reason.strip().splitlines()[0][:500] if reason.strip() else status
+        )
+        client.set_terminated(run_id, status=status)
+    except Exception as exc:
+        print(f"[rfdist] warning: could not mark MLflow run {run_id} {status}: {type(exc).__name__}: "
+              f"{str(exc)[:200]}", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": ")
+
+
+@contextmanager
+def closed_on_failure(
+    client: Any,
+    run_id: str,
+    describe: Callable[[BaseException], str] | None = None,
+    stopped: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Close ``run_id`` FAILED (an error) or KILLED (interrupt, stop signal, exit, ``stopped``) if the block raises.
+
+    ``describe`` turns an error into the tag's one line (default ``Type: last line``).
+    ``stopped``: more exception types that mean "stopped, resumable" (their message is the tag).
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, *stopped) as exc:
+        if isinstance(exc, (RunStopped, *stopped)):
+            why = str(exc)
+        else:
+            why = "exited" if isinstance(exc, SystemExit) else "interrupted (Ctrl-C)"
+        close_run(client, run_id, "KILLED", why)
+        raise
+    except BaseException as exc:
+        close_run(client, run_id, "FAILED", (describe or _reason)(exc))
+        raise
 
 
 def filter_value(value: str) -> str:
@@ -116,6 +202,7 @@ def open_run(
     experiment, latest = latest_run(mlflow, cfg, storage_path)
     previous = latest.data.tags.get("rfdist.ray_name", cfg.name) if latest is not None else cfg.name
     if latest is not None and latest.info.status != "FINISHED" and not force:
+        _reopen(mlflow.MlflowClient(), latest)
         return latest.info.run_id, previous
     ray_name = f"{cfg.name}-{uuid.uuid4().hex[:8]}" if force else previous
     run = mlflow.MlflowClient().create_run(
@@ -130,6 +217,14 @@ def open_run(
         ),
     )
     return run.info.run_id, ray_name
+
+
+def _reopen(client: Any, run: Any) -> None:
+    """A FAILED/KILLED run being resumed is RUNNING again, without its old failure tag."""
+    if run.info.status in ("FAILED", "KILLED"):
+        client.update_run(run.info.run_id, status="RUNNING")
+        if FAILURE_TAG in run.data.tags:
+            client.delete_tag(run.info.run_id, FAILURE_TAG)
 
 
 def log_params(mlflow: Any, run_id: str, cfg: RunConfig) -> None:
@@ -159,6 +254,7 @@ def open_parent_run(mlflow: Any, cfg: RunConfig) -> str:
     tags = {"rfdist.sweep_name": cfg.name, "rfdist.storage": cfg.storage.path}
     latest = _newest(mlflow, experiment.experiment_id, tags)
     if latest is not None and latest.info.status != "FINISHED":
+        _reopen(mlflow.MlflowClient(), latest)
         return latest.info.run_id
     run = mlflow.MlflowClient().create_run(
         experiment.experiment_id, run_name=cfg.name, tags={**tags, "rfdist.kind": "sweep"}
