@@ -63,7 +63,7 @@ def bound_mlflow_http(environ: dict[str, str] | None = None) -> None:
 # ------------------------------------------------------------------------------- config
 def check_config(cfg: RunConfig, *, sweep: bool = False) -> None:
     """Facts the config alone decides (no data, no network)."""
-    workers, batch = cfg.scaling.num_workers, cfg.train.batch_size
+    workers, batch = cfg.scaling.max_workers, cfg.train.batch_size
     if batch < workers:
         raise ConfigError(
             f"train.batch_size: {batch} is smaller than scaling.num_workers={workers} "
@@ -84,7 +84,7 @@ def check_config(cfg: RunConfig, *, sweep: bool = False) -> None:
 
 
 def _check_rows(cfg: RunConfig, split: str, rows: int, where: str) -> None:
-    workers = cfg.scaling.num_workers
+    workers = cfg.scaling.max_workers
     per_worker = rows // workers
     if split == "train":
         batch = cfg.train.batch_size // workers
