@@ -150,11 +150,15 @@ def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
     """Join ``address`` (else ``RAY_ADDRESS``) or start a local Ray with ``local_cpus`` logical CPUs."""
     import ray
 
+    from rfdist.runtime.console import quiet_driver
+
     if ray.is_initialized():
         return
+    quiet_driver()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Ray's INFO lines ("Connecting to existing Ray cluster…") stay out of the console
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         return
     start_local_ray(local_cpus)
 
@@ -167,7 +171,7 @@ def dashboard_url() -> str | None:
 
 def init_ray(cfg: RunConfig, address: str | None) -> None:
     """Join ``address`` or start a local Ray sized for one training run of ``cfg``."""
-    workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    workers_cpu = cfg.scaling.max_workers * cfg.scaling.cpus_per_worker
     # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
     # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
     connect_or_start_ray(address, max(4, math.ceil(workers_cpu) + 2))
