@@ -254,11 +254,73 @@ class TrainConfig(_Section):
 
 
 class ScalingConfig(_Section):
-    """Ray Train workers."""
+    """Ray Train workers (passed to ``ray.train.ScalingConfig``).
 
-    num_workers: int = Field(1, ge=1)
+    ``num_workers``: a count, or ``[min, max]`` for elastic training (Ray Train V2 starts once
+    ``min`` workers fit and grows the group towards ``max`` as resources appear; a resize
+    restarts the workers from the latest checkpoint, so it needs ``storage.max_failures >= 1``).
+    ``gpus_per_worker``: GPUs per worker with ``use_gpu`` (default 1; a fraction below 1 lets
+    workers share a GPU). ``resources_per_worker``: further Ray resources each worker reserves
+    (``memory`` in bytes, or a custom resource such as ``{"accelerator_type:A100": 0.01}``); CPU
+    and GPU come from ``cpus_per_worker`` / ``gpus_per_worker``.
+    """
+
+    num_workers: int | tuple[int, int] = 1
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | tuple[int, int]:
+        expected = "expected a worker count >= 1 or [min, max] with 1 <= min <= max (elastic training)"
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and 1 <= value[0] <= value[1]
+        ):
+            return value[0] if value[0] == value[1] else (value[0], value[1])
+        raise ValueError(expected)
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name}: set scaling.{name.lower()}s_per_worker instead")
+            if amount < 0:
+                raise ValueError(f"{name}: must be >= 0 (got {amount})")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus(self) -> ScalingConfig:
+        gpus = self.gpus_per_worker
+        if gpus is not None and not self.use_gpu:
+            raise ValueError(f"gpus_per_worker={gpus} needs use_gpu=true")
+        if gpus is not None and gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpus_per_worker={gpus}: Ray takes a fraction below 1 or a whole number")
+        return self
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers a run trains with (``num_workers`` when it is a count)."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers a run trains with: what resources are budgeted for."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    def worker_resources(self) -> dict[str, float]:
+        """Ray's ``resources_per_worker``: CPU, GPU (with ``use_gpu``) and the extra resources."""
+        resources = {**self.resources_per_worker, "CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = 1.0 if self.gpus_per_worker is None else self.gpus_per_worker
+        return resources
 
 
 class TrackingConfig(_Section):
@@ -384,7 +446,7 @@ class RunConfig(_Section):
                 matvecs=self.estimator.cg_budget(self.model.latent_dim),
                 device="cuda" if self.scaling.use_gpu else "cpu",
             )
-        batch = max(1, self.train.batch_size // self.scaling.num_workers)  # per worker
+        batch = max(1, self.train.batch_size // self.scaling.max_workers)  # per worker, the smallest
         resolved = self.estimator.options().updated(name=estimator).resolved(self.model.latent_dim, batch)
         return LossOptions.of(resolved, mode=self.train.mode, beta=self.train.beta)
 

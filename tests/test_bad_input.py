@@ -307,7 +307,7 @@ CASES = {
     ),
     "train-use-gpu-no-gpu": (
         lambda t: (no_gpu_here(), _train(t, "scaling.use_gpu=true"))[1], {}, 2,
-        "scaling.use_gpu: true needs one GPU per worker (1), but this machine has 0 CUDA device(s)",
+        "scaling.use_gpu: true needs a GPU per worker (1 at least), but this machine has 0 CUDA device(s)",
     ),
     "train-registry-name-slash": (
         lambda t: _train(t, "registry.name=team/vm"), {}, 2, "registry.name: contains '/'; MLflow model names",

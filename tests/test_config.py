@@ -22,6 +22,11 @@ PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "von-mises
         ("estimator.cg_tol=-0.1", "estimator.cg_tol"),
         ("estimator.name=magic", "estimator.name"),
         ("train.manifold_steps=100", "train.manifold_steps=100 needs train.mode=two_step"),
+        ("scaling.num_workers=[2,1]", "scaling.num_workers: expected a worker count >= 1 or"),
+        ("scaling.num_workers=[1,2,3]", "scaling.num_workers: expected a worker count"),
+        ("scaling.num_workers=0", "scaling.num_workers: expected a worker count"),
+        ("scaling.gpus_per_worker=0.5", "scaling: gpus_per_worker=0.5 needs use_gpu=true"),
+        ("scaling.resources_per_worker={GPU: 1}", "scaling.resources_per_worker: GPU: set scaling.gpus_per_worker"),
     ],
 )
 def test_bad_values_name_the_key(override: str, expected: str) -> None:
@@ -79,3 +84,24 @@ def test_later_data_source_wins_over_the_presets() -> None:
     assert (cfg.data.path, cfg.data.synthetic) == (None, "sphere")
     with pytest.raises(ConfigError, match=r"exactly one of data\.path"):
         load_config(PRESET, ["data.synthetic=null"])  # removing the only source is still refused
+
+
+def test_scaling_knobs_reach_ray_trains_scaling_config() -> None:
+    """Fractional GPUs, extra per-worker resources and elastic [min, max] workers pass through
+    to the ``ray.train.ScalingConfig`` the trainer is built with (no Ray instance needed)."""
+    from rfdist.recipes.train import scaling_config
+
+    cfg = load_config(
+        PRESET,
+        ["scaling.num_workers=[1,2]", "scaling.use_gpu=true", "scaling.gpus_per_worker=0.25",
+         "scaling.cpus_per_worker=0.5", "scaling.resources_per_worker={memory: 1000000}", "train.batch_size=8"],
+    )  # fmt: skip
+    assert (cfg.scaling.min_workers, cfg.scaling.max_workers) == (1, 2)
+    built = scaling_config(cfg)
+    assert tuple(built.num_workers) == (1, 2) and built.use_gpu
+    assert built.resources_per_worker == {"CPU": 0.5, "GPU": 0.25, "memory": 1000000}
+    assert load_config(PRESET, ["scaling.num_workers=[3,3]"]).scaling.num_workers == 3  # min == max: fixed
+    from rfdist.recipes.preflight import check_config
+
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 1 is smaller than scaling\.num_workers=2"):
+        check_config(load_config(PRESET, ["scaling.num_workers=[1,2]", "train.batch_size=1"]))

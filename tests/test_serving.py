@@ -236,3 +236,55 @@ print(pyfunc.predict(np.array([[0.5, -1.0]], dtype=np.float32)).tolist())
     assert where.startswith(str(local / "code" / "rfdist"))
     expected = model.log_prob(torch.tensor([[0.5, -1.0]])).detach().double().numpy()
     np.testing.assert_allclose(json.loads(values), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rfdist_serve_refuses_bad_options_before_ray() -> None:
+    from typer.testing import CliRunner
+
+    from rfdist.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", f"models:/{NAME}@champion", "--replicas", "2", "--max-replicas", "1"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: --replicas 2 / --max-replicas 1"), result.output
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+@pytest.mark.slow
+def test_ray_serve_answers_labelled_json_on_loopback(registered, shared_ray) -> None:
+    """The registered model on Ray Serve answers real HTTP requests: MLflow's request body,
+    JSON objects labelled by the output, one-line 400s; concurrent default requests are batched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+    from ray import serve
+
+    from rfdist.recipes.serve import ServeOptions, deploy
+
+    uri, model, _ = registered
+    port = free_port()
+    try:
+        url = deploy(f"models:/{NAME}@champion", ServeOptions(port=port, max_batch_size=4), tracking_uri=uri)
+        assert url == f"http://127.0.0.1:{port}/invocations"
+        listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.laddr.port == port and c.status == "LISTEN"}
+        assert listening and listening <= {"127.0.0.1"}, listening
+        x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+        expected = model.log_prob(x).double().detach().numpy()
+        with ThreadPoolExecutor(4) as pool:  # several callers at once: one batched predict, each its own rows
+            answers = list(pool.map(lambda i: _post(url, {"inputs": x[i : i + 1].tolist()}), range(5)))
+        for i, (status, body) in enumerate(answers):
+            assert status == 200 and list(body) == ["log_prob"], body
+            np.testing.assert_allclose(body["log_prob"], expected[i : i + 1], rtol=1e-4, atol=1e-4)
+        status, body = _post(url, {"inputs": x.tolist(), "params": {"output": "latent"}})
+        assert status == 200 and list(body) == ["latent"], body
+        np.testing.assert_allclose(np.asarray(body["latent"]).reshape(5, 1), model.encode(x).detach().numpy(), atol=1e-4)
+        status, body = _post(url, {"params": {"output": "sample", "count": 3}})
+        assert status == 200 and np.asarray(body["sample"]).shape == (3, 2), body
+        for bad in ({"inputs": [[0.0, 1.0, 2.0]]}, {"inputs": x.tolist(), "params": {"output": "nope"}}, {"rows": []}):
+            status, body = _post(url, bad)
+            assert status == 400 and list(body) == ["error"] and "\n" not in body["error"], (bad, body)
+            assert "Traceback" not in body["error"] and ".py" not in body["error"], body
+        assert "got 3" in _post(url, {"inputs": [[0.0, 1.0, 2.0]]})[1]["error"]
+        with urllib.request.urlopen(url.replace("/invocations", "/ping"), timeout=30) as response:
+            assert response.status == 200
+    finally:
+        serve.shutdown()  # the shared Ray stays up

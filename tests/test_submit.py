@@ -351,9 +351,10 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
         [
             "submit", "train", str(PRESET), "--address", head["dashboard_url"], "--wait", "--job-id", job_id,
             "--set", f"name={name}", "--set", f"registry.name={name}",
-            "--set", "scaling.num_workers=1", "--set", "train.max_steps=40",
-            "--set", "train.checkpoint_every=20", "--set", "train.log_every=10",
-            "--set", "data.train_rows=2000", "--set", "data.test_rows=1000",
+            # a 100-step job (what the console must stay quiet over) with small batches and splits
+            "--set", "scaling.num_workers=1", "--set", "train.max_steps=100", "--set", "train.batch_size=8",
+            "--set", "train.checkpoint_every=50", "--set", "train.log_every=50",
+            "--set", "data.train_rows=400", "--set", "data.test_rows=200",
             "--set", f"storage.path={tmp_path / 'runs'}", "--set", f"tracking.uri={tracking}",
         ],
         env,
@@ -363,6 +364,13 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
     assert result.returncode == 0, output[-4000:]
     assert f"job {job_id} SUCCEEDED" in result.stdout
     assert SECRET not in output and "AWS_SECRET_ACCESS_KEY" not in output
+    # one quiet console: rfdist's lines, none of Ray Data's progress bars (cursor escapes, blank
+    # lines), Ray's INFO lines, colours, or MLflow's own words about the registration
+    lines = output.splitlines()
+    assert len(lines) <= 30, f"{len(lines)} lines:\n{output[-6000:]}"
+    for noise in ("\x1b", "Successfully registered model", "Created version", " INFO ", "Running Dataset"):
+        assert noise not in output, (noise, output[-6000:])
+    assert output.count("[rfdist] step 100/100") == 1 and output.count("registered model") <= 1, output
 
     client = mlflow.MlflowClient(tracking, registry_uri=tracking)  # not the process-wide registry
     experiment = client.get_experiment_by_name("rfdist")
@@ -370,8 +378,8 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["scaling.num_workers"] == "1" and run.data.params["train.max_steps"] == "40"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/nll")] == [20, 40]
+    assert run.data.params["scaling.num_workers"] == "1" and run.data.params["train.max_steps"] == "100"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/nll")] == [50, 100]
     versions = client.search_model_versions(f"name = '{name}'")
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
     model = load_model(f"models:/{name}@latest", tracking_uri=tracking)
@@ -379,6 +387,10 @@ def test_submit_train_succeeds_and_registers_the_model(head, tmp_path: Path) -> 
         assert torch.isfinite(model.log_prob(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))).all()
     assert model.sample(5).shape == (5, 2)
     assert any((tmp_path / "runs" / name).glob("checkpoint_*/state.pt"))
+
+    logs = _rfdist(["jobs", "logs", job_id, "--address", head["dashboard_url"]], env)
+    assert logs.returncode == 0 and len(logs.stdout.splitlines()) <= 30, logs.stdout[-6000:]
+    assert "\x1b" not in logs.stdout and "[rfdist] step 100/100" in logs.stdout, logs.stdout[-6000:]
 
     listed = _rfdist(["jobs", "list", "--address", head["dashboard_url"]], env)
     assert listed.returncode == 0 and any(

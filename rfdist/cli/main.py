@@ -376,6 +376,58 @@ def score(
     typer.echo(f"scored {result.rows} rows -> {result.out}")
 
 
+@app.command("serve")
+def serve_model(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
+    replicas: Annotated[int, typer.Option(help="Replicas (the minimum with --max-replicas).")] = 1,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="Autoscale between --replicas and this many replicas.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests batched into one predict call.")] = 32,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve a logged model on Ray Serve: POST rows to /invocations, answers {"log_prob": [...]}."""
+    import time
+
+    from rfdist.recipes.serve import LOOPBACK, ServeOptions, deploy
+
+    if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
+        fail(f"--replicas {replicas} / --max-replicas {max_replicas}: expected 1 <= replicas <= max-replicas")
+    if max_batch_size < 1:
+        fail(f"--max-batch-size must be >= 1 (got {max_batch_size})")
+    autoscaling = (
+        {"min_replicas": replicas, "max_replicas": max_replicas, "initial_replicas": replicas}
+        if max_replicas is not None
+        else None
+    )
+    options = ServeOptions(
+        host=host, port=port, num_replicas=replicas, autoscaling=autoscaling, max_batch_size=max_batch_size
+    )
+    if host not in LOOPBACK:
+        typer.echo(f"[rfdist] warning: serving on {host}: anyone who reaches port {port} can query the model", err=True)
+    try:
+        url = deploy(model_uri, options, tracking_uri=tracking_uri, address=address)
+    except Exception as exc:
+        if _user_error(exc):
+            fail(str(exc))
+        if type(exc).__module__.startswith("mlflow") or type(exc).__name__ == "ModelIntegrityError":
+            fail(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", code=1)
+        raise
+    typer.echo(f"[rfdist] serving {model_uri} at {url} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

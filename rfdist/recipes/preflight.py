@@ -69,7 +69,7 @@ def bound_mlflow_http(environ: dict[str, str] | None = None) -> None:
 # ------------------------------------------------------------------------------- config
 def check_config(cfg: RunConfig, *, sweep: bool = False) -> None:
     """Facts the config alone decides (no data, no network)."""
-    workers, batch = cfg.scaling.num_workers, cfg.train.batch_size
+    workers, batch = cfg.scaling.max_workers, cfg.train.batch_size
     if batch < workers:
         raise ConfigError(
             f"train.batch_size: {batch} is smaller than scaling.num_workers={workers} "
@@ -90,7 +90,7 @@ def check_config(cfg: RunConfig, *, sweep: bool = False) -> None:
 
 
 def _check_rows(cfg: RunConfig, split: str, rows: int, where: str) -> None:
-    workers = cfg.scaling.num_workers
+    workers = cfg.scaling.max_workers
     per_worker = rows // workers
     if split == "train":
         batch = cfg.train.batch_size // workers
@@ -178,10 +178,10 @@ def check_devices(cfg: RunConfig, address: str | None) -> None:
     import torch
 
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    workers = cfg.scaling.num_workers
-    if found < workers:
+    workers = cfg.scaling.min_workers
+    if found < workers * (cfg.scaling.gpus_per_worker or 1.0):
         raise ConfigError(
-            f"scaling.use_gpu: true needs one GPU per worker ({workers}), but this machine has "
+            f"scaling.use_gpu: true needs a GPU per worker ({workers} at least), but this machine has "
             f"{found} CUDA device(s); set scaling.use_gpu=false, lower scaling.num_workers, or "
             "pass --address of a Ray cluster with GPUs"
         )

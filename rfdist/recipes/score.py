@@ -3,7 +3,8 @@
 The model is rebuilt on the driver with the installed rfdist (:func:`rfdist.tracking.models.load_flow`:
 no code from the artifact store), its weights handed to a pool of scoring actors
 (``map_batches`` with a callable class; one GPU each when the cluster has GPUs), and every row
-of the chosen split becomes one output row: the input's ``id``/``label`` columns, ``log_prob``
+of the chosen split becomes one output row: the input's ``id``/``label`` columns (``row_index``,
+the row's 0-based position in the split, in place of a missing ``id``: a join key), ``log_prob``
 (data space), ``log_prob_model`` (the model's space, e.g. logit space for images),
 ``reconstruction_error`` (``‖z − g(g†(z))‖²``) and ``latent`` (``d`` floats). Logit
 preprocessing is scored without dequantisation noise, so a re-run gives the same numbers.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,8 @@ __all__ = ["SUCCESS", "ScoreResult", "Scorer", "score_dataset", "score_table"]
 SUCCESS = "_SUCCESS"
 FORMAT = "rfdist-score-v1"
 """The ``format`` of the ``_SUCCESS`` JSON: how ``score`` recognises an output it may replace."""
-PASSTHROUGH = ("id", "label")
+PASSTHROUGH = ("id", "row_index", "label")
+ROW_INDEX = "row_index"
 SCORE_COLUMNS = ("log_prob", "log_prob_model", "reconstruction_error", "latent")
 
 
@@ -57,7 +60,8 @@ def score_table(
     from rfdist.data.reader import arrow_to_numpy
     from rfdist.tracking.pyfunc import score_rows
 
-    x = torch.from_numpy(arrow_to_numpy(table, features, dim)).to(device)
+    # Arrow's buffers are read-only: torch warns on a non-writable array, so copy only those
+    x = torch.from_numpy(np.require(arrow_to_numpy(table, features, dim), requirements="W")).to(device)
     scores = score_rows(model, x, preprocess)
     latent = scores["latent"].float().cpu().numpy()
     columns = {name: table.column(name) for name in PASSTHROUGH if name in table.column_names}
@@ -173,18 +177,60 @@ def _open_inputs(model_uri: str, data: str, split: str, tracking_uri: str | None
     return loaded, info, preprocess
 
 
+def _row_groups(files: list[str], filesystem: pafs.FileSystem) -> list[dict[str, Any]]:
+    """One item per Parquet row group of ``files`` with its first row's position in the split."""
+    items, offset = [], 0
+    for path in files:
+        metadata = pq.read_metadata(path, filesystem=filesystem)
+        for group in range(metadata.num_row_groups):
+            items.append({"path": path, "group": group, "offset": offset})
+            offset += metadata.row_group(group).num_rows
+    return items
+
+
+def _read_row_groups(batch: pa.Table, *, filesystem: pafs.FileSystem, columns: list[str]) -> pa.Table:
+    """The rows of each row group in ``batch`` (from :func:`_row_groups`), with ``row_index``."""
+    tables = []
+    for path, group, offset in zip(*(batch.column(c).to_pylist() for c in ("path", "group", "offset")), strict=True):
+        with filesystem.open_input_file(path) as handle:
+            table = pq.ParquetFile(handle).read_row_group(group, columns=columns)
+        index = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+        tables.append(table.append_column(ROW_INDEX, index))
+    return pa.concat_tables(tables)
+
+
+def _read_split(info: Any, split: str, columns: list[str]) -> Any:
+    """The split as a Ray Dataset of ``columns``; with ``row_index`` when the input has no ``id``.
+
+    Ray Data's Parquet reader numbers no rows, so without an ``id`` the split is read by row
+    group, each one knowing (from the Parquet footers, read here) where it starts.
+    """
+    import ray.data
+
+    files = info.splits[split]
+    if "id" in columns:
+        return ray.data.read_parquet(files, filesystem=info.filesystem).select_columns(columns)
+    groups = _row_groups(files, info.filesystem)
+    return ray.data.from_items(groups, override_num_blocks=max(1, len(groups))).map_batches(
+        _read_row_groups,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"filesystem": info.filesystem, "columns": columns},
+    )
+
+
 def _scored(
     loaded: Any, info: Any, split: str, preprocess: dict, *, batch_size: int, actors: int | None
 ) -> tuple[Any, list[str]]:
-    """``(lazy Ray Dataset of scored rows, input columns read)``: a pool of :class:`Scorer` actors."""
+    """``(lazy Ray Dataset of scored rows, output pass-through columns)``: a pool of :class:`Scorer` actors."""
     import ray
-    import ray.data
+    from ray.data import ActorPoolStrategy
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     pool = actors or (gpus or max(1, math.floor(ray.cluster_resources().get("CPU", 1) / 2)))
     schema = pq.read_schema(info.splits[split][0], filesystem=info.filesystem)
     columns = [*info.columns(), *(["id"] if "id" in schema.names and "id" not in info.columns() else [])]
-    ds = ray.data.read_parquet(info.splits[split], filesystem=info.filesystem).select_columns(columns)
+    ds = _read_split(info, split, columns)
     scored = ds.map_batches(
         Scorer,
         fn_constructor_kwargs={
@@ -196,11 +242,12 @@ def _scored(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=(1, pool),
+        compute=ActorPoolStrategy(min_size=1, max_size=pool),
         num_gpus=1 if gpus else 0,
         num_cpus=1,
     )
-    return scored, columns
+    passthrough = [*columns, *([] if "id" in columns else [ROW_INDEX])]
+    return scored, passthrough
 
 
 def _write_scores(
@@ -272,13 +319,14 @@ def score_dataset(
     tracking_uri: str | None = None,
     batch_size: int = 1024,
     actors: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> ScoreResult:
     """Score ``split`` of ``data`` with ``model_uri`` and write Parquet to ``out`` (see module doc).
 
     Everything that can be checked (model, dataset, split, row width, every shard's footer vs
     the manifest — train's :func:`~rfdist.recipes.preflight.check_shards` — and the output
     folder) is checked before Ray starts; bad input raises ``DataError`` with one line naming the option.
+    ``progress``: Ray Data's progress bars (default: only when stderr is a terminal).
     """
     from rfdist.recipes.preflight import check_shards
 
@@ -299,7 +347,7 @@ def score_dataset(
     from rfdist.runtime.cluster import connect_or_start_ray
 
     connect_or_start_ray(address, 4)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty() if progress is None else progress
     scored, columns = _scored(loaded, info, split, preprocess, batch_size=batch_size, actors=actors)
     source = {"model_uri": model_uri, "data": data, "split": split, "out": out}
     columns = [*(c for c in PASSTHROUGH if c in columns), *SCORE_COLUMNS]

@@ -373,6 +373,17 @@ def build_job(
     job_id = submission_id or f"rfdist-{kind}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     forwarded = sorted(k for k in env if k != INLINE_CONFIG_ENV)
     env["RFDIST_RAY_JOB_ID"] = job_id  # the MLflow run is tagged with it (rfdist.tracking.lineage)
+    from rfdist.runtime.console import JOB_CONSOLE_ENV, JOB_WORKER_SETUP_HOOK
+
+    for key, value in JOB_CONSOLE_ENV.items():  # a quiet job log (no progress bars, no colours)
+        env.setdefault(key, value)
+    runtime_env["worker_process_setup_hook"] = JOB_WORKER_SETUP_HOOK  # Ray Data's INFO lines to its log
+    if is_loopback(address):
+        # a head on this machine: Ray Train's placement-group cleaner finds its cluster by this
+        # address rather than by scanning the machine (which fails beside another Ray); the
+        # one-node head has no draining nodes for the preemption watcher to poll
+        env.setdefault("RAY_API_SERVER_ADDRESS", address)
+        env.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return JobSpec(
         entrypoint=shlex.join(argv),
         runtime_env=runtime_env,
@@ -492,8 +503,16 @@ def connect(address: str, *, warn: Callable[[str], None] | None = None):
             f"sending the Ray token over plain HTTP to {address}: use an SSH tunnel "
             "(`ray dashboard`, `kubectl port-forward`) or TLS"
         )
+    import logging
+
     from ray.job_submission import JobSubmissionClient
 
+    # the upload's per-folder "Ignoring upload…"/"Uploading package…" INFO lines and notices
+    # about Ray's default excludes (.git, .venv: what rfdist leaves home anyway) stay quiet
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    for name in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk",
+                 "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.working_dir"):  # fmt: skip
+        logging.getLogger(name).setLevel(logging.ERROR)
     with cluster_errors(address), _without(ADDRESS_ENV):
         client = JobSubmissionClient(address)
         if client.get_address().rstrip("/") != address:  # Ray resolved it elsewhere: never talk there

@@ -293,13 +293,13 @@ def _concurrency(cfg: RunConfig, cpus: float | None = None, gpus: float | None =
     """
     if isinstance(cfg.tune.max_concurrent_trials, int):
         return cfg.tune.max_concurrent_trials
-    workers = cfg.scaling.num_workers
+    workers = cfg.scaling.max_workers
     if cfg.scaling.use_gpu:
         if gpus is None:
             import torch
 
             gpus = torch.cuda.device_count()
-        return max(1, int(gpus // workers))
+        return max(1, int(gpus // (workers * cfg.scaling.worker_resources()["GPU"])))
     per_trial = workers * cfg.scaling.cpus_per_worker + 1
     if cpus is None:
         return max(1, int((os.cpu_count() or 1) // per_trial))
@@ -314,7 +314,7 @@ def _init_ray(cfg: RunConfig, address: str | None, concurrency: int) -> None:
     """
     from rfdist.runtime.cluster import check_cluster_gpus, connect_or_start_ray
 
-    per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
+    per_trial = cfg.scaling.max_workers * cfg.scaling.cpus_per_worker + 1
     connect_or_start_ray(address, math.ceil(concurrency * per_trial) + 2)
     check_cluster_gpus(cfg)
 
@@ -564,7 +564,9 @@ def _build_tuner(cfg: RunConfig, plan: _Plan, parent_run_id: str, address: str |
             name=cfg.name,
             storage_path=plan.storage_path,
             storage_filesystem=plan.filesystem,
-            verbose=1,
+            # no status table every 30 s nor TensorBoard hint: trials print rfdist's own step lines
+            # and the sweep its summary; Tune's CSV/JSON results stay (ResultGrid reads them)
+            verbose=0,
         ),
     )
 
@@ -663,7 +665,10 @@ def _finish(
         return None, None
     model_name = cfg.registry.name or cfg.name
     model_uri = client.get_run(best.run_id).data.tags.get("rfdist.model_uri", f"runs:/{best.run_id}/model")
-    version = register_flow(model_uri, model_name)  # its digests go onto the version's tags
+    from rfdist.tracking.models import quiet_mlflow
+
+    with quiet_mlflow():  # the summary names the version; not MLflow's own words too
+        version = register_flow(model_uri, model_name)  # its digests go onto the version's tags
     client.set_registered_model_alias(model_name, "sweep-best", version)
     client.set_tag(parent_run_id, "rfdist.best_trial", best.trial)
     client.set_tag(parent_run_id, "rfdist.best_run_id", best.run_id)
@@ -681,8 +686,10 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     """
     import mlflow
 
+    from rfdist.runtime.console import quiet_driver
     from rfdist.tracking.runs import closed_on_failure, stop_signals
 
+    quiet_driver()  # before the MLflow database is opened (its INFO lines on creation)
     plan = _preflight(cfg, address)
     parent_run_id = _start_parent(mlflow, cfg, plan.tracking_uri)
     client = mlflow.MlflowClient()

@@ -24,7 +24,7 @@ from rfdist.config import RunConfig
 from rfdist.core.builders import build_model
 from rfdist.runtime import cluster
 from rfdist.runtime.checkpoint import checkpoint_uri, load_state, storage_checkpoints, storage_target
-from rfdist.runtime.console import start_hints
+from rfdist.runtime.console import quiet_driver, start_hints
 from rfdist.runtime.datasets import PreparedData, prepare_data, ray_datasets
 from rfdist.runtime.lock import RunLocked, acquire
 from rfdist.runtime.worker import FAULT_TAG, WorkerHook, preprocess_fn, train_loop_per_worker
@@ -37,7 +37,7 @@ from rfdist.tracking.runs import (
     stop_signals,
 )
 
-__all__ = ["TrainingError", "TrainingResult", "run_training"]
+__all__ = ["TrainingError", "TrainingResult", "run_training", "scaling_config"]
 
 
 class TrainingError(RuntimeError):
@@ -118,6 +118,7 @@ def run_training(
     """
     import mlflow
 
+    quiet_driver()  # before the MLflow database is opened (its INFO lines on creation)
     tracking_uri, prepared, storage = _preflight(cfg, address)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -220,6 +221,18 @@ def _open_tracked_run(
     return run_id, ray_name, data_digest
 
 
+def scaling_config(cfg: RunConfig) -> Any:
+    """Ray Train's ``ScalingConfig`` for ``cfg.scaling``: workers (a count or elastic
+    ``(min, max)``), GPUs, CPUs, GPU fraction and further resources per worker."""
+    import ray.train
+
+    return ray.train.ScalingConfig(
+        num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu,
+        resources_per_worker=cfg.scaling.worker_resources(),
+    )
+
+
 def _build_trainer(
     cfg: RunConfig,
     prepared: PreparedData,
@@ -244,9 +257,6 @@ def _build_trainer(
     if isinstance(datasets.get("train"), MaterializedDataset):
         datasets = dict(datasets)
         train_dataset = datasets.pop("train")
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = 1
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "spec": prepared.spec.to_dict(),
@@ -259,9 +269,7 @@ def _build_trainer(
         train_loop_per_worker,
         torch_config=LoopbackTorchConfig(),  # rendezvous on 127.0.0.1 when all workers run here
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=ray.train.RunConfig(
             name=run["ray_name"],
             storage_path=storage_path,

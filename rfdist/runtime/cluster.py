@@ -186,11 +186,15 @@ def connect_or_start_ray(address: str | None, local_cpus: int) -> None:
     """Join ``address`` (else ``RAY_ADDRESS``) or start a local Ray with ``local_cpus`` logical CPUs."""
     import ray
 
+    from rfdist.runtime.console import quiet_driver
+
     if ray.is_initialized():
         return
+    quiet_driver()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Ray's INFO lines ("Connecting to existing Ray cluster…") stay out of the console
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         return
     start_local_ray(local_cpus)
 
@@ -203,7 +207,7 @@ def dashboard_url() -> str | None:
 
 def init_ray(cfg: RunConfig, address: str | None) -> None:
     """Join ``address`` or start a local Ray sized for one training run of ``cfg``."""
-    workers_cpu = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    workers_cpu = cfg.scaling.max_workers * cfg.scaling.cpus_per_worker
     # Logical CPUs: room for every worker, the train controller and Ray Data's read tasks
     # (on 2 physical cores an exact budget starves Ray Data and hangs silently).
     connect_or_start_ray(address, max(4, math.ceil(workers_cpu) + 2))
@@ -221,9 +225,10 @@ def check_cluster_gpus(cfg: RunConfig) -> None:
     if not cfg.scaling.use_gpu:
         return
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    if gpus < cfg.scaling.num_workers:
+    needed = cfg.scaling.min_workers * (cfg.scaling.gpus_per_worker or 1.0)
+    if gpus < needed:
         print(
-            f"[rfdist] warning: scaling.use_gpu asks for {cfg.scaling.num_workers} GPU worker(s) but the "
+            f"[rfdist] warning: scaling.use_gpu asks for {needed:g} GPU(s) ({cfg.scaling.min_workers} worker(s)) but the "
             f"Ray cluster has {gpus:g} GPU(s) now; the workers wait for GPU nodes (an autoscaler) or time out",
             flush=True,
         )

@@ -15,7 +15,17 @@ from typing import Any
 
 from rfdist.runtime.ray_internals import apply_ray_data_logging, train_report_logger
 
-__all__ = ["RayDataConsoleFilter", "quiet_ray_data", "quiet_train_reports", "start_hints", "worker_print"]
+__all__ = [
+    "JOB_CONSOLE_ENV",
+    "JOB_WORKER_SETUP_HOOK",
+    "RayDataConsoleFilter",
+    "quiet_driver",
+    "quiet_job_worker",
+    "quiet_ray_data",
+    "quiet_train_reports",
+    "start_hints",
+    "worker_print",
+]
 
 RAY_DATA_LOGGING = os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml")
 
@@ -44,6 +54,50 @@ def quiet_ray_data() -> None:
     os.environ["RAY_DATA_LOGGING_CONFIG"] = RAY_DATA_LOGGING  # inherited by the local Ray's workers
     if "ray.data" in sys.modules:  # already configured at import: apply now
         apply_ray_data_logging()
+
+
+JOB_CONSOLE_ENV = {
+    # a job's output is a log file: no Ray Data progress bars (cursor escapes and blank lines
+    # in it), no colour codes around the "(RayTrainWorker pid=…)" prefixes
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_COLOR_PREFIX": "0",
+    # Ray's processes warn about Ray's own deprecated calls: nothing a user can act on
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # Ray's "[repeated 2x across cluster]" notice carries colour codes
+    "RAY_DEDUP_LOGS": "0",
+}
+"""Environment of every process of a submitted job (driver and workers) for a quiet log."""
+
+JOB_WORKER_SETUP_HOOK = "rfdist.runtime.console.quiet_job_worker"
+"""A job's ``worker_process_setup_hook``: run by every worker process of the job as it starts."""
+
+
+def quiet_job_worker() -> None:
+    """In each worker process of a submitted job: Ray Data's console at WARNING (as
+    :func:`quiet_ray_data` does for a local Ray), its INFO lines in ``ray-data.log``. The config
+    file's path is this process's own copy of rfdist, so it exists on every node."""
+    quiet_ray_data()
+
+
+def quiet_driver() -> None:
+    """This process's console, whichever Ray it joins: colours only on a terminal, no Ray Data
+    progress bars unless stderr is a terminal, and the INFO lines of the MLflow database
+    (created or migrated on first use) and of model registration in their loggers only."""
+    import logging
+
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read each time Ray prints a worker line
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        if "ray.data" in sys.modules:  # the default was read at import
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()  # this process's Ray Data (a score driver runs its executor here)
+    # MLflow's INFO lines (database created, experiment created, "View run at") say what rfdist
+    # says itself; its warnings stay
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def worker_print(*objects: Any, **kwargs: Any) -> None:

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +130,35 @@ def _stage_code(folder: Path) -> Path:
     return target
 
 
+class _DropLines(io.TextIOBase):
+    """A text stream passing on every line except those starting with one of ``prefixes``."""
+
+    def __init__(self, target: Any, prefixes: tuple[str, ...]) -> None:
+        self.target, self.prefixes, self.pending = target, prefixes, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not line.startswith(self.prefixes):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self.pending.startswith(self.prefixes):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+
+
+MLFLOW_REGISTRATION_LINES = ("Successfully registered model ", "Created version ", "Registered model ")
+"""What MLflow prints (to stderr, not through logging) on registering; rfdist says it once itself."""
+
+
 @contextlib.contextmanager
 def quiet_mlflow():
-    """No MLflow download bars, pyfunc type-hint advice or pickle caveat on the console.
+    """No MLflow download bars, pyfunc type-hint advice, pickle caveat or registration lines
+    (rfdist prints the registered version itself) on the console.
 
     The pickle caveat is answered by design: the pickle only names
     :class:`rfdist.tracking.pyfunc.RectangularFlowPyfunc`, and rfdist's own loader never unpickles.
@@ -144,11 +172,13 @@ def quiet_mlflow():
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    stderr = _DropLines(sys.stderr, MLFLOW_REGISTRATION_LINES)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(stderr):
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
             yield
     finally:
+        stderr.flush()
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
         if previous is None:
