@@ -40,6 +40,24 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_defaults() -> Iterator[None]:
+    """Each test starts from MLflow's default tracking and registry URIs (process-wide state
+    that a test setting them would otherwise leave to whichever test the worker runs next).
+    ``mlflow.set_*_uri`` also export ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``: restored too."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def shared_s3() -> Iterator[str]:
     """One moto S3 server on 127.0.0.1 for this worker process; yields its endpoint.

@@ -175,6 +175,7 @@ def logged_model(tmp_path_factory):
     model = build_model(spec)
     fit(model, VonMisesCircle().sample(2000), steps=20, batch_size=500, lr=5e-3)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # not a registry another test in this process left set
     mlflow.set_experiment("eval-test")
     with mlflow.start_run() as run:
         mlflow.log_params({"data.synthetic": "von-mises", "data.preprocess": "none"})

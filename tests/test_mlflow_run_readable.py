@@ -22,8 +22,8 @@ def store(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     yield uri
-    mlflow.set_tracking_uri(None)
 
 
 def _cfg(tmp_path: Path, *extra: str):

@@ -7,6 +7,8 @@ import importlib
 import inspect
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,13 +60,20 @@ def test_single_machine_constant_is_what_ray_reads_for_the_node_ip(monkeypatch) 
     assert isinstance(constants.ENABLE_RAY_CLUSTER, bool), "Ray dropped ray_constants.ENABLE_RAY_CLUSTER"
     assert services.ray_constants is constants, "get_node_ip_address no longer reads ray_constants"
     assert "ray_constants.ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address)
-    worker = importlib.import_module("ray._private.worker")
-    if worker._global_node is not None:
-        pytest.skip("a Ray node is running in this process: its IP is fixed")
-    monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", True)
-    ray_internals.keep_loaded_ray_single_machine()
-    assert constants.ENABLE_RAY_CLUSTER is False
-    assert services.get_node_ip_address() == services.get_localhost_ip()
+    # in a fresh process: a Ray node running in this one (the worker's shared Ray) fixes its IP
+    probe = (
+        "import importlib\n"
+        "from rfdist.runtime import ray_internals\n"
+        "constants = importlib.import_module(ray_internals.CLUSTER_CONSTANTS_MODULE)\n"
+        "services = importlib.import_module('ray._private.services')\n"
+        "constants.ENABLE_RAY_CLUSTER = True\n"
+        "ray_internals.keep_loaded_ray_single_machine()\n"
+        "assert constants.ENABLE_RAY_CLUSTER is False\n"
+        "assert services.get_node_ip_address() == services.get_localhost_ip()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_ray_data_logging_reapplies_the_config_file(monkeypatch) -> None:

@@ -24,7 +24,7 @@ from rfdist.cli.main import app
 from .s3_server import make_bucket, s3_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-VM = ROOT / "jobs" / "configs" / "von-mises.yaml"
+VM = ROOT / "rfdist" / "presets" / "von-mises.yaml"
 
 # this process's train stops at its MLflow run: Ray's start is skipped, building the trainer blocks
 BLOCKED_TRAIN = """

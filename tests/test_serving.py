@@ -238,15 +238,19 @@ print(pyfunc.predict(np.array([[0.5, -1.0]], dtype=np.float32)).tolist())
     np.testing.assert_allclose(json.loads(values), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_rfdist_serve_refuses_bad_options_before_ray() -> None:
+def test_rfdist_serve_refuses_bad_options_before_ray(monkeypatch) -> None:
+    import ray
     from typer.testing import CliRunner
 
     from rfdist.cli.main import app
 
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started (or joined) for a command refused on its options")
+
+    monkeypatch.setattr(ray, "init", tripwire)
     result = CliRunner().invoke(app, ["serve", f"models:/{NAME}@champion", "--replicas", "2", "--max-replicas", "1"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("error: --replicas 2 / --max-replicas 1"), result.output
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 @pytest.mark.slow

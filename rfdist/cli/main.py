@@ -376,7 +376,7 @@ def score(
     typer.echo(f"scored {result.rows} rows -> {result.out}")
 
 
-@app.command("serve")
+@app.command("serve", cls=PlainCommand)
 def serve_model(
     model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/NAME.")],
     replicas: Annotated[int, typer.Option(help="Replicas (the minimum with --max-replicas).")] = 1,
