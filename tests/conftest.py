@@ -125,6 +125,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     record = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     module_seconds: dict[str, float] = {}
     for item in items:
+        if "shared_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)  # a Ray instance: never the fast tier
         if _module_scoped_fixtures(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
             module_seconds[item.module.__name__] = module_seconds.get(item.module.__name__, 0.0)

@@ -575,6 +575,7 @@ PROCESS_CASES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # a Python process per case; the same cases run in-process in the fast tier
 @pytest.mark.parametrize("case", list(PROCESS_CASES))
 def test_no_traceback_in_a_real_process(case: str, tmp_path: Path) -> None:
     make_args, codes, expected = PROCESS_CASES[case]

@@ -132,6 +132,7 @@ def test_streamed_split_reads_shards_in_a_new_seeded_order_every_epoch(tmp_path:
     np.testing.assert_array_equal(unshuffled[0], unshuffled[1])
 
 
+@pytest.mark.slow
 def test_mnist_and_fashion_mnist_carry_the_real_statistics_and_standard_splits(tmp_path: Path) -> None:
     """test = the official 10,000; val = a seeded draw from the 60,000; uint8 pixels."""
     for name, mean in (("mnist", 33.32), ("fashion-mnist", 72.94)):

@@ -23,6 +23,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT), **extra}
 
 
+@pytest.mark.slow
 def test_math_and_engine_import_and_train_without_ray_or_mlflow() -> None:
     """With ``import ray``/``import mlflow`` made to fail, the kit's modules import and train a step."""
     script = textwrap.dedent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from rfdist.recipes.local import load_arrays, run_local
 PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "digits.yaml"
 
 
+@pytest.mark.slow
 def test_digits_preset_trains_on_logit_images(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "make", "digits", "--out", str(tmp_path / "digits")])
     assert result.exit_code == 0, result.output

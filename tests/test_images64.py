@@ -107,6 +107,7 @@ TINY = {"scales": 3, "couplings": 1, "conv_hidden": 4, "conv_blocks": 1}
     ],
     ids=["two-step", "exact-chunked", "hutchinson", "hutchinson-reused-gram"],
 )
+@pytest.mark.slow
 def test_tiny_image64_flow_trains_with_each_estimator(options: LossOptions) -> None:
     torch.manual_seed(0)
     model = build_model(ModelSpec(data_shape=(3, 64, 64), latent_dim=64, flow="multiscale", **TINY))
@@ -120,6 +121,7 @@ def test_tiny_image64_flow_trains_with_each_estimator(options: LossOptions) -> N
     assert moved > len(before) // 2
 
 
+@pytest.mark.slow
 def test_exact_chunked_logdet_and_gradient_match_brute_force() -> None:
     """Multi-scale flow (3 scales) on a small image: chunked exact == dense J from torch.autograd."""
     torch.manual_seed(0)

@@ -109,6 +109,7 @@ def test_step_timing_reads_rank0_history_and_skips_the_first_window(reproduce, t
     assert reproduce.step_timing(client, empty) == {}
 
 
+@pytest.mark.slow
 def test_eval_command_reproduces_the_recorded_numbers(reproduce, tmp_path, monkeypatch) -> None:
     # reproduce.py trains and evaluates a small run into the page's relative store; the page's
     # `rfdist eval` command, run as a user would (a new process, the CLI), must give its numbers.

@@ -70,6 +70,7 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(key, raising=False)
 
 
+@pytest.mark.slow
 def test_ray_start_timeout_is_one_line_and_leaves_no_run(clean_env, tmp_path, monkeypatch) -> None:
     import ray
 
@@ -88,6 +89,7 @@ def test_ray_start_timeout_is_one_line_and_leaves_no_run(clean_env, tmp_path, mo
     assert [run.info.status for run in _runs(tmp_path)] == []  # Ray starts before the run opens
 
 
+@pytest.mark.slow
 def test_failure_after_the_run_opens_marks_it_failed_with_the_reason(
     clean_env, tmp_path, monkeypatch
 ) -> None:
@@ -105,6 +107,7 @@ def test_failure_after_the_run_opens_marks_it_failed_with_the_reason(
     assert run.data.tags["rfdist.failure"] == "RuntimeError: ray.data read failed: column 'x' has nulls"
 
 
+@pytest.mark.slow
 def test_second_train_of_a_name_is_refused_and_sigterm_marks_the_first_killed(clean_env, tmp_path) -> None:
     """Two concurrent `rfdist train` of one name: the second refuses in one line naming the first
     (its MLflow run, pid), before Ray; the first, stopped as `rfdist jobs stop` stops it (SIGTERM),
@@ -193,6 +196,7 @@ def test_s3_lease_is_created_once_and_a_stale_one_is_taken_over(s3_server, monke
     locks.acquire("s3://lock-test/runs", "job").release()
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_the_run_opens_marks_it_killed(clean_env, tmp_path) -> None:
     """Ctrl-C (SIGINT) of a driver whose MLflow run is open: the run ends KILLED, not RUNNING."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}

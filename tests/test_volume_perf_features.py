@@ -194,6 +194,7 @@ def test_auto_picks_exact_at_small_d_and_hutchinson_at_large_d() -> None:
     assert large.matvec == "vjp" and large.preconditioner == "gram"
 
 
+@pytest.mark.slow
 def test_config_defaults_meet_the_matvec_and_accuracy_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A config that only says ``hutchinson`` at d=20: ≤ 6 matvecs a step, no host sync, and a
     gradient no further from the brute-force one than the reference's 13 plain CG iterations."""
