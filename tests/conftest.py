@@ -22,7 +22,7 @@ import torch
 
 torch.set_num_threads(1)
 
-SHARED_RAY_CPUS = 8  # logical: a sweep's two concurrent 1-worker trials, or a 2-worker run, plus Ray Data
+SHARED_RAY_CPUS = 4  # logical, as rfdist sizes its own local Ray (Ray prestarts one idle worker per CPU)
 
 
 def available_devices() -> list[str]:
