@@ -58,6 +58,18 @@ def _mlflow_defaults() -> Iterator[None]:
             os.environ[key] = value
 
 
+@pytest.fixture
+def ray_tripwire(monkeypatch) -> None:
+    """Starting (or joining) Ray through rfdist fails the test: for input that must be refused first."""
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started: the bad input was not caught up front")
+
+    monkeypatch.setattr("rfdist.runtime.cluster.init_ray", tripwire)
+    monkeypatch.setattr("rfdist.recipes.sweep._init_ray", tripwire)
+    monkeypatch.setattr("rfdist.runtime.cluster.connect_or_start_ray", tripwire)
+
+
 @pytest.fixture(scope="session")
 def shared_s3() -> Iterator[str]:
     """One moto S3 server on 127.0.0.1 for this worker process; yields its endpoint.
