@@ -30,7 +30,7 @@ def sample():
             try:
                 for c in proc.net_connections("inet"):
                     if c.status == "LISTEN":
-                        title = " ".join(proc.cmdline())[:80]
+                        title = " ".join(proc.cmdline())[:400]  # whole: the install path comes first
                         seen[f"{c.laddr.ip}:{c.laddr.port}"] = title
             except psutil.Error:
                 pass

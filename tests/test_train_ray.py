@@ -125,7 +125,7 @@ def test_hutchinson_and_s3_storage_with_an_mlflow_server(tmp_path: Path, s3_serv
             name="vm-s3",
         )
         result = run_training(cfg)
-        assert result.checkpoint_path.startswith("rfdist/runs/vm-s3/")
+        assert result.checkpoint_path.startswith("s3://rfdist/runs/vm-s3/")  # as the user writes it
         import pyarrow.fs
 
         fs = pyarrow.fs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http")

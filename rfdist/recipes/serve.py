@@ -92,6 +92,14 @@ def _pyfunc(spec: dict, state: dict, preprocess: dict | None) -> Any:
     return wrapper
 
 
+def _refusals() -> tuple[type[Exception], ...]:
+    """The exceptions that mean a bad request (HTTP 400): the pyfunc's ``predict`` refuses input
+    with MLflow's ``MlflowException`` (what MLflow's own server answers with a 400)."""
+    from mlflow.exceptions import MlflowException
+
+    return (ValueError, TypeError, MlflowException)
+
+
 def _deployment_class(options: ServeOptions) -> Any:
     """The Ray Serve deployment (built here: ``@serve.batch`` takes its sizes at definition)."""
     from ray import serve
@@ -118,13 +126,13 @@ def _deployment_class(options: ServeOptions) -> Any:
                 values = self.predict(np.concatenate([t.numpy() for t in tensors]), {})
                 bounds = np.cumsum([0, *(len(t) for t in tensors)])
                 return [values[a:b] for a, b in itertools.pairwise(bounds)]
-            except ValueError:
+            except _refusals():
                 return [self._alone(rows) for rows in requests]
 
         def _alone(self, rows: Any) -> Any:
             try:
                 return self.predict(rows, {})
-            except ValueError as exc:
+            except _refusals() as exc:
                 return exc
 
         async def __call__(self, request: Request) -> JSONResponse:
@@ -141,7 +149,7 @@ def _deployment_class(options: ServeOptions) -> Any:
                         raise values
                 else:
                     values = self.predict(rows, params)
-            except (ValueError, TypeError) as exc:
+            except _refusals() as exc:
                 return JSONResponse(
                     {"error": str(exc).splitlines()[0] or type(exc).__name__}, status_code=400
                 )
