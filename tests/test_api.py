@@ -39,7 +39,9 @@ def test_as_config_takes_a_path_a_dict_or_a_config_with_overrides(tmp_path: Path
         as_config(None, {"train.max_steps": 0})
 
 
-def test_sweep_refuses_an_empty_search_space_before_ray_starts(tmp_path: Path, monkeypatch, ray_tripwire) -> None:
+def test_sweep_refuses_an_empty_search_space_before_ray_starts(
+    tmp_path: Path, monkeypatch, ray_tripwire
+) -> None:
     """Refused before Ray is started or joined (the tripwire), and nothing is written."""
     import rfdist
     from rfdist.config import ConfigError
