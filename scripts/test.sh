@@ -15,7 +15,7 @@ done
 docs_out="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q -d "$docs_out" || { rm -rf "$docs_out"; echo "error: mkdocs build --strict failed" >&2; exit 1; }
 rm -rf "$docs_out"
-.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=25 ${args[@]+"${args[@]}"}  # the 25 slowest, for where CI time goes
+.venv/bin/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 ${args[@]+"${args[@]}"}  # keep conftest's longest-first order; the 25 slowest, for where CI time goes
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2
