@@ -37,3 +37,18 @@ def test_a_drawn_chart_passes() -> None:
 def test_a_run_without_system_metrics_fails() -> None:
     problems = ui_check._problems(NO_METRICS, CHECKS, "system-metrics", drawn=True)
     assert len(problems) == 3, problems  # no count, no CPU chart, nothing drawn
+
+
+def test_the_metric_page_needs_its_chart_drawn_beside_its_polling_spinner() -> None:
+    """The metric page keeps a spinner beside its drawn chart (it polls for points): there the
+    drawn SVG is the check, and a page of only the spinner still fails."""
+    checks = [("metric chart", r"prof \(val/nll\)")]
+    spinner = '<div class="du-bois-light-spin du-bois-light-spin-spinning"></div>'
+    drawn = f'<body>{spinner}<svg class="main-svg"></svg><span>prof (val/nll)</span></body>'
+    loading = f"<body>{spinner}<span>prof (val/nll)</span></body>"
+    assert ui_check._problems(drawn, checks, "metric", drawn=True, spinner_free=False) == []
+    assert ui_check._problems(drawn, checks, "metric", drawn=True) != []  # the system-metrics rule
+    assert any(
+        "no chart drawn" in p
+        for p in ui_check._problems(loading, checks, "metric", drawn=True, spinner_free=False)
+    )
