@@ -143,14 +143,36 @@ def test_killed_and_resumed_equals_uninterrupted_and_epochs_cover_every_row(
     assert not torch.equal(b.workers[0]["rng_cpu"], b.workers[1]["rng_cpu"])
 
 
-def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
-    tmp_path: Path, sphere_data: str
-) -> None:
-    cfg = _config(
-        tmp_path, sphere_data, "ddp", "estimator.name=exact", "train.max_steps=3", "train.eval_every=2"
-    )
-    result = _train(tmp_path, cfg)
-    seen = _recorded(tmp_path / "rows" / "ddp")
+@pytest.fixture(scope="module")
+def _streamed_ddp_cache() -> dict:
+    return {}
+
+
+@pytest.fixture
+def streamed_ddp(_streamed_ddp_cache: dict, tmp_path_factory, sphere_data: str, shared_ray):
+    """One 2-worker fit shared by the DDP and the streamed-epochs tests (a fit costs ~1 min of
+    fixed overhead): ``data.materialize=never`` on 8 shards, the exact estimator (so one process
+    can replay it), 8 steps = 2 full epochs of 4 steps. Returns (cfg, result, tmp, sharded, seen)."""
+    if "run" not in _streamed_ddp_cache:
+        tmp = tmp_path_factory.mktemp("streamed-ddp")
+        source = open_dataset(sphere_data)
+        sharded = str(tmp / "sharded")
+        write_dataset(
+            sharded,
+            {split: {"x": load_split(source, split).numpy(), "label": None} for split in ("train", "val")},
+            shard_rows=50,
+        )
+        # eval_every=3 with checkpoint_every=5 and 8 steps: val/nll at 3 and 6 (eval_every), 5 (a
+        # checkpoint validates) and 8 (the final checkpoint, not a multiple of either)
+        cfg = _config(tmp, sharded, "ddp", "estimator.name=exact", "data.materialize=never",
+                      "train.max_steps=8", "train.eval_every=3")  # fmt: skip
+        result = _train(tmp, cfg)
+        _streamed_ddp_cache["run"] = (cfg, result, tmp, sharded, _recorded(tmp / "rows" / "ddp"))
+    return _streamed_ddp_cache["run"]
+
+
+def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(streamed_ddp) -> None:
+    cfg, result, tmp_path, data, seen = streamed_ddp
     state = _final_state(result)
 
     torch.manual_seed(cfg.seed)  # rank 0's initial model, which DDP broadcasts
@@ -161,13 +183,13 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
         x = torch.tensor(seen[0][key] + seen[1][key], dtype=torch.float32)
         train_step(model, optimizer, x, cfg.loss_options(), grad_clip=cfg.train.grad_clip)
         scheduler.step()
-    assert len(seen[0]) == 3
+    assert len(seen[0]) == 8
     # the worker's val_nll (which ranks checkpoints and picks the champion) is what
     # `rfdist eval` measures on the same checkpoint and split
     out = tmp_path / "eval.json"
     evaluated = CliRunner().invoke(
         app,
-        ["eval", "models:/ddp@latest", "--data", sphere_data, "--fd-samples", "50", "--json", str(out),
+        ["eval", "models:/ddp@latest", "--data", data, "--fd-samples", "50", "--json", str(out),
          "--tracking-uri", result.tracking_uri],
     )  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
@@ -175,26 +197,19 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(
     assert report["n_test"] == 150
     assert report["test_nll"] == pytest.approx(result.metrics["val_nll"], rel=1e-5, abs=1e-6)
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val/nll")
-    assert sorted(m.step for m in history) == [2, 3]  # eval_every=2, and the final checkpoint
+    assert sorted(m.step for m in history) == [3, 5, 6, 8]  # eval_every=3, a checkpoint, the final one
     for name, value in model.state_dict().items():
         torch.testing.assert_close(state.model[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_streamed_epochs_cover_every_row_in_a_new_order(tmp_path: Path, sphere_data: str) -> None:
+def test_streamed_epochs_cover_every_row_in_a_new_order(streamed_ddp) -> None:
     """``data.materialize=never``: the split streams from 8 shards through Ray Train's
     streaming_split; every row once per epoch across the ranks, in a new order. (That the shards
     themselves are read in a new seeded order each epoch is shown on the reader, with Ray's order
-    preserved, in tests/test_data.py: streaming_split's dynamic block assignment blurs it here.)"""
-    source = open_dataset(sphere_data)
-    sharded = str(tmp_path / "sharded")
-    write_dataset(
-        sharded,
-        {split: {"x": load_split(source, split).numpy(), "label": None} for split in ("train", "val")},
-        shard_rows=50,
-    )
-    _train(tmp_path, _config(tmp_path, sharded, "streamed", "data.materialize=never", "train.max_steps=8"))
+    preserved, in tests/test_data.py: streaming_split's dynamic block assignment blurs it here.)
+    The fit is the DDP test's (fixture ``streamed_ddp``)."""
+    _, _, _, sharded, seen = streamed_ddp
     rows = {tuple(r) for r in load_split(open_dataset(sharded), "train").tolist()}
-    seen = _recorded(tmp_path / "rows" / "streamed")
     order = {}
     for epoch in (0, 1):  # 8 steps = 2 full epochs of 4 steps
         epoch_rows = [

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from typer.testing import CliRunner
 
+from rfdist.cli.main import app
 from rfdist.recipes.train import run_training
 
 from .hooks import FailOnce
@@ -46,7 +48,12 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     assert run.data.metrics["perf/auto_exact_s"] > 0 and run.data.metrics["perf/auto_hutchinson_s"] > 0
 
 
-def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("shared_ray")
+def test_rerunning_a_stopped_driver_resumes(tmp_path: Path, capfd) -> None:
+    """The first driver is a real ``rfdist train`` process with its own Ray, stopped by SIGINT once
+    its first checkpoint is on disk; the re-run is the same command in-process on this worker's
+    shared Ray (a second subprocess would pay a second Ray start and torch import): the resume
+    comes from the storage path and the MLflow run, not from the Ray instance."""
     data = make_data(str(tmp_path / "vm"))
     args = [
         sys.executable,
@@ -85,9 +92,11 @@ def test_rerunning_a_stopped_driver_resumes(tmp_path: Path) -> None:
     assert list(runs.glob("checkpoint_*/state.pt")), "no checkpoint appeared"
     os.killpg(first.pid, signal.SIGINT)  # the user stops the driver (Ctrl-C)
     first.communicate(timeout=120)
-    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    text = second.stdout + second.stderr
+    capfd.readouterr()  # only the re-run's output below
+    second = CliRunner().invoke(app, args[3:])  # `rfdist train …`, the same arguments
+    output = capfd.readouterr()  # worker lines that reached the driver after the command returned
+    text = second.output + output.out + output.err
+    assert second.exit_code == 0, text[-3000:] + repr(second.exception)
     assert "resumed from checkpoint at step" in text
     resumed_at = int(text.split("resumed from checkpoint at step ")[1].split()[0])
     assert resumed_at >= 50
