@@ -54,11 +54,16 @@ def test_sweep_refuses_an_empty_search_space_before_ray_starts(
 
 @pytest.mark.slow
 def test_fit_trains_on_ray_and_returns_the_result(tmp_path: Path, shared_ray) -> None:
-    """20 steps of the small two-worker config: enough for a checkpoint, a run and a version."""
+    """20 steps of the small config on one worker: enough for a checkpoint, a run and a version.
+
+    One worker, not the config's two: this tests the API's result, not DDP (two workers are
+    tested in test_train_ray_equivalence.py); a second worker is one more actor and a gloo
+    rendezvous in each of the fits.
+    """
     import rfdist
 
     data = make_data(str(tmp_path / "vm"), rows=1000)
-    cfg = small_config(tmp_path, data, name="api-fit")
+    cfg = small_config(tmp_path, data, "scaling.num_workers=1", name="api-fit")
     path = tmp_path / "api.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     result = rfdist.fit(path, {"train.max_steps": 20, "train.checkpoint_every": 10})

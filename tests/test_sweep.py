@@ -103,7 +103,12 @@ def _runs(tmp: Path, name: str, experiment_name: str = "rfdist"):
 @pytest.mark.usefixtures("shared_ray")
 def test_sweep_with_asha_tracks_trials_and_registers_the_best(tmp_path: Path) -> None:
     data = make_data(str(tmp_path / "data"), rows=4000)
-    result = CliRunner().invoke(app, sweep_args(tmp_path, data, "sweep-asha", "--set", SPACE))
+    # 40 steps, not 100: with grace 20 and reduction factor 2, ASHA's one rung is step 20. The
+    # first trial there (lr 5e-3, trials run one at a time) always goes on and completes at 40;
+    # the lr 1e-6 trials, still untrained at step 20, fall below the rung's cutoff and are
+    # stopped there. Steps beyond the rung only lengthened the completed trials.
+    args = sweep_args(tmp_path, data, "sweep-asha", "--set", SPACE, "--set", "train.max_steps=40")
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     client, parent, children = _runs(tmp_path, "sweep-asha")
 
@@ -155,7 +160,10 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
         "--set",
         "tune.scheduler=none",
         "--set",
-        "train.max_steps=160",
+        # 80 steps, not 160: the interrupt comes at the first val_nll (step 20) and Tune stops the
+        # trial about 10 steps later (1.1 s at 120 ms a step on a loaded machine), so 60 steps
+        # left keep it unfinished, to be resumed from its checkpoint, with a 5x margin
+        "train.max_steps=80",
     ]
     command = [sys.executable, "-m", "rfdist.cli", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_EXPERIMENT_NAME": "sweep-team"}
