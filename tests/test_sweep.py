@@ -160,10 +160,10 @@ def test_interrupted_sweep_resumes(tmp_path: Path) -> None:
         "--set",
         "tune.scheduler=none",
         "--set",
-        # 80 steps, not 160: the interrupt comes at the first val_nll (step 20) and Tune stops the
-        # trial about 10 steps later (1.1 s at 120 ms a step on a loaded machine), so 60 steps
-        # left keep it unfinished, to be resumed from its checkpoint, with a 5x margin
-        "train.max_steps=80",
+        # 100 steps, not 160: the interrupt comes at the first val_nll (step 20) and Tune stops the
+        # trial about 10 steps later (1.1 s at 120 ms a step on a loaded machine), so 80 steps
+        # left keep it unfinished, to be resumed from its checkpoint, with an 8x margin
+        "train.max_steps=100",
     ]
     command = [sys.executable, "-m", "rfdist.cli", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_EXPERIMENT_NAME": "sweep-team"}
