@@ -23,6 +23,8 @@ from .s3_server import BucketView, make_bucket, s3_server  # noqa: F401  (fixtur
 
 pytestmark = pytest.mark.slow
 
+MAX_STEPS = 300
+
 
 def _steps_on_s3(fs, prefix: str) -> dict[str, int]:
     steps = {}
@@ -60,7 +62,8 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
         initialize_head=True,
         head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2},
     )
-    # two worker nodes, each big enough for the whole (2-worker) training group
+    # two worker nodes, each big enough for the whole training group: one worker with both of a
+    # node's CPUs (node loss needs no DDP; 2 CPUs keep it off the 1-CPU head, on a node we can kill)
     workers = [cluster.add_node(num_cpus=2, object_store_memory=150 * 1024**2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -68,12 +71,14 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
     cfg = small_config(
         tmp_path,
         make_data(str(tmp_path / "vm"), rows=2000),
-        "train.max_steps=400",
+        # the node goes at the first checkpoint on S3 (step 50): 250 steps (~10 s) are left, so the
+        # kill lands mid-run, and the resume finishes on the node that is left
+        f"train.max_steps={MAX_STEPS}",
         "train.batch_size=200",
         "train.checkpoint_every=50",
         "train.log_every=50",
-        "scaling.num_workers=2",
-        "scaling.cpus_per_worker=1",
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=2",
         "storage.max_failures=1",
         "storage.keep=20",
         "storage.path=s3://nodes/runs",
@@ -107,7 +112,7 @@ def test_losing_a_worker_node_resumes_from_the_last_checkpoint(tmp_path: Path, s
         assert resumed_at >= max(before.values())  # the newest checkpoint at the kill, or later
         after = _steps_on_s3(fs, prefix)
         assert set(before) <= set(after)  # no checkpoint lost
-        assert result.metrics["step"] == 400 and max(after.values()) == 400
+        assert result.metrics["step"] == MAX_STEPS and max(after.values()) == MAX_STEPS
         client = mlflow.MlflowClient(result.tracking_uri)
         runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 FILLER_CAP_MB = 96  # more than the tmpfs holds, far less than a real disk
 BLIP_S = 5  # longer than pyarrow's default S3 retries last (3 attempts, ~2 s)
+BLIP_STEPS = 150
 
 
 @pytest.fixture
@@ -68,7 +69,9 @@ def test_disk_full_while_checkpointing_fails_clearly_and_keeps_the_previous_chec
     cfg = small_config(
         tmp_path,
         make_data(str(tmp_path / "vm"), rows=2000),
-        "train.max_steps=400",
+        # the disk is full well under a second after the step-50 checkpoint has loaded: the
+        # checkpoints at 100, 150 and 200 are three chances to hit it, and none is needed after
+        "train.max_steps=200",
         "train.batch_size=200",
         "train.checkpoint_every=50",
         "scaling.num_workers=1",
@@ -124,7 +127,9 @@ def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
     cfg = small_config(
         tmp_path,
         make_data(str(tmp_path / "vm"), rows=2000),
-        "train.max_steps=300",
+        # S3 goes down at the first checkpoint (step 10) and the next upload blocks in its retries
+        # until it is back: the 130-odd steps after that are logged after the outage
+        f"train.max_steps={BLIP_STEPS}",
         "train.batch_size=200",
         "train.checkpoint_every=10",  # uploads every few hundred ms: the outage spans several
         "train.log_every=10",
@@ -154,7 +159,7 @@ def test_s3_restart_during_checkpoint_uploads_is_retried_and_the_run_completes(
     result = run_training(cfg)
     chaos.join(timeout=BLIP_S + 60)
     assert "down" in outage and "up" in outage, "S3 was never restarted"
-    assert result.metrics["step"] == 300  # the driver read the final checkpoint back from S3
+    assert result.metrics["step"] == BLIP_STEPS  # the driver read the final checkpoint back from S3
     # S3 went down mid-training (uploads block in their retries meanwhile): steps logged after it was back
     loss = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "train/loss")
     after = [m.step for m in loss if m.timestamp > outage["up"] * 1000]
