@@ -81,6 +81,7 @@ def test_ray_start_timeout_is_one_line_and_leaves_no_run(clean_env, tmp_path, mo
         )
 
     monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as if this worker's shared Ray were not up
     result = CliRunner().invoke(app, _args(tmp_path))
     assert result.exit_code == 1, result.output
     line = _error_line(result.output)
