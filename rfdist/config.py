@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -364,6 +365,13 @@ class RegistryConfig(_Section):
         return value
 
 
+#: ``tune.metric``'s earlier flat names and the MLflow names that replaced them.
+TUNE_METRIC_RENAMED = {
+    "val_nll": "val/nll",
+    **{name: f"perf/{name}" for name in ("s_per_step", "train_time_s", "matvecs_per_step", "peak_mem_mb")},
+}
+
+
 class TuneConfig(_Section):
     """Sweep settings (used by ``rfdist sweep``; see :mod:`rfdist.recipes.sweep`).
 
@@ -382,9 +390,25 @@ class TuneConfig(_Section):
     grace_period: int = Field(100, ge=1)
     reduction_factor: float = Field(3.0, gt=1)
     max_steps: int | None = Field(None, ge=1)
-    metric: Literal["val_nll", "s_per_step", "train_time_s", "matvecs_per_step", "peak_mem_mb"] = "val_nll"
+    metric: Literal[
+        "val/nll", "perf/s_per_step", "perf/train_time_s", "perf/matvecs_per_step", "perf/peak_mem_mb"
+    ] = "val/nll"
     mode: Literal["min", "max"] = "min"
     space: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _renamed_metric(cls, value: Any) -> Any:
+        """The flat names of earlier configs (``val_nll``, ``s_per_step``, …), read as their MLflow names."""
+        renamed = TUNE_METRIC_RENAMED.get(value) if isinstance(value, str) else None
+        if renamed is None:
+            return value
+        warnings.warn(
+            f"tune.metric: {value!r} is now called {renamed!r} (the MLflow name); reading it as that",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return renamed
 
     @model_validator(mode="after")
     def _positive_concurrency(self) -> TuneConfig:

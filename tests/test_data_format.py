@@ -176,7 +176,7 @@ def test_old_float32_and_new_uint8_image_datasets_both_train_on_ray(tmp_path: Pa
             ],
         )
         result = run_training(cfg, register=False)
-        assert result.metrics["step"] == 4 and math.isfinite(result.metrics["val_nll"]), layout
+        assert result.metrics["step"] == 4 and math.isfinite(result.metrics["val/nll"]), layout
 
 
 def _old_float_layout_split(root: Path, split: str, x: np.ndarray) -> None:

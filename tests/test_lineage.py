@@ -101,7 +101,7 @@ def test_two_worker_run_listens_on_loopback_only_with_a_clean_console_and_lineag
     assert not _exposed(listening), f"non-loopback listeners while training: {_exposed(listening)}"
 
     assert console.count("[rfdist] step 100/100") == 1, console
-    assert console.count("[rfdist] step 100  val_nll") == 1, console
+    assert console.count("[rfdist] step 100  val/nll") == 1, console
     for noise in (
         "Downloading artifacts", "Add type hints", "serialized using CloudPickle",
         # Ray's own INFO/notice lines and warnings about Ray's internals (rfdist.runtime.console)

@@ -1,12 +1,20 @@
-"""Rank 0's per-step series reach MLflow under the UI's namespaces (real sqlite store)."""
+"""Metric names: rank 0's series reach MLflow under the UI's namespaces (real sqlite store), and
+Tune, checkpoints and MLflow use one name per quantity."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mlflow
+import pytest
+import torch
 
+from rfdist.config import ConfigError, load_config
 from rfdist.tracking.metric_log import MetricLogger
+from rfdist.tracking.metric_names import COST_KEYS, SKIPPED_STEPS, VAL_NLL, report_value
+
+PRESET = Path(__file__).resolve().parents[1] / "rfdist" / "presets" / "von-mises.yaml"
 
 
 def test_per_step_series_are_namespaced_and_keep_their_steps(tmp_path: Path) -> None:
@@ -28,3 +36,38 @@ def test_per_step_series_are_namespaced_and_keep_their_steps(tmp_path: Path) -> 
         "perf/auto_exact_s": 0.5,
     }
     assert [m.step for m in client.get_metric_history(run_id, "val/nll")] == [20]
+
+
+def test_tune_metric_takes_the_mlflow_names_and_reads_the_old_flat_ones_with_a_warning() -> None:
+    assert load_config(PRESET).tune.metric == "val/nll"
+    assert load_config(PRESET, ["tune.metric=perf/s_per_step"]).tune.metric == "perf/s_per_step"
+    with pytest.warns(FutureWarning, match="'s_per_step' is now called 'perf/s_per_step'"):
+        assert load_config(PRESET, ["tune.metric=s_per_step"]).tune.metric == "perf/s_per_step"
+    with pytest.raises(ConfigError, match=r"tune\.metric"):
+        load_config(PRESET, ["tune.metric=val_loss"])
+
+
+def test_tune_metric_choices_are_names_a_trial_reports() -> None:
+    from typing import get_args
+
+    from rfdist.config import TuneConfig
+    from rfdist.recipes.sweep import TRIAL_METRICS
+
+    choices = set(get_args(TuneConfig.model_fields["metric"].annotation))
+    assert choices <= set(TRIAL_METRICS) and choices <= {VAL_NLL, *COST_KEYS}
+
+
+def test_a_checkpoint_with_the_old_flat_names_resumes_its_cost_and_val_nll() -> None:
+    from rfdist.runtime.worker import _CostMeter
+
+    old = {"val_nll": 1.25, "cost_steps": 10.0, "train_time_s": 2.0, "matvecs_per_step": 4.0,
+           "tangent_passes_per_step": 6.0, "skipped_steps": 1.0}  # fmt: skip
+    meter = _CostMeter(torch.device("cpu"), previous=old)
+    meter.add({"step_s": 1.0, "matvecs": 15.0, "tangent_passes": 17.0})
+    summary = meter.summary()
+    assert summary["perf/cost_steps"] == 11 and summary["perf/train_time_s"] == 3.0
+    assert summary["perf/matvecs_per_step"] == (4.0 * 10 + 15.0) / 11
+    assert summary["perf/tangent_passes_per_step"] == (6.0 * 10 + 17.0) / 11
+    assert report_value(old, VAL_NLL) == 1.25 and report_value(old, SKIPPED_STEPS) == 1.0
+    assert report_value({VAL_NLL: 0.5, "val_nll": 9.0}, VAL_NLL) == 0.5  # the new name wins
+    assert math.isnan(report_value({}, VAL_NLL))

@@ -27,7 +27,7 @@ def _write(folder: Path, step: int) -> Path:
         rng=None,
         config={},
         spec={},
-        metrics={"val_nll": 1.0 / step},
+        metrics={"val/nll": 1.0 / step},
     )
     save_state(folder, state)
     return folder

@@ -31,7 +31,7 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
 
     assert result.metrics["step"] == 300 and result.model_version == "1"
     assert "champion" in result.aliases
-    assert result.metrics["val_nll"] < 2.5  # learning happened (true entropy 1.63; init ~3.5)
+    assert result.metrics["val/nll"] < 2.5  # learning happened (true entropy 1.63; init ~3.5)
 
     # The registered model reproduces the final checkpoint's log_prob.
     state = load_state(result.checkpoint_path)
@@ -42,6 +42,10 @@ def test_two_workers_train_log_register_and_reload(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(registered.log_prob(test), from_checkpoint.log_prob(test))
     assert registered.sample(5).shape == (5, 2)
+    # What Ray Train saw (the checkpoint's report) carries the MLflow names: one name per quantity.
+    assert {"val/nll", "train/skipped_steps", "perf/s_per_step", "perf/peak_mem_mb"} <= set(state.metrics)
+    assert not {k for k in state.metrics if "/" not in k} - {"step"}, sorted(state.metrics)
+    assert state.metrics["val/nll"] == pytest.approx(result.metrics["val/nll"])
 
     client = mlflow.MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)

@@ -184,7 +184,7 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(streamed_
         train_step(model, optimizer, x, cfg.loss_options(), grad_clip=cfg.train.grad_clip)
         scheduler.step()
     assert len(seen[0]) == 8
-    # the worker's val_nll (which ranks checkpoints and picks the champion) is what
+    # the worker's val/nll (which ranks checkpoints and picks the champion) is what
     # `rfdist eval` measures on the same checkpoint and split
     out = tmp_path / "eval.json"
     evaluated = CliRunner().invoke(
@@ -195,7 +195,7 @@ def test_two_worker_ddp_equals_one_process_on_the_concatenated_batches(streamed_
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(out.read_text())
     assert report["n_test"] == 150
-    assert report["test_nll"] == pytest.approx(result.metrics["val_nll"], rel=1e-5, abs=1e-6)
+    assert report["test_nll"] == pytest.approx(result.metrics["val/nll"], rel=1e-5, abs=1e-6)
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val/nll")
     assert sorted(m.step for m in history) == [3, 5, 6, 8]  # eval_every=3, a checkpoint, the final one
     for name, value in model.state_dict().items():

@@ -38,7 +38,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(tmp_path: Path, capfd
     assert "injected failure on rank 1 at step 130" in text
     assert "resumed from checkpoint at step 100" in text  # at most one checkpoint interval lost
     assert result.metrics["step"] == 300
-    assert result.metrics["val_nll"] < 2.5
+    assert result.metrics["val/nll"] < 2.5
     history = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "val/nll")
     steps = [m.step for m in history]
     assert steps.count(100) == 1 and 300 in steps and 150 in steps

@@ -219,7 +219,7 @@ def sweep(
     if result.best is None:
         fail("no trial completed; see the table above and the child runs in MLflow", code=1)
     typer.echo(
-        f"best trial         {result.best.trial}  val_nll {result.best.val_nll:.4f}  "
+        f"best trial         {result.best.trial}  val/nll {result.best.val_nll:.4f}  "
         f"{result.best.s_per_step * 1000:.0f} ms/step"
     )
     typer.echo(f"registered         {result.model_name} v{result.model_version} (alias: sweep-best)")

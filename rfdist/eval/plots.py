@@ -153,7 +153,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(trials, path: str | Path, *, metric: str = "val_nll") -> Path:
+def plot_pareto(trials, path: str | Path, *, metric: str = "val/nll") -> Path:
     """Save the sweep's trade-off: validation NLL against seconds per step, Pareto front marked.
 
     ``trials``: :class:`rfdist.recipes.sweep.TrialSummary` rows. Trials stopped early by the scheduler

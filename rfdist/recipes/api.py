@@ -73,7 +73,7 @@ def fit(
         import rfdist
 
         result = rfdist.fit("von-mises", {"train.max_steps": 300})
-        result.metrics["val_nll"], result.run_id, result.model_version  # (1.7, 'f3a…', '1')
+        result.metrics["val/nll"], result.run_id, result.model_version  # (1.7, 'f3a…', '1')
         result.checkpoint_path     # the final checkpoint, on storage.path
         result.model_uri           # 'models:/von-mises/1': rfdist.tracking.load_model(result.model_uri)
     """

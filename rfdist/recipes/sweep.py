@@ -35,24 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from rfdist.config import ConfigError, RunConfig
+from rfdist.tracking.metric_names import COST_KEYS, VAL_NLL, report_value
 
 __all__ = ["SweepInterrupted", "SweepResult", "TrialSummary", "run_sweep", "search_space"]
 
 #: Keys a sweep may not vary: they name the sweep itself, where it is stored or tracked.
 FIXED_SECTIONS = ("name", "tune", "storage", "tracking", "registry")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-SUMMARY_COLUMNS = (
-    "trial",
-    "status",
-    "steps",
-    "val_nll",
-    "best_val_nll",
-    "s_per_step",
-    "matvecs_per_step",
-    "tangent_passes_per_step",
-    "peak_mem_mb",
-    "train_time_s",
-)
+#: A trial's reported quantities: ``{name in Tune, MLflow and the summary CSV: TrialSummary field}``.
+TRIAL_METRICS = {
+    "val/nll": "val_nll",
+    "perf/s_per_step": "s_per_step",
+    "perf/matvecs_per_step": "matvecs_per_step",
+    "perf/tangent_passes_per_step": "tangent_passes_per_step",
+    "perf/peak_mem_mb": "peak_mem_mb",
+    "perf/train_time_s": "train_time_s",
+}
+#: The summary CSV's columns (the trial's params follow as ``param:KEY``).
+SUMMARY_COLUMNS = ("trial", "status", "steps", "val/nll", "best_val_nll", *list(TRIAL_METRICS)[1:])
 
 
 class SweepInterrupted(RuntimeError):
@@ -76,9 +76,20 @@ class TrialSummary:
     train_time_s: float
     run_id: str | None = None
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The trial's last reported quantities under their Tune/MLflow names (``val/nll``, ``perf/…``)."""
+        return {name: getattr(self, attr) for name, attr in TRIAL_METRICS.items()}
+
+    def value(self, metric: str) -> float:
+        """The quantity ``metric`` names (a ``tune.metric``: ``val/nll``, ``perf/s_per_step``, …)."""
+        return getattr(self, TRIAL_METRICS[metric])
+
     def row(self) -> dict[str, Any]:
+        fields = {**self.metrics, "trial": self.trial, "status": self.status, "steps": self.steps,
+                  "best_val_nll": self.best_val_nll}  # fmt: skip
         return {
-            **{k: getattr(self, k) for k in SUMMARY_COLUMNS},
+            **{k: fields[k] for k in SUMMARY_COLUMNS},
             **{f"param:{k}": v for k, v in self.params.items()},
         }
 
@@ -390,22 +401,18 @@ def _summaries(
         else:
             status = "interrupted"
         frame = result.metrics_dataframe
-        best = float(frame["val_nll"].min()) if frame is not None and "val_nll" in frame else None
-        nan = float("nan")
+        column = next((c for c in (VAL_NLL, "val_nll") if frame is not None and c in frame), None)
+        best = float(frame[column].min()) if column is not None else None
+        reported = {attr: report_value(last, name) for name, attr in TRIAL_METRICS.items()}
         trials.append(
             TrialSummary(
                 trial=trial_id,
                 params=_flatten(result.config or {}),
                 status=status,
                 steps=steps,
-                val_nll=float(last.get("val_nll", nan)),
-                best_val_nll=best if best is not None else float(last.get("val_nll", nan)),
-                s_per_step=float(last.get("s_per_step", nan)),
-                matvecs_per_step=float(last.get("matvecs_per_step", nan)),
-                tangent_passes_per_step=float(last.get("tangent_passes_per_step", nan)),
-                peak_mem_mb=float(last.get("peak_mem_mb", nan)),
-                train_time_s=float(last.get("train_time_s", nan)),
+                best_val_nll=best if best is not None else reported["val_nll"],
                 run_id=child_runs.get(trial_id),
+                **reported,
             )
         )
     return trials
@@ -589,14 +596,8 @@ def _record_trials(
         if t.run_id is None or t.status == "interrupted":
             continue
         client.set_tag(t.run_id, "rfdist.stop_reason", t.status)
-        for key in (
-            "s_per_step",
-            "matvecs_per_step",
-            "tangent_passes_per_step",
-            "peak_mem_mb",
-            "train_time_s",
-        ):
-            value = getattr(t, key)
+        for key in COST_KEYS:  # the cost under the names Tune saw (val/nll is the child's series)
+            value = t.value(key)
             if math.isfinite(value):
                 client.log_metric(t.run_id, key, value)
         status = client.get_run(t.run_id).info.status
@@ -652,10 +653,8 @@ def _finish(
 
     sign = 1.0 if cfg.tune.mode == "min" else -1.0
     metric = cfg.tune.metric
-    completed = [
-        t for t in trials if t.status == "completed" and t.run_id and math.isfinite(getattr(t, metric))
-    ]
-    best = min(completed, key=lambda t: sign * getattr(t, metric)) if completed else None
+    completed = [t for t in trials if t.status == "completed" and t.run_id and math.isfinite(t.value(metric))]
+    best = min(completed, key=lambda t: sign * t.value(metric)) if completed else None
     stopped = sum(t.status.startswith("stopped") for t in trials)
     client.log_metric(parent_run_id, "trials", float(len(trials)))
     client.log_metric(parent_run_id, "trials_stopped_early", float(stopped))
@@ -672,8 +671,9 @@ def _finish(
     client.set_registered_model_alias(model_name, "sweep-best", version)
     client.set_tag(parent_run_id, "rfdist.best_trial", best.trial)
     client.set_tag(parent_run_id, "rfdist.best_run_id", best.run_id)
-    client.log_metric(parent_run_id, f"best_{metric}", getattr(best, metric))
     client.log_metric(parent_run_id, "best_val_nll", best.val_nll)
+    if metric != VAL_NLL:  # the headline of the metric the sweep chose by, too: best_s_per_step, …
+        client.log_metric(parent_run_id, f"best_{TRIAL_METRICS[metric]}", best.value(metric))
     client.set_terminated(parent_run_id, status="FINISHED")
     return best, version
 

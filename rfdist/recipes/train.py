@@ -28,6 +28,7 @@ from rfdist.runtime.console import quiet_driver, start_hints
 from rfdist.runtime.datasets import PreparedData, prepare_data, ray_datasets
 from rfdist.runtime.lock import RunLocked, acquire
 from rfdist.runtime.worker import FAULT_TAG, WorkerHook, preprocess_fn, train_loop_per_worker
+from rfdist.tracking.metric_names import SKIPPED_STEPS, VAL_NLL, report_value
 from rfdist.tracking.runs import (
     closed_on_failure,
     finished_step,
@@ -48,7 +49,7 @@ class TrainingError(RuntimeError):
 class TrainingResult:
     """What :func:`run_training` (and ``rfdist.fit``) returns.
 
-    ``metrics``: the final ``val_nll`` and ``step``; ``checkpoint_path``: the final checkpoint on
+    ``metrics``: the final ``val/nll`` and ``step``; ``checkpoint_path``: the final checkpoint on
     storage (``None`` for a run that had already finished); ``model_version``/``aliases``: the
     registered version of ``registered_model`` (``None`` when not registered).
     """
@@ -187,7 +188,7 @@ def _finished_result(mlflow: Any, cfg: RunConfig, tracking_uri: str) -> Training
         run_id=latest.info.run_id,
         tracking_uri=tracking_uri,
         checkpoint_path=None,
-        metrics={"val_nll": float(latest.data.metrics.get("final_val_nll", math.nan)), "step": done},
+        metrics={VAL_NLL: float(latest.data.metrics.get("final_val_nll", math.nan)), "step": done},
         model_version=None,
         aliases=[],
         already_finished=True,
@@ -281,7 +282,7 @@ def _build_trainer(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.storage.keep,
-                checkpoint_score_attribute="val_nll",
+                checkpoint_score_attribute=VAL_NLL,
                 checkpoint_score_order="min",
             ),
         ),
@@ -317,10 +318,10 @@ def _finish_run(
                 prep = preprocess_fn(cfg, tuple(spec.data_shape), getattr(info, "stats", None))
                 plot_model(
                     model, prep(sample_data.reshape(sample_data.shape[0], -1)), Path(tmp) / "model.png",
-                    title=f"step {state.step} · val NLL {float(state.metrics.get('val_nll', math.nan)):.4f}",
+                    title=f"step {state.step} · val NLL {report_value(state.metrics, VAL_NLL):.4f}",
                 )  # fmt: skip
                 mlflow.log_artifact(str(Path(tmp) / "model.png"), artifact_path="plots")
-            val_nll = float(state.metrics.get("val_nll", float("nan")))
+            val_nll = report_value(state.metrics, VAL_NLL)
             version, aliases = None, []
             if not math.isfinite(val_nll):
                 mlflow.log_metric("final_val_nll", val_nll, step=state.step)
@@ -328,7 +329,7 @@ def _finish_run(
                 version, aliases = _log_final_model(
                     mlflow, cfg, prepared, model, sample_data, state.step, val_nll, run_id=run_id,
                     tracking_uri=tracking_uri, register=register, data_digest=data_digest,
-                    skipped=int(state.metrics.get("skipped_steps", 0) or 0),
+                    skipped=int(report_value(state.metrics, SKIPPED_STEPS, 0.0)),
                 )  # fmt: skip
         checkpoint_path = checkpoint_uri(checkpoint)
     mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
@@ -336,7 +337,7 @@ def _finish_run(
         run_id=run_id,
         tracking_uri=tracking_uri,
         checkpoint_path=checkpoint_path,
-        metrics={"val_nll": val_nll, "step": float(state.step)},
+        metrics={VAL_NLL: val_nll, "step": float(state.step)},
         model_version=version,
         aliases=aliases,
         registered_model=cfg.registry.name if version is not None else None,

@@ -39,6 +39,7 @@ from rfdist.runtime.checkpoint import (
 )
 from rfdist.runtime.console import quiet_train_reports, worker_print
 from rfdist.runtime.epochs import DataPosition, EmptyEpochError, EpochStream, epoch_seed, epoch_shard
+from rfdist.tracking.metric_names import SKIPPED_STEPS, VAL_NLL, report_value
 
 __all__ = [
     "FAULT_TAG",
@@ -96,10 +97,10 @@ class _CostMeter:
     def __init__(self, device: torch.device, previous: dict | None = None) -> None:
         self.device = device
         previous = previous or {}
-        self.steps = int(previous.get("cost_steps", 0))
-        self.seconds = float(previous.get("train_time_s", 0.0))
-        self.matvecs = float(previous.get("matvecs_per_step", 0.0)) * self.steps
-        self.passes = float(previous.get("tangent_passes_per_step", 0.0)) * self.steps
+        self.steps = int(report_value(previous, "perf/cost_steps", 0.0))
+        self.seconds = report_value(previous, "perf/train_time_s", 0.0)
+        self.matvecs = report_value(previous, "perf/matvecs_per_step", 0.0) * self.steps
+        self.passes = report_value(previous, "perf/tangent_passes_per_step", 0.0) * self.steps
 
     def add(self, metrics: dict[str, float]) -> None:
         self.steps += 1
@@ -117,12 +118,12 @@ class _CostMeter:
     def summary(self) -> dict[str, float]:
         steps = max(self.steps, 1)
         return {
-            "cost_steps": float(self.steps),
-            "train_time_s": self.seconds,
-            "s_per_step": self.seconds / steps,
-            "matvecs_per_step": self.matvecs / steps,
-            "tangent_passes_per_step": self.passes / steps,
-            "peak_mem_mb": self.peak_memory_mb(),
+            "perf/cost_steps": float(self.steps),
+            "perf/train_time_s": self.seconds,
+            "perf/s_per_step": self.seconds / steps,
+            "perf/matvecs_per_step": self.matvecs / steps,
+            "perf/tangent_passes_per_step": self.passes / steps,
+            "perf/peak_mem_mb": self.peak_memory_mb(),
         }
 
 
@@ -431,7 +432,7 @@ class TrainWorker:
         val_nll = float(total[0] / total[1])
         if self.rank == 0:
             self.log({"val_nll": val_nll}, self.step)
-            worker_print(f"[rfdist] step {self.step}  val_nll {val_nll:.4f}", flush=True)
+            worker_print(f"[rfdist] step {self.step}  val/nll {val_nll:.4f}", flush=True)
         return val_nll
 
     def evaluate_or_checkpoint(self, x: torch.Tensor) -> None:
@@ -453,7 +454,7 @@ class TrainWorker:
             worker_state.capture(self.rank, self.device, self.epochs.position), self.world
         )
         val_nll = self.validate()
-        report = {"step": self.step, "val_nll": val_nll, "skipped_steps": float(self.skipped_total),
+        report = {"step": self.step, VAL_NLL: val_nll, SKIPPED_STEPS: float(self.skipped_total),
                   **self.cost.summary()}  # fmt: skip
         healthy = math.isfinite(val_nll) and all(
             bool(torch.isfinite(p).all()) for p in self.model.parameters()
