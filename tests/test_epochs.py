@@ -6,10 +6,11 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 from rfdist.runtime.checkpoint import TrainingState, load_state, save_state
-from rfdist.runtime.epochs import DataPosition, EpochStream, epoch_seed
+from rfdist.runtime.epochs import DataPosition, EpochStream, epoch_seed, rank_rows
 from rfdist.runtime.worker_state import capture, restore
 
 
@@ -61,3 +62,21 @@ def test_each_rank_restores_its_own_rng_and_position(tmp_path: Path) -> None:
     assert restore(loaded, 0, 4, cpu) == DataPosition(4, 0)
     assert restore(loaded, 3, 4, cpu) == DataPosition(4, 0)
     assert restore(None, 0, 2, cpu) is None
+
+
+@pytest.mark.usefixtures("shared_ray")
+def test_each_rank_holds_a_disjoint_balanced_part_of_a_materialized_val_split_covering_every_row() -> None:
+    import numpy as np
+    import ray.data
+
+    rows = np.arange(2 * 103, dtype=np.float32).reshape(103, 2)  # 103 rows: not a multiple of 2 or 3
+    dataset = ray.data.from_numpy(rows).repartition(4).materialize()  # 4 blocks of uneven sizes
+    dataset = dataset.map_batches(lambda b: {"x": b["data"]}).materialize()
+    for world in (1, 2, 3):
+        parts = [rank_rows(dataset, rank, world) for rank in range(world)]
+        assert max(p.shape[0] for p in parts) - min(p.shape[0] for p in parts) <= 1
+        assert all(p.dtype == torch.float32 and p.shape[1:] == (2,) and p.is_contiguous() for p in parts)
+        together = torch.cat(parts)[:, 0].tolist()
+        assert sorted(together) == rows[:, 0].tolist()  # every row once
+    empty = ray.data.from_numpy(rows[:0]).map_batches(lambda b: {"x": b["data"]}).materialize()
+    assert rank_rows(empty, 0, 2).shape[0] == 0

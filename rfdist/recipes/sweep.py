@@ -490,6 +490,7 @@ def _preflight(cfg: RunConfig, address: str | None = None) -> _Plan:
     from rfdist.recipes import preflight
     from rfdist.runtime.checkpoint import storage_target
     from rfdist.runtime.datasets import prepare_data
+    from rfdist.tracking.lineage import experiment_name
     from rfdist.tracking.models import resolve_tracking_uri
 
     space = search_space(cfg)
@@ -505,6 +506,9 @@ def _preflight(cfg: RunConfig, address: str | None = None) -> _Plan:
     base["data"]["path"] = prepared.path  # materialised once here, not by every trial
     base["data"]["synthetic"] = None
     base["tracking"]["uri"] = tracking_uri
+    # the experiment as this process resolves it (MLFLOW_EXPERIMENT_NAME included): the trials run
+    # in Ray workers, whose environment is the cluster's, not this shell's
+    base["tracking"]["experiment"] = experiment_name(cfg.tracking.experiment)
     max_steps = cfg.tune.max_steps or cfg.train.max_steps
     base["train"]["max_steps"] = max_steps
     storage_path, filesystem = storage_target(cfg.storage.path, cfg.storage.storage_options)
@@ -571,7 +575,8 @@ def _build_tuner(cfg: RunConfig, plan: _Plan, parent_run_id: str, address: str |
             name=cfg.name,
             storage_path=plan.storage_path,
             storage_filesystem=plan.filesystem,
-            # no status table every 30 s nor TensorBoard hint: trials print rfdist's own step lines
+            # no status table every 30 s nor TensorBoard hint (with quiet_tune: Ray 2.60's default
+            # output engine prints its box at verbose=0 too): trials print rfdist's own step lines
             # and the sweep its summary; Tune's CSV/JSON results stay (ResultGrid reads them)
             verbose=0,
         ),
@@ -686,7 +691,7 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     """
     import mlflow
 
-    from rfdist.runtime.console import quiet_driver
+    from rfdist.runtime.console import quiet_driver, quiet_tune
     from rfdist.tracking.runs import closed_on_failure, stop_signals
 
     quiet_driver()  # before the MLflow database is opened (its INFO lines on creation)
@@ -697,7 +702,8 @@ def run_sweep(cfg: RunConfig, *, address: str | None = None) -> SweepResult:
     with stop_signals(), closed_on_failure(client, parent_run_id, stopped=(SweepInterrupted,)):
         tuner = _build_tuner(cfg, plan, parent_run_id, address)
         started = time.perf_counter()
-        result_grid = tuner.fit()
+        with quiet_tune():
+            result_grid = tuner.fit()
         elapsed = time.perf_counter() - started
         trials = _record_trials(client, cfg, parent_run_id, result_grid, plan.max_steps)
         summary_csv = _log_summary(client, cfg, plan, parent_run_id, trials)

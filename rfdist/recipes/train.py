@@ -252,18 +252,22 @@ def _build_trainer(
     storage_path, filesystem = storage
     if datasets is None:
         datasets = ray_datasets(cfg, prepared)
-    train_dataset = (
-        None  # a materialized train split is split per epoch by the workers (rfdist.runtime.epochs)
-    )
-    if isinstance(datasets.get("train"), MaterializedDataset):
-        datasets = dict(datasets)
-        train_dataset = datasets.pop("train")
+    # Materialized splits go to the workers as they are: train is split per epoch there
+    # (rfdist.runtime.epochs), each rank keeps its part of val in memory. With both, Ray Train
+    # starts no dataset actors (DatasetManager, SplitCoordinator) for the run.
+    datasets = dict(datasets)
+    materialized = {
+        split: datasets.pop(split)
+        for split in ("train", "val")
+        if isinstance(datasets.get(split), MaterializedDataset)
+    }
     loop_config = {
         "config": cfg.model_dump(mode="json"),
         "spec": prepared.spec.to_dict(),
         "stats": getattr(prepared.info, "stats", None),
         "unregistered_checkpoint": storage_checkpoints(storage_path, filesystem, run["ray_name"]),
-        "train_dataset": train_dataset,
+        "train_dataset": materialized.get("train"),
+        "val_dataset": materialized.get("val"),
         **run,
     }
     return TorchTrainer(

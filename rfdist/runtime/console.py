@@ -9,8 +9,11 @@ patch passes straight to the builtin print: one copy, streamed to the driver by 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rfdist.runtime.ray_internals import apply_ray_data_logging, train_report_logger
@@ -23,6 +26,7 @@ __all__ = [
     "quiet_job_worker",
     "quiet_ray_data",
     "quiet_train_reports",
+    "quiet_tune",
     "start_hints",
     "worker_print",
 ]
@@ -98,6 +102,30 @@ def quiet_driver() -> None:
     # says itself; its warnings stay
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_tune() -> Iterator[None]:
+    """A sweep's console while Ray Tune runs: rfdist's lines and the trials', not Tune's.
+
+    Ray 2.60's default ("new") output engine prints its experiment box, "View detailed results
+    here" and a TensorBoard command even at ``verbose=0`` (tracking is in MLflow); its legacy
+    engine (``RAY_AIR_NEW_OUTPUT=0``, a user's setting wins) is silent at ``verbose=0``. Tune's
+    warnings on Ctrl-C ("Stop signal received", "Resume experiment with: Tuner.restore(…)") name
+    an API, not the command that resumes the sweep, which rfdist prints itself: they go to the
+    ``ray.tune.tune`` logger at ERROR. Both are restored afterwards.
+    """
+    previous_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    logger = logging.getLogger("ray.tune.tune")
+    previous_level = logger.level
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous_level)
+        if previous_env is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 def worker_print(*objects: Any, **kwargs: Any) -> None:

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["DataPosition", "EpochStream", "epoch_seed", "epoch_shard"]
+__all__ = ["DataPosition", "EpochStream", "epoch_seed", "epoch_shard", "rank_rows"]
 
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
@@ -55,6 +56,19 @@ def epoch_shard(dataset: Any, *, seed: int, epoch: int, rank: int, world: int, s
     if world == 1:
         return dataset
     return dataset.split(world, equal=True)[rank]
+
+
+def rank_rows(dataset: Any, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s rows (column ``x``) of a small materialized Ray Dataset, as one tensor.
+
+    Every ``world``-th row from ``rank`` on: the ranks' parts are disjoint, differ in size by at
+    most one row and together hold every row (a validation pass counts each row once). Read once
+    per worker, so validating is a loop over tensor slices with no Ray Data execution.
+    """
+    parts = [batch["x"] for batch in dataset.iter_batches(batch_format="numpy", batch_size=None)]
+    if not parts:
+        return torch.empty(0)
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)[rank::world]))
 
 
 class EmptyEpochError(RuntimeError):

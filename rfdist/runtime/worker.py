@@ -38,7 +38,14 @@ from rfdist.runtime.checkpoint import (
     storage_target,
 )
 from rfdist.runtime.console import quiet_train_reports, worker_print
-from rfdist.runtime.epochs import DataPosition, EmptyEpochError, EpochStream, epoch_seed, epoch_shard
+from rfdist.runtime.epochs import (
+    DataPosition,
+    EmptyEpochError,
+    EpochStream,
+    epoch_seed,
+    epoch_shard,
+    rank_rows,
+)
 from rfdist.tracking.metric_names import SKIPPED_STEPS, VAL_NLL, report_value
 
 __all__ = [
@@ -253,7 +260,9 @@ class TrainWorker:
         self.options = cfg.loss_options()
         self.train_data = loop_config.get("train_dataset")  # materialized: re-ordered per epoch here
         self.train_shard = ray.train.get_dataset_shard("train") if self.train_data is None else None
-        self.val_shard = ray.train.get_dataset_shard("val")
+        val_data = loop_config.get("val_dataset")  # materialized: this rank's part held in memory
+        self.val_rows = None if val_data is None else rank_rows(val_data, self.rank, self.world)
+        self.val_shard = ray.train.get_dataset_shard("val") if val_data is None else None
         if self.rank == 0:  # a tracking-server outage buffers and retries (rfdist.tracking.metric_log)
             from rfdist.tracking.metric_log import MetricLogger
 
@@ -418,10 +427,8 @@ class TrainWorker:
         with torch.no_grad():
             # the exact likelihood holds d tangents per row at once: validate in training-sized
             # batches (1000-image batches exhausted 24 GB on the MNIST preset with 2 workers)
-            for batch in self.val_shard.iter_torch_batches(
-                batch_size=self.per_worker_batch, device=self.device, **self.stream_kw
-            ):
-                x = self.prep(batch["x"])
+            for rows in self.val_batches():
+                x = self.prep(rows)
                 total[0] -= self.model.log_prob(x, chunk_size=self.cfg.estimator.chunk_size).double().sum()
                 total[1] += x.shape[0]
         self.model.train()
@@ -434,6 +441,17 @@ class TrainWorker:
             self.log({"val_nll": val_nll}, self.step)
             worker_print(f"[rfdist] step {self.step}  val/nll {val_nll:.4f}", flush=True)
         return val_nll
+
+    def val_batches(self) -> Iterator[torch.Tensor]:
+        """This rank's validation rows in training-sized batches, on its device."""
+        if self.val_rows is not None:
+            for start in range(0, self.val_rows.shape[0], self.per_worker_batch):
+                yield self.val_rows[start : start + self.per_worker_batch].to(self.device, non_blocking=True)
+            return
+        for batch in self.val_shard.iter_torch_batches(
+            batch_size=self.per_worker_batch, device=self.device, **self.stream_kw
+        ):
+            yield batch["x"]
 
     def evaluate_or_checkpoint(self, x: torch.Tensor) -> None:
         """Validate every ``train.eval_every`` steps; checkpoint every ``train.checkpoint_every`` and at the end."""
@@ -529,8 +547,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build a :class:`TrainWorker` from the loop config and run it.
 
     ``loop_config`` keys: ``config`` (the run config as JSON), ``spec``, ``run_id``,
-    ``tracking_uri``, ``stats``, ``ray_name``, ``unregistered_checkpoint``, ``train_dataset``
-    (a materialized train split, else ``None``) and ``hooks`` (:class:`WorkerHook` objects).
+    ``tracking_uri``, ``stats``, ``ray_name``, ``unregistered_checkpoint``, ``train_dataset`` and
+    ``val_dataset`` (materialized splits, else ``None``: they stream from Ray Train's dataset
+    shards) and ``hooks`` (:class:`WorkerHook` objects).
     """
     worker = TrainWorker(loop_config)
     try:
