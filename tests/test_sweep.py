@@ -191,6 +191,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path, monkeypatch, capfd) -> None:
     tune_chatter = ("Configuration for experiment", "View detailed results", "TensorBoard", "Tuner.restore",
                     "Trial status", "Stop signal received")  # fmt: skip
     assert not [line for line in text.splitlines() if any(c in line for c in tune_chatter)], text[-3000:]
+    assert text.count("[rfdist] MLflow UI:") == 1, text[-3000:]
     _, parent, children = _runs(tmp_path, "sweep-resume", "sweep-team")
     assert parent.info.status == "KILLED"  # no run left RUNNING; the same command resumes it
     assert "run the same command again to resume it" in parent.data.tags["rfdist.failure"]
@@ -204,6 +205,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path, monkeypatch, capfd) -> None:
     output = second.output + captured.out + captured.err
     assert second.exit_code == 0, output[-3000:] + repr(second.exception)
     assert "resuming sweep 'sweep-resume'" in output
+    assert output.count("[rfdist] MLflow UI:") == 1  # the sweep's hint, once, not once per trial
     assert not [line for line in output.splitlines() if any(c in line for c in tune_chatter)], output[-3000:]
     assert "resumed from checkpoint at step" in output  # the interrupted trial continued
     client, parent_after, children = _runs(tmp_path, "sweep-resume", "sweep-team")

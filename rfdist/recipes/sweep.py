@@ -536,11 +536,15 @@ def _build_tuner(cfg: RunConfig, plan: _Plan, parent_run_id: str, address: str |
     import ray
     from ray import tune
 
+    from rfdist.runtime import cluster
+    from rfdist.runtime.console import start_hints
     from rfdist.runtime.datasets import ray_datasets
 
     local = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     concurrency = _concurrency(cfg)
     _init_ray(cfg, address, concurrency)
+    for line in start_hints(plan.tracking_uri, cluster.dashboard_url()):  # once, not once per trial
+        print(line, flush=True)
     if not local:
         resources = ray.cluster_resources()
         concurrency = _concurrency(cfg, resources.get("CPU", 1.0), resources.get("GPU", 0.0))

@@ -140,8 +140,9 @@ def run_training(
                                                           tags, force=force)  # fmt: skip
         lock.set_run_id(run_id)
         with closed_on_failure(mlflow.MlflowClient(), run_id):
-            for line in start_hints(tracking_uri, cluster.dashboard_url()):
-                print(line, flush=True)
+            if parent_run_id is None:  # a sweep prints these once, not once per trial
+                for line in start_hints(tracking_uri, cluster.dashboard_url()):
+                    print(line, flush=True)
             trainer = _build_trainer(
                 cfg, prepared, storage, datasets, callbacks,
                 {"run_id": run_id, "tracking_uri": tracking_uri, "ray_name": ray_name,
