@@ -278,7 +278,7 @@ def _grad_errors(model, x, ours: dict[int, Any], opts_ref, draws: int, chunk: in
     u_other = model.encode(other).detach()
 
     def hutch(opts, seed, **over):
-        every = over.pop("precond_every", opts.precond_every)
+        every = over.pop("precond_every", opts.precond_every) or 1
         kw = {
             "num_samples": opts.num_samples,
             "cg_tol": opts.cg_tol,
