@@ -382,6 +382,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             if round_ >= job["warmup"]:
                 times[i].append(step + build / (getattr(opts[i], "precond_every", None) or 1))
                 builds[i].append(build)
+    profiles = _profiles(models, optims, x, opts, legacy) if job.get("profile") else None
     base = times[0]  # variants[0] is two_step
     yardstick = times[legacy.index(True)] if any(legacy) else None
     ours = {
@@ -407,8 +408,50 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             if any(builds[i]):
                 rec["precond_build_s"] = statistics.median(builds[i])
             rec.update(errors.get(i, {}))
+        if profiles:
+            rec["profile"] = profiles[i]
         out.append(rec)
     return out
+
+
+def _profiles(models, optims, x, opts, legacy: list[bool], top: int = 12) -> list[dict[str, Any]]:
+    """One more step per variant under ``torch.profiler``: the ``top`` ops by self CPU time
+    (name, calls, self ms) and the step's total, to see where a step's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rfdist.core.engine import train_step
+
+    out = []
+    for model, optim, opt, old in zip(models, optims, opts, legacy, strict=True):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            if old:
+                _legacy_train_step(model, optim, x, opt)
+            else:
+                train_step(model, optim, x, opt)
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        events.sort(key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / 1000
+        ops = [[e.key, e.count, round(e.self_cpu_time_total / 1000, 3)] for e in events[:top]]
+        calls = sum(e.count for e in events)
+        out.append({"self_ms": round(total, 3), "op_calls": calls, "top": ops})
+        torch.manual_seed(0)
+    return out
+
+
+def _profile_text(records: list[dict[str, Any]]) -> str:
+    """The ``--profile`` tables: per variant, its top ops by self CPU time."""
+    lines = []
+    for r in records:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        lines.append(
+            f"## {r['shape']} {r['estimator']} {r['variant']} K={r['num_samples']}: "
+            f"{prof['self_ms']:.1f} ms self CPU, {prof['op_calls']} op calls"
+        )
+        lines += [f"  {ms:8.2f} ms {calls:6d}x  {name}" for name, calls, ms in prof["top"]]
+    return "\n".join(lines)
 
 
 def _gram_rebuild_s(model, x, opts, device: str) -> float:
@@ -509,6 +552,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one step per variant: top ops by self CPU time"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -589,6 +635,7 @@ def main() -> None:
             "steps": args.steps,
             "warmup": args.warmup,
             "threads": args.threads,
+            "profile": args.profile,
         }
         timing = [{} for _ in variants]
         if not args.memory_only and image:
@@ -626,6 +673,8 @@ def main() -> None:
                 Path(args.json).write_text(json.dumps(records, indent=2))
     print(f"# total {time.perf_counter() - started:.0f} s")
     print(table(records))
+    if args.profile:
+        print(_profile_text(records))
 
 
 def _variant_name(estimator: str, variant: str, k: int) -> str:
