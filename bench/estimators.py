@@ -73,9 +73,16 @@ REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_i
 # image64's extra hutchinson rows: rfdist's defaults with one option changed (the K=1 target)
 OVERRIDES: dict[str, dict[str, Any]] = {
     "gram-fresh": {"precond_every": 1},  # the Gram preconditioner rebuilt every step (before 2026-12-01)
+    "gram-every8": {"precond_every": 8},  # rebuilt every 8 steps (image64's default period)
+    "gram-rows2": {"precond_rows": 2},  # a quarter of the rows (d·2 tangent rows)
+    "gram-cg2": {"cg_max_iters": 2},  # half the preconditioned CG budget
+    "gram-every8-cg2": {"precond_every": 8, "cg_max_iters": 2},
     "none-cg4": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 4},
     "none-cg6": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 6},
 }
+
+# miniboone's extra rows: does the Gram preconditioner's cost at d=21 pay (reuse, half the budget)?
+TABULAR_OVERRIDES = ("gram-every8", "gram-cg2", "none-cg4")
 
 
 def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str, dict[str, Any]]:
@@ -360,6 +367,9 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
     variants = job["variants"]
     legacy = [v["variant"] == "legacy" for v in variants]
     models = [_legacy_model(model) if old else copy.deepcopy(model) for old in legacy]
+    for m, v in zip(models, variants, strict=True):
+        if v["variant"] == "compiled":  # compiled in the warm-up round
+            m.compile_loss(dynamic=False)
     opts = [_variant_opts(v, d, job) for v in variants]
     optims = [
         torch.optim.Adam(m.parameters(), lr=1e-5) if old else make_optimizer(m.parameters(), 1e-5)
@@ -555,6 +565,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also profile one step per variant: top ops by self CPU time"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time two-step and exact with RectangularFlow.compile_loss (torch.compile; "
+        "compiled in the warm-up round)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -589,9 +605,11 @@ def main() -> None:
         ("two_step", "legacy", 1, None),
         ("hutchinson", "rfdist", 1, None),
         ("hutchinson", "reference", 1, None),
+        *(("hutchinson", name, 1, None) for name in OVERRIDES),  # miniboone: timing and grad err
         ("hutchinson", "rfdist", 4, None),
         ("exact", "-", 1, None),
         ("exact", "chunked", 1, args.exact_chunk),
+        *((("two_step", "compiled", 1, None), ("exact", "compiled", 1, None)) if args.compile else ()),
     ]
     sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
     chunks = [int(c) for c in args.image_chunks.split(",") if c]
@@ -606,10 +624,12 @@ def main() -> None:
     for name in wanted:
         case = all_shapes[name]
         image = name in images
-        plan = [  # the OVERRIDES rows at image64 only
+        plan = [  # the OVERRIDES rows at image64, some at miniboone
             row
             for row in (image_plan if image else sweep_plan if name.startswith("d-sweep") else paper_plan)
-            if row[1] not in OVERRIDES or name == "image64"
+            if row[1] not in OVERRIDES
+            or name == "image64"
+            or (name == "miniboone" and row[1] in TABULAR_OVERRIDES)
         ]
         variants = [
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
@@ -649,7 +669,7 @@ def main() -> None:
         elif not args.memory_only:
             timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
-            if args.memory and v["variant"] not in ("legacy", *OVERRIDES):
+            if args.memory and v["variant"] not in ("legacy", "compiled", *OVERRIDES):
                 spawn = _try_spawn if image else _spawn
                 result.update(spawn({**common, "kind": "memory", "variant": v}))
             rec = {
