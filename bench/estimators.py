@@ -3,7 +3,8 @@
     python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda] [--threads N]
 
 Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=21, B=400:
-10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]), mnist (D=784, d=20, B=50,
+10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]; ``miniboone-realnvp``: the
+same with the paper's RealNVP low-dim flow instead of rfdist's default NSF), mnist (D=784, d=20, B=50,
 multi-scale conv flow) — and a d-sweep d ∈ {2, 5, 10, 20, 40} at D=64. For each: a
 ``train_step`` with the two-step loss (no volume term), the exact estimator, and hutchinson
 with K=1 and K=4 in two variants: ``reference`` (forward-mode jvp matvecs, 13 plain zero-start
@@ -32,6 +33,13 @@ A variant that reuses its Gram preconditioner (``precond_every`` > 1) is timed w
 plus 1/``precond_every`` of a rebuild timed in the same round (``precond_build_s``); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
 the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
 D grows.
+
+At miniboone the :data:`TABULAR_OVERRIDES` rows time the Gram preconditioner's alternatives
+(reused for 8 steps, half the CG budget, none) with their gradient error. ``--compile`` adds
+two-step, hutchinson K=1 and exact rows through ``RectangularFlow.compile_loss`` (``torch.compile``, compiled
+in the warm-up round, so the rows are steady-state steps without the compile time);
+``--profile`` profiles one more step per variant and prints its top ops by self CPU time (and
+stores them in the JSON's ``profile`` field).
 
 On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
 16 channels × 1 block) so the whole run fits in ~10 minutes; ``--image-arch paper`` (2 scales,
@@ -122,6 +130,11 @@ def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str,
             },
             "batch": 50,
         },
+    }
+    # the paper's own MINIBOONE model: its RealNVP prior (5 affine couplings, [32, 32]) for p_U
+    out["miniboone-realnvp"] = {
+        "spec": {**out["miniboone"]["spec"], "density": "realnvp"},
+        "batch": out["miniboone"]["batch"],
     }
     image_batch = 64 if image_arch == "paper" else 16
     out["image64"] = {
@@ -568,8 +581,8 @@ def main() -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also time two-step and exact with RectangularFlow.compile_loss (torch.compile; "
-        "compiled in the warm-up round)",
+        help="also time two-step, hutchinson K=1 and exact with RectangularFlow.compile_loss "
+        "(torch.compile; compiled in the warm-up round)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -609,7 +622,11 @@ def main() -> None:
         ("hutchinson", "rfdist", 4, None),
         ("exact", "-", 1, None),
         ("exact", "chunked", 1, args.exact_chunk),
-        *((("two_step", "compiled", 1, None), ("exact", "compiled", 1, None)) if args.compile else ()),
+        *(
+            (("two_step", "compiled", 1, None), ("hutchinson", "compiled", 1, None), ("exact", "compiled", 1, None))
+            if args.compile
+            else ()
+        ),
     ]
     sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
     chunks = [int(c) for c in args.image_chunks.split(",") if c]

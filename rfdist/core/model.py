@@ -334,8 +334,8 @@ class RectangularFlow(nn.Module):
         per-op dispatch, but compiling takes tens of seconds on a CPU, a new batch shape or
         loss setting recompiles, and at large shapes the arithmetic dominates anyway
         (``bench/estimators.py --compile``). The parameters and state-dict keys are unchanged.
-        Measured with the two-step and exact losses; the Hutchinson loss's CG loop (host
-        checks, the Gram cache) breaks the graph.
+        The graph breaks (and the rest still compiles) where the options are merged, where CG
+        checks convergence on the host and around a kept Gram preconditioner.
         """
         if enabled:
             self.__dict__["_compiled_loss"] = torch.compile(self.loss, **compile_options)
