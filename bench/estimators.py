@@ -3,7 +3,8 @@
     python bench/estimators.py [--json bench/results/estimators.json] [--device cpu|cuda] [--threads N]
 
 Cases: the paper's shapes — von-mises (D=2, d=1, B=1000), miniboone (D=43, d=21, B=400:
-10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]), mnist (D=784, d=20, B=50,
+10 affine couplings, MLP [128]×4 tanh, low-dim flow 5 × [32, 32]; ``miniboone-realnvp``: the
+same with the paper's RealNVP low-dim flow instead of rfdist's default NSF), mnist (D=784, d=20, B=50,
 multi-scale conv flow) — and a d-sweep d ∈ {2, 5, 10, 20, 40} at D=64. For each: a
 ``train_step`` with the two-step loss (no volume term), the exact estimator, and hutchinson
 with K=1 and K=4 in two variants: ``reference`` (forward-mode jvp matvecs, 13 plain zero-start
@@ -32,6 +33,13 @@ A variant that reuses its Gram preconditioner (``precond_every`` > 1) is timed w
 plus 1/``precond_every`` of a rebuild timed in the same round (``precond_build_s``); ``image-sweep`` = ``d-sweep-{1x28x28,3x32x32,3x64x64}-d64``,
 the same 2-scale flow at fixed d, for the volume term's cost relative to the two-step step as
 D grows.
+
+At miniboone the :data:`TABULAR_OVERRIDES` rows time the Gram preconditioner's alternatives
+(reused for 8 steps, half the CG budget, none) with their gradient error. ``--compile`` adds
+two-step, hutchinson K=1 and exact rows through ``RectangularFlow.compile_loss`` (``torch.compile``, compiled
+in the warm-up round, so the rows are steady-state steps without the compile time);
+``--profile`` profiles one more step per variant and prints its top ops by self CPU time (and
+stores them in the JSON's ``profile`` field).
 
 On CPU the mnist case uses a reduced conv width (``--image-arch cpu``: 1 scale, 2 couplings,
 16 channels × 1 block) so the whole run fits in ~10 minutes; ``--image-arch paper`` (2 scales,
@@ -73,9 +81,16 @@ REFERENCE = {"matvec": "jvp", "preconditioner": "none", "cg_tol": 0.0, "cg_max_i
 # image64's extra hutchinson rows: rfdist's defaults with one option changed (the K=1 target)
 OVERRIDES: dict[str, dict[str, Any]] = {
     "gram-fresh": {"precond_every": 1},  # the Gram preconditioner rebuilt every step (before 2026-12-01)
+    "gram-every8": {"precond_every": 8},  # rebuilt every 8 steps (image64's default period)
+    "gram-rows2": {"precond_rows": 2},  # a quarter of the rows (d·2 tangent rows)
+    "gram-cg2": {"cg_max_iters": 2},  # half the preconditioned CG budget
+    "gram-every8-cg2": {"precond_every": 8, "cg_max_iters": 2},
     "none-cg4": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 4},
     "none-cg6": {"preconditioner": "none", "precond_every": 1, "cg_max_iters": 6},
 }
+
+# miniboone's extra rows: does the Gram preconditioner's cost at d=21 pay (reuse, half the budget)?
+TABULAR_OVERRIDES = ("gram-every8", "gram-cg2", "none-cg4")
 
 
 def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str, dict[str, Any]]:
@@ -115,6 +130,11 @@ def shapes(image_arch: str, sweep_ds: list[int], image_d: int = 64) -> dict[str,
             },
             "batch": 50,
         },
+    }
+    # the paper's own MINIBOONE model: its RealNVP prior (5 affine couplings, [32, 32]) for p_U
+    out["miniboone-realnvp"] = {
+        "spec": {**out["miniboone"]["spec"], "density": "realnvp"},
+        "batch": out["miniboone"]["batch"],
     }
     image_batch = 64 if image_arch == "paper" else 16
     out["image64"] = {
@@ -278,7 +298,7 @@ def _grad_errors(model, x, ours: dict[int, Any], opts_ref, draws: int, chunk: in
     u_other = model.encode(other).detach()
 
     def hutch(opts, seed, **over):
-        every = over.pop("precond_every", opts.precond_every)
+        every = over.pop("precond_every", opts.precond_every) or 1
         kw = {
             "num_samples": opts.num_samples,
             "cg_tol": opts.cg_tol,
@@ -360,6 +380,9 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
     variants = job["variants"]
     legacy = [v["variant"] == "legacy" for v in variants]
     models = [_legacy_model(model) if old else copy.deepcopy(model) for old in legacy]
+    for m, v in zip(models, variants, strict=True):
+        if v["variant"] == "compiled":  # compiled in the warm-up round
+            m.compile_loss(dynamic=False)
     opts = [_variant_opts(v, d, job) for v in variants]
     optims = [
         torch.optim.Adam(m.parameters(), lr=1e-5) if old else make_optimizer(m.parameters(), 1e-5)
@@ -382,6 +405,7 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             if round_ >= job["warmup"]:
                 times[i].append(step + build / (getattr(opts[i], "precond_every", None) or 1))
                 builds[i].append(build)
+    profiles = _profiles(models, optims, x, opts, legacy) if job.get("profile") else None
     base = times[0]  # variants[0] is two_step
     yardstick = times[legacy.index(True)] if any(legacy) else None
     ours = {
@@ -407,8 +431,50 @@ def run_timing(job: dict[str, Any]) -> list[dict[str, Any]]:
             if any(builds[i]):
                 rec["precond_build_s"] = statistics.median(builds[i])
             rec.update(errors.get(i, {}))
+        if profiles:
+            rec["profile"] = profiles[i]
         out.append(rec)
     return out
+
+
+def _profiles(models, optims, x, opts, legacy: list[bool], top: int = 12) -> list[dict[str, Any]]:
+    """One more step per variant under ``torch.profiler``: the ``top`` ops by self CPU time
+    (name, calls, self ms) and the step's total, to see where a step's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rfdist.core.engine import train_step
+
+    out = []
+    for model, optim, opt, old in zip(models, optims, opts, legacy, strict=True):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            if old:
+                _legacy_train_step(model, optim, x, opt)
+            else:
+                train_step(model, optim, x, opt)
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        events.sort(key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / 1000
+        ops = [[e.key, e.count, round(e.self_cpu_time_total / 1000, 3)] for e in events[:top]]
+        calls = sum(e.count for e in events)
+        out.append({"self_ms": round(total, 3), "op_calls": calls, "top": ops})
+        torch.manual_seed(0)
+    return out
+
+
+def _profile_text(records: list[dict[str, Any]]) -> str:
+    """The ``--profile`` tables: per variant, its top ops by self CPU time."""
+    lines = []
+    for r in records:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        lines.append(
+            f"## {r['shape']} {r['estimator']} {r['variant']} K={r['num_samples']}: "
+            f"{prof['self_ms']:.1f} ms self CPU, {prof['op_calls']} op calls"
+        )
+        lines += [f"  {ms:8.2f} ms {calls:6d}x  {name}" for name, calls, ms in prof["top"]]
+    return "\n".join(lines)
 
 
 def _gram_rebuild_s(model, x, opts, device: str) -> float:
@@ -509,6 +575,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one step per variant: top ops by self CPU time"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time two-step, hutchinson K=1 and exact with RectangularFlow.compile_loss "
+        "(torch.compile; compiled in the warm-up round)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -543,9 +618,15 @@ def main() -> None:
         ("two_step", "legacy", 1, None),
         ("hutchinson", "rfdist", 1, None),
         ("hutchinson", "reference", 1, None),
+        *(("hutchinson", name, 1, None) for name in OVERRIDES),  # miniboone: timing and grad err
         ("hutchinson", "rfdist", 4, None),
         ("exact", "-", 1, None),
         ("exact", "chunked", 1, args.exact_chunk),
+        *(
+            (("two_step", "compiled", 1, None), ("hutchinson", "compiled", 1, None), ("exact", "compiled", 1, None))
+            if args.compile
+            else ()
+        ),
     ]
     sweep_plan = [("two_step", "-", 1, None), ("exact", "-", 1, None), ("hutchinson", "rfdist", 1, None)]
     chunks = [int(c) for c in args.image_chunks.split(",") if c]
@@ -560,10 +641,12 @@ def main() -> None:
     for name in wanted:
         case = all_shapes[name]
         image = name in images
-        plan = [  # the OVERRIDES rows at image64 only
+        plan = [  # the OVERRIDES rows at image64, some at miniboone
             row
             for row in (image_plan if image else sweep_plan if name.startswith("d-sweep") else paper_plan)
-            if row[1] not in OVERRIDES or name == "image64"
+            if row[1] not in OVERRIDES
+            or name == "image64"
+            or (name == "miniboone" and row[1] in TABULAR_OVERRIDES)
         ]
         variants = [
             {"estimator": e, "variant": v, "num_samples": k, "chunk": c}
@@ -589,6 +672,7 @@ def main() -> None:
             "steps": args.steps,
             "warmup": args.warmup,
             "threads": args.threads,
+            "profile": args.profile,
         }
         timing = [{} for _ in variants]
         if not args.memory_only and image:
@@ -602,7 +686,7 @@ def main() -> None:
         elif not args.memory_only:
             timing = _spawn({**common, "kind": "timing", "variants": variants})
         for v, result in zip(variants, timing, strict=True):
-            if args.memory and v["variant"] not in ("legacy", *OVERRIDES):
+            if args.memory and v["variant"] not in ("legacy", "compiled", *OVERRIDES):
                 spawn = _try_spawn if image else _spawn
                 result.update(spawn({**common, "kind": "memory", "variant": v}))
             rec = {
@@ -626,6 +710,8 @@ def main() -> None:
                 Path(args.json).write_text(json.dumps(records, indent=2))
     print(f"# total {time.perf_counter() - started:.0f} s")
     print(table(records))
+    if args.profile:
+        print(_profile_text(records))
 
 
 def _variant_name(estimator: str, variant: str, k: int) -> str:

@@ -137,7 +137,7 @@ class ModelConfig(_Section):
     couplings: int = Field(3, ge=1)
     conv_hidden: int = Field(64, ge=1)
     conv_blocks: int = Field(8, ge=1)
-    density: Literal["nsf", "maf"] = "nsf"
+    density: Literal["nsf", "maf", "realnvp"] = "nsf"
     density_layers: int = Field(5, ge=1)
     density_hidden: list[int] = Field(default_factory=lambda: [32, 32])
 

@@ -174,6 +174,15 @@ def test_chain_passing_halves_between_couplings_is_the_layer_by_layer_compositio
         torch.testing.assert_close(chain.inverse(x), back, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(chain.inverse_and_ladj(x)[1], total, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(back, z, rtol=1e-9, atol=1e-9)
+        t = torch.randn(3, 7, features, dtype=torch.float64)  # leading tangent dimension K = 3
+        y, ty = z, t
+        for layer in chain.layers:
+            y, ty = layer.forward_and_tangent(y, ty)
+        y_chain, ty_chain = chain.forward_and_tangent(z, t)
+        torch.testing.assert_close(y_chain, y, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ty_chain, ty, rtol=1e-12, atol=1e-12)
+        _, jvp = torch.func.jvp(chain, (z,), (t[0],))
+        torch.testing.assert_close(ty_chain[0], jvp, rtol=1e-10, atol=1e-12)
 
 
 def _tangent_layers() -> dict[str, torch.nn.Module]:

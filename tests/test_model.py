@@ -9,7 +9,7 @@ from rfdist import ModelSpec, RectangularFlow, build_model
 from rfdist.core.engine import LossOptions, train_step
 
 from .conftest import available_devices
-from .helpers import brute_logdet
+from .helpers import brute_jacobians, brute_logdet
 
 SPECS = {
     "affine": ModelSpec(data_shape=(4,), latent_dim=2, coupling="affine", flow_layers=3, flow_hidden=(16,)),
@@ -118,6 +118,68 @@ def test_round_trip_shares_the_innermost_coupling_with_the_same_values_and_gradi
     (_, grads), (_, grads_ref) = value_and_grads(u, recon), value_and_grads(u_ref, recon_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_exact_loss_at_d1_is_one_tangent_column_with_brute_force_values_and_gradients(
+    shared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At d = 1 the exact loss takes ``round_trip_tangent`` (log ‖J‖², no Gram matrix): its
+    column, loss and every parameter's gradient equal a brute-force Jacobian's, with the
+    innermost coupling shared (D = 2) and without (an actnorm breaks the run of couplings)."""
+    spec = ModelSpec(data_shape=(2,), latent_dim=1, flow_layers=4, flow_hidden=(8, 8), actnorm=not shared)
+    model = build_model(spec).double()
+    assert model.share_innermost is shared
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(7, 2, dtype=torch.float64)
+    u, recon, column = model.round_trip_tangent(x)
+    jac = brute_jacobians(model.decode_flat, model.encode(x))  # (B, D, 1)
+    torch.testing.assert_close(u, model.encode(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(recon, model.decode_flat(u), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(column, jac[..., 0], rtol=1e-10, atol=1e-12)
+
+    def general(*args, **kwargs):
+        raise AssertionError("the d = 1 exact loss went through the general volume term")
+
+    monkeypatch.setattr(RectangularFlow, "_volume_term", general)
+    loss, parts = model.loss(x, beta=3.0, estimator="exact")
+    u_ref = model.encode(x)
+    nll = -(model.density.log_prob(u_ref) - 0.5 * brute_logdet(model.decode_flat, u_ref, create_graph=True))
+    expected = (nll + 3.0 * (x - model.decode(u_ref)).pow(2).sum(-1)).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(parts["nll"], nll.mean().detach(), rtol=1e-10, atol=1e-12)
+    params = list(model.parameters())
+    for g, g_ref in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params), strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_compiled_loss_is_the_eager_loss_and_keeps_the_state_dict() -> None:
+    """``compile_loss`` routes forward through torch.compile: same loss parts and gradients as
+    eager for the exact d = 1 loss (one compile: ~30 s); the state-dict keys are unchanged."""
+    model = build_model(ModelSpec(data_shape=(2,), latent_dim=1, flow_layers=2, flow_hidden=(8,))).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(16, 2, dtype=torch.float64)
+    keys = list(model.state_dict())
+    params = list(model.parameters())
+    for options in ({"estimator": "exact"},):
+        model.compile_loss(False)
+        eager, eager_parts = model(x, **options)
+        eager_grads = torch.autograd.grad(eager, params, allow_unused=True)
+        model.compile_loss(dynamic=False)
+        compiled, parts = model(x, **options)
+        grads = torch.autograd.grad(compiled, params, allow_unused=True)
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
+        assert set(parts) == set(eager_parts)
+        for g, g_ref in zip(grads, eager_grads, strict=True):
+            assert (g is None) == (g_ref is None)
+            if g is not None:
+                torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
+    assert list(model.state_dict()) == keys
 
 
 def test_ml_gradient_reaches_the_flow_through_the_volume_term() -> None:

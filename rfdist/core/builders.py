@@ -48,7 +48,8 @@ class ModelSpec:
         coupling: ``affine`` or ``spline`` couplings (vector flows).
         flow_layers, flow_hidden, activation, actnorm, permute, bins, bound: vector-flow options.
         scales, couplings, conv_hidden, conv_blocks: multi-scale image-flow options.
-        density, density_layers, density_hidden: the low-dimensional flow (``nsf`` | ``maf``).
+        density, density_layers, density_hidden: the low-dimensional flow (``nsf`` | ``maf`` |
+            ``realnvp``, the paper's: affine couplings, ``d >= 2``).
         seed: initialisation seed (parameters and fixed permutations).
     """
 
@@ -67,7 +68,7 @@ class ModelSpec:
     couplings: int = 3
     conv_hidden: int = 64
     conv_blocks: int = 8
-    density: Literal["nsf", "maf"] = "nsf"
+    density: Literal["nsf", "maf", "realnvp"] = "nsf"
     density_layers: int = 5
     density_hidden: tuple[int, ...] = (32, 32)
     seed: int = 0

@@ -27,6 +27,7 @@ from rfdist.core.volume import (
     GramCache,
     TangentOps,
     VolumeStats,
+    logdet_column,
     logdet_exact,
     logdet_surrogate,
 )
@@ -104,7 +105,7 @@ class RectangularFlow(nn.Module):
         Vector flows of :class:`~rfdist.core.flows.AffineCoupling` / ``ActNorm`` / ``Permutation``
         do; others (splines, image flows) return ``None`` and the estimators use ``torch.func``.
         """
-        if len(self.data_shape) != 1 or not getattr(self.flow, "supports_tangents", False):
+        if not self._has_tangents():
             return None
         index, dim = self.latent_index, self.data_dim
 
@@ -119,6 +120,9 @@ class RectangularFlow(nn.Module):
             return out, (lambda t: lin.jvp(pad(t))), (lambda w: lin.vjp(w).index_select(-1, index))
 
         return TangentOps(push, linearize)
+
+    def _has_tangents(self) -> bool:
+        return len(self.data_shape) == 1 and getattr(self.flow, "supports_tangents", False)
 
     def round_trip(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``u = encode(x)`` and ``decode_flat(u)`` in one pass (the two-step loss's maps).
@@ -141,6 +145,30 @@ class RectangularFlow(nn.Module):
         for layer in layers[1:]:
             a, b = layer.forward_half(a, b)[0], a
         return u, layers[-1]._merge(b, a)
+
+    def round_trip_tangent(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``u = encode(x)``, ``decode_flat(u)`` and the Jacobian's one column ``∂decode_flat/∂u``
+        ``(B, D)``, at ``d = 1`` on a flow with hand-written tangents (the exact estimator's
+        fast path: one tangent, no vmap, no Gram matrix). Shares the innermost coupling as
+        :meth:`round_trip` does where it can; there the tangent enters that layer's
+        conditioner only (the zero padding has a zero tangent)."""
+        if self.latent_dim != 1 or not self._has_tangents():
+            raise ValueError("round_trip_tangent needs d = 1 and a flow with hand-written tangents")
+        if not self.share_innermost:
+            u = self.encode(x)
+            padded = self.pad(u)
+            return u, *self.flow.forward_and_tangent(padded, self.pad(torch.ones_like(u)))
+        layers = list(self.flow.layers)
+        a, b = layers[-1]._split(x.flatten(1))
+        for layer in layers[:0:-1]:
+            a, b = layer.inverse_half(a, b)[0], a
+        u = a
+        shift, dshift = layers[0].conditioner_and_tangent(u, torch.ones_like(u))[:2]
+        a, b, ta, tb = shift, u, dshift, torch.ones_like(u)
+        for layer in layers[1:]:
+            new, t_new = layer.forward_half_and_tangent(a, b, ta, tb)
+            a, b, ta, tb = new, a, t_new, ta
+        return u, layers[-1]._merge(b, a), layers[-1]._merge(tb, ta)
 
     def _can_share_innermost(self) -> bool:
         """Whether :meth:`round_trip` can share the innermost coupling (checked once, at init)."""
@@ -216,15 +244,35 @@ class RectangularFlow(nn.Module):
             reconstruction = (x_flat - recon_x).pow(2).sum(-1)
             loss = (beta * reconstruction - log_pu).mean()
         else:
-            u = self.encode(x)
-            log_pu = self.density.log_prob(u)
-            logdet, recon_x = self._volume_term(u, log_pu, opts, parts)
+            u, log_pu, logdet, recon_x = self._ml_terms(x, opts, parts)
             reconstruction = (x_flat - recon_x).pow(2).sum(-1)
             loss = (-likelihood_weight * (log_pu - 0.5 * logdet) + beta * reconstruction).mean()
         parts["loss"] = loss.detach()
         parts["log_pu"] = log_pu.detach().mean()
         parts["reconstruction"] = reconstruction.detach().mean()
         return loss, parts
+
+    def _ml_terms(
+        self, x: Tensor, opts: EstimatorOptions, parts: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``u``, ``log p_U(u)``, the volume term (or its surrogate) and ``decode_flat(u)``.
+
+        The exact estimator at ``d = 1`` on a flow with hand-written tangents takes
+        :meth:`round_trip_tangent` (one column, ``log ‖J‖²``); everything else
+        :meth:`_volume_term`.
+        """
+        if opts.name == "exact" and opts.chunk_size is None and self.latent_dim == 1 and self._has_tangents():
+            u, recon_x, column = self.round_trip_tangent(x)
+            log_pu = self.density.log_prob(u)
+            logdet = logdet_column(column)
+            parts["logdet"] = logdet.detach().mean()
+            parts["nll"] = -(log_pu - 0.5 * logdet).detach().mean()
+            parts["tangent_passes"] = u.new_tensor(1.0)
+            return u, log_pu, logdet, recon_x
+        u = self.encode(x)
+        log_pu = self.density.log_prob(u)
+        logdet, recon_x = self._volume_term(u, log_pu, opts, parts)
+        return u, log_pu, logdet, recon_x
 
     def _volume_term(
         self, u: Tensor, log_pu: Tensor, opts: EstimatorOptions, parts: dict[str, Tensor]
@@ -278,6 +326,24 @@ class RectangularFlow(nn.Module):
             cache = self.__dict__["_gram_cache_state"] = GramCache(every)
         return cache
 
+    def compile_loss(self, enabled: bool = True, **compile_options: Any) -> None:
+        """Route :meth:`forward` (what ``train_step`` and a DDP wrapper call) through
+        ``torch.compile(self.loss)``, or back to eager with ``enabled=False``.
+
+        Off by default: at small shapes (von Mises) inductor's fused kernels cut a step's
+        per-op dispatch, but compiling takes tens of seconds on a CPU, a new batch shape or
+        loss setting recompiles, and at large shapes the arithmetic dominates anyway
+        (``bench/estimators.py --compile``). The parameters and state-dict keys are unchanged.
+        The graph breaks (and the rest still compiles) where the options are merged, where CG
+        checks convergence on the host and around a kept Gram preconditioner.
+        """
+        if enabled:
+            self.__dict__["_compiled_loss"] = torch.compile(self.loss, **compile_options)
+        else:
+            self.__dict__.pop("_compiled_loss", None)
+
     def forward(self, x: Tensor, **loss_options) -> tuple[Tensor, dict[str, Tensor]]:
-        """Same as :meth:`loss`, so a ``DistributedDataParallel`` wrapper syncs gradients."""
-        return self.loss(x, **loss_options)
+        """Same as :meth:`loss`, so a ``DistributedDataParallel`` wrapper syncs gradients
+        (through ``torch.compile`` after :meth:`compile_loss`)."""
+        compiled = self.__dict__.get("_compiled_loss")
+        return (compiled or self.loss)(x, **loss_options)

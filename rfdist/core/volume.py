@@ -41,6 +41,7 @@ __all__ = [
     "gram_inverse",
     "gram_preconditioner",
     "jacobian_and_output",
+    "logdet_column",
     "logdet_exact",
     "logdet_surrogate",
 ]
@@ -352,15 +353,26 @@ def logdet_exact(
         d = z.shape[1]
         basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1).expand(d, z.shape[0], d)
         output, columns = tangents.push(z, basis)  # (B, D), (d, B, D)
-        gram = torch.einsum("ibk,jbk->bij", columns, columns)
+        gram = None if d == 1 else torch.einsum("ibk,jbk->bij", columns, columns)
     else:
         output, jacobian = jacobian_and_output(fn, z, chunk_size=chunk_size, checkpoint=checkpoint)
-        gram = jacobian.transpose(-1, -2) @ jacobian
-    logdet, jitter = _cholesky_logdet(gram, max_jitter_tries)
+        columns = jacobian.permute(2, 0, 1)  # (d, B, D)
+        gram = None if z.shape[1] == 1 else jacobian.transpose(-1, -2) @ jacobian
+    if gram is None:  # d = 1: JᵀJ is the scalar ‖J‖²; no Cholesky, no host sync
+        logdet, jitter = logdet_column(columns[0]), z.new_zeros(z.shape[0])
+    else:
+        logdet, jitter = _cholesky_logdet(gram, max_jitter_tries)
     if stats is not None:
         stats.tangent_passes += z.shape[1]
         stats.jitter = jitter
     return (logdet, output) if return_output else logdet
+
+
+def logdet_column(column: Tensor) -> Tensor:
+    r""":math:`\log\det(J^\top J) = \log\lVert J\rVert^2` per row for a one-column Jacobian
+    ``(B, D)`` (``d = 1``): a sum of squares and a log, differentiable. A zero column gives
+    ``-inf``, which a training step's finiteness check skips."""
+    return column.square().sum(-1).log()
 
 
 def sample_probes(

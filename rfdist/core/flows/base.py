@@ -103,14 +103,7 @@ class Chain(Bijection):
         total = z.new_zeros(z.shape[0]) if ladj else z
         i = 0
         while i < len(layers):
-            stride = getattr(layers[i], "half_stride", None)
-            j = i + 1
-            while (
-                stride is not None
-                and j < len(layers)
-                and getattr(layers[j], "half_stride", None) == 1 - stride
-            ):
-                stride, j = 1 - stride, j + 1
+            j = _coupling_run_end(layers, i)
             if j - i == 1:  # a lone layer
                 layer = layers[i]
                 if ladj:
@@ -134,8 +127,20 @@ class Chain(Bijection):
         return all(layer.supports_tangents for layer in self.layers)
 
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        for layer in self.layers:
-            z, t = layer.forward_and_tangent(z, t)
+        """Each layer's :meth:`~Bijection.forward_and_tangent` in turn; runs of alternating
+        checkered couplings pass halves of ``z`` and ``t`` along, as :meth:`_run` does."""
+        layers, i = list(self.layers), 0
+        while i < len(layers):
+            j = _coupling_run_end(layers, i)
+            if j - i == 1:
+                z, t = layers[i].forward_and_tangent(z, t)
+            else:
+                (a, b), (ta, tb) = layers[i]._split(z), layers[i]._split(t)
+                for layer in layers[i:j]:
+                    new, t_new = layer.forward_half_and_tangent(a, b, ta, tb)
+                    a, b, ta, tb = new, a, t_new, ta
+                z, t = layers[j - 1]._merge(b, a), layers[j - 1]._merge(tb, ta)
+            i = j
         return z, t
 
     def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
@@ -155,6 +160,16 @@ class Chain(Bijection):
             return u
 
         return z, Linearization(jvp, vjp)
+
+
+def _coupling_run_end(layers: list[Bijection], i: int) -> int:
+    """The end (exclusive) of the run of couplings with alternating checkered masks
+    (``half_stride`` 0, 1, 0, …) that starts at ``layers[i]``; ``i + 1`` for a lone layer."""
+    stride = getattr(layers[i], "half_stride", None)
+    j = i + 1
+    while stride is not None and j < len(layers) and getattr(layers[j], "half_stride", None) == 1 - stride:
+        stride, j = 1 - stride, j + 1
+    return j
 
 
 class ActNorm(Bijection):

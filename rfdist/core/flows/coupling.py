@@ -202,17 +202,34 @@ class AffineCoupling(_ZukoCoupling):
 
     def forward_and_tangent(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         (z_a, z_b), (t_a, t_b) = self._split(z), self._split(t)
+        y_b, t_y = self.forward_half_and_tangent(z_a, z_b, t_a, t_b)
+        return self._merge(z_a, y_b), self._merge(t_a, t_y)
+
+    def forward_half_and_tangent(
+        self, z_a: Tensor, z_b: Tensor, t_a: Tensor, t_b: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_half` and its tangent: ``(y_b, t_y)`` from the halves and their
+        tangents (leading tangent dimensions broadcast), without a merge, for half-passing
+        chains (:meth:`Chain.forward_and_tangent`)."""
+        shift, dshift, log_scale, dlog, draw = self.conditioner_and_tangent(z_a, t_a)
+        scale = log_scale.exp()
+        y_b = z_b * scale
+        t_y = t_b * scale + y_b * dlog * draw + dshift
+        return y_b + shift, t_y
+
+    def conditioner_and_tangent(
+        self, x_a: Tensor, t_a: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Shift, its tangent, bounded log-scale, its derivative in the raw output, and the raw
+        output's tangent, from ``x_a`` and its tangent ``t_a`` (hand-written forward mode)."""
         grads: list[Tensor] = []
-        shift, log_scale, dlog = self._params(z_a, grads)
+        shift, log_scale, dlog = self._params(x_a, grads)
         *hidden, last = self._linears()
         g = t_a
         for lin, grad in zip(hidden, grads, strict=True):
             g = F.linear(g, lin.weight) * grad
-        dphi = F.linear(g, last.weight).unflatten(-1, (-1, 2))
-        scale = log_scale.exp()
-        y_b = z_b * scale
-        t_y = t_b * scale + y_b * dlog * dphi[..., 1] + dphi[..., 0]
-        return self._merge(z_a, y_b + shift), self._merge(t_a, t_y)
+        dshift, draw = F.linear(g, last.weight).unflatten(-1, (-1, 2)).unbind(-1)
+        return shift, dshift, log_scale, dlog, draw
 
     def linearize(self, z: Tensor, *, differentiable: bool = False) -> tuple[Tensor, Linearization]:
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
