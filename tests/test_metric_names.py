@@ -71,3 +71,18 @@ def test_a_checkpoint_with_the_old_flat_names_resumes_its_cost_and_val_nll() -> 
     assert report_value(old, VAL_NLL) == 1.25 and report_value(old, SKIPPED_STEPS) == 1.0
     assert report_value({VAL_NLL: 0.5, "val_nll": 9.0}, VAL_NLL) == 0.5  # the new name wins
     assert math.isnan(report_value({}, VAL_NLL))
+
+
+def test_a_trial_summary_speaks_the_names_tune_and_mlflow_use() -> None:
+    from rfdist.recipes.sweep import SUMMARY_COLUMNS, TrialSummary
+
+    trial = TrialSummary(trial="t_00000", params={"train.lr": 0.01}, status="completed", steps=40,
+                         val_nll=1.5, best_val_nll=1.4, s_per_step=0.02, matvecs_per_step=4.0,
+                         tangent_passes_per_step=6.0, peak_mem_mb=300.0, train_time_s=0.8)  # fmt: skip
+    assert trial.metrics == {"val/nll": 1.5, "perf/s_per_step": 0.02, "perf/matvecs_per_step": 4.0,
+                             "perf/tangent_passes_per_step": 6.0, "perf/peak_mem_mb": 300.0,
+                             "perf/train_time_s": 0.8}  # fmt: skip
+    assert trial.value("perf/s_per_step") == 0.02 and trial.value(VAL_NLL) == 1.5
+    row = trial.row()
+    assert list(row)[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS) and row["param:train.lr"] == 0.01
+    assert row["val/nll"] == 1.5 and row["best_val_nll"] == 1.4 and row["steps"] == 40
