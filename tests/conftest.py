@@ -152,6 +152,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-unit_seconds(item), order[id(item)]))
+    if getattr(config.option, "loadgroup", False):  # an xdist worker of --dist loadgroup
+        _suffix_groups(items)
+
+
+def _suffix_groups(items: list[pytest.Item]) -> None:
+    """Give grouped tests xdist's ``NODEID@GROUP`` ids, which its scheduler sends to one worker.
+
+    pytest-xdist 3.8 renames them by setting ``item._nodeid``; since pytest 9 a node's id is read
+    from ``item._id``, so that rename does nothing and each test of a module with a module-scoped
+    fixture ran on whichever worker was free, paying the fixture once per worker (measured: the
+    sphere model trained twice, 44 s each). The same rename here, through pytest 9's ``NodeId``;
+    under an older pytest (no ``_id``) xdist's own rename works and this does nothing.
+    """
+    if not hasattr(items[0] if items else None, "_id"):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and mark.args and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{mark.args[0]}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
