@@ -87,7 +87,6 @@ def quiet_driver() -> None:
     """This process's console, whichever Ray it joins: colours only on a terminal, no Ray Data
     progress bars unless stderr is a terminal, and the INFO lines of the MLflow database
     (created or migrated on first use) and of model registration in their loggers only."""
-    import logging
 
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read each time Ray prints a worker line
@@ -142,7 +141,6 @@ def quiet_train_reports() -> None:
     checkpoint on the console (Ray logs it under a logger named by its file path, outside the
     ``ray.train`` logger that ``LoggingConfig`` sets; rfdist prints each checkpoint's step and
     val NLL itself)."""
-    import logging
 
     logger = train_report_logger()
     if logger is not None:  # None: another Ray layout, Ray's lines are kept rather than fail
