@@ -140,6 +140,7 @@ class ModelConfig(_Section):
     density: Literal["nsf", "maf", "realnvp"] = "nsf"
     density_layers: int = Field(5, ge=1)
     density_hidden: list[int] = Field(default_factory=lambda: [32, 32])
+    density_norm: Literal["none", "actnorm", "running"] = "none"
 
     def spec(self, data_shape: tuple[int, ...], seed: int) -> ModelSpec:
         """The :class:`ModelSpec` for data rows of ``data_shape``; checks ``d < D``."""

@@ -50,6 +50,8 @@ class ModelSpec:
         scales, couplings, conv_hidden, conv_blocks: multi-scale image-flow options.
         density, density_layers, density_hidden: the low-dimensional flow (``nsf`` | ``maf`` |
             ``realnvp``, the paper's: affine couplings, ``d >= 2``).
+        density_norm: a standardising layer in front of it (``none`` | ``actnorm`` | ``running``;
+            :mod:`rfdist.core.latent_norm`).
         seed: initialisation seed (parameters and fixed permutations).
     """
 
@@ -71,6 +73,7 @@ class ModelSpec:
     density: Literal["nsf", "maf", "realnvp"] = "nsf"
     density_layers: int = 5
     density_hidden: tuple[int, ...] = (32, 32)
+    density_norm: Literal["none", "actnorm", "running"] = "none"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -179,6 +182,7 @@ def build_model(spec: ModelSpec) -> RectangularFlow:
         else:
             raise ValueError(f"flow must be 'coupling' or 'multiscale', got {spec.flow!r}")
         density = LatentDensity(
-            spec.latent_dim, layers=spec.density_layers, hidden=spec.density_hidden, kind=spec.density
+            spec.latent_dim, layers=spec.density_layers, hidden=spec.density_hidden, kind=spec.density,
+            norm=spec.density_norm,
         )
         return RectangularFlow(flow, density, data_shape=spec.data_shape)

@@ -18,6 +18,7 @@ from zuko.distributions import DiagNormal
 from zuko.flows.gaussianization import ElementWiseTransform
 
 from rfdist.core.flows.coupling import vector_flow
+from rfdist.core.latent_norm import LatentNorm, NormKind
 
 __all__ = ["LatentDensity"]
 
@@ -30,12 +31,15 @@ class LatentDensity(nn.Module):
     prior, ``layers`` affine couplings with alternating checkered masks and one tanh
     conditioner MLP each for shift and log-scale (the paper's tabular runs: 5 × [32, 32]);
     ``u = h(ε)`` with ``h`` the coupling stack and ``ε ~ N(0, I_d)``; needs ``d ≥ 2``.
+    ``norm``: a standardising affine layer in front of the flow (:class:`~rfdist.core.latent_norm.LatentNorm`:
+    ``actnorm`` or ``running``), so latents of any scale land in the flow's range.
 
     Arguments:
         features: latent dimension ``d``.
         layers: number of transforms.
         hidden: conditioner widths.
         kind: ``nsf``, ``maf`` or ``realnvp``.
+        norm: ``none``, ``actnorm`` or ``running``.
 
     Example:
         >>> density = LatentDensity(2, layers=2, hidden=(16,))
@@ -50,8 +54,12 @@ class LatentDensity(nn.Module):
         layers: int = 5,
         hidden: Sequence[int] = (32, 32),
         kind: Literal["nsf", "maf", "realnvp"] = "nsf",
+        norm: NormKind = "none",
     ) -> None:
         super().__init__()
+        if norm not in ("none", "actnorm", "running"):
+            raise ValueError(f"latent density norm must be 'none', 'actnorm' or 'running', got {norm!r}")
+        self.norm = None if norm == "none" else LatentNorm(features, kind=norm)
         if kind == "nsf":
             self.flow = zuko.flows.NSF(features, transforms=layers, hidden_features=list(hidden))
         elif kind == "maf":
@@ -77,6 +85,12 @@ class LatentDensity(nn.Module):
 
     def log_prob(self, u: Tensor) -> Tensor:
         """Log-density of each row of ``u`` (``(B, d)`` → ``(B,)``)."""
+        if self.norm is None:
+            return self._flow_log_prob(u)
+        z, ladj = self.norm(u)
+        return self._flow_log_prob(z) + ladj
+
+    def _flow_log_prob(self, u: Tensor) -> Tensor:
         if self.kind == "realnvp":
             eps, ladj = self.flow.inverse_and_ladj(u)
             return ladj - 0.5 * (eps * eps).sum(-1) - 0.5 * math.log(2 * math.pi) * self.features
@@ -98,8 +112,10 @@ class LatentDensity(nn.Module):
         """``n`` differentiable samples (reparameterised), shape ``(n, d)``."""
         if self.kind == "realnvp":
             param = next(self.flow.parameters())
-            return self.flow(torch.randn(n, self.features, dtype=param.dtype, device=param.device))
-        return self.flow().rsample((n,))
+            u = self.flow(torch.randn(n, self.features, dtype=param.dtype, device=param.device))
+        else:
+            u = self.flow().rsample((n,))
+        return u if self.norm is None else self.norm.inverse(u)
 
 
 class _ContiguousGrad(torch.autograd.Function):
