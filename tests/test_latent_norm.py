@@ -169,3 +169,28 @@ def test_data_parallel_ranks_share_the_statistics_of_all_their_rows() -> None:
     for shift, log_scale in results.values():
         torch.testing.assert_close(shift, u.mean(0))
         torch.testing.assert_close(log_scale, u.std(0, correction=0).log())
+
+
+def test_evaluation_reports_the_latents_scale_against_the_density_range() -> None:
+    """``rfdist eval``'s latent_rms / latent_rms_flow / latent_beyond_range, by hand from the
+    encodings and the norm layer's stored shift and scale (set so that part of the flow's
+    input lies beyond the splines' ±5)."""
+    from rfdist import ModelSpec, build_model
+    from rfdist.recipes.evaluate import EvalOptions, evaluate_model, load_eval_data
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(data_shape=(3,), latent_dim=2, flow_hidden=(8,), density_norm="running"))
+    data = load_eval_data("synthetic:sphere", test_rows=300)
+    with torch.no_grad():
+        model.density.norm.shift.fill_(0.2)
+        model.density.norm.log_scale.fill_(-2.0)
+    options = EvalOptions(data="synthetic:sphere", fd_samples=0, plots=False, progress=False)
+    metrics = evaluate_model(model, data, options).metrics
+    with torch.no_grad():
+        u = model.eval().encode(data.test)
+    z = (u - 0.2) / torch.exp(torch.tensor(-2.0))
+    assert metrics["latent_rms"] == pytest.approx(float(u.pow(2).mean(0).sqrt().median()), rel=1e-5)
+    assert metrics["latent_rms_flow"] == pytest.approx(float(z.pow(2).mean(0).sqrt().median()), rel=1e-5)
+    assert metrics["latent_beyond_range"] == pytest.approx(float((z.abs() > 5).double().mean()))
+    assert 0 < metrics["latent_beyond_range"] < 1
+    assert metrics["latent_rms"] != pytest.approx(metrics["latent_rms_flow"])

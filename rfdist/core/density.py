@@ -20,7 +20,11 @@ from zuko.flows.gaussianization import ElementWiseTransform
 from rfdist.core.flows.coupling import vector_flow
 from rfdist.core.latent_norm import LatentNorm, NormKind
 
-__all__ = ["LatentDensity"]
+__all__ = ["SPLINE_RANGE", "LatentDensity"]
+
+#: the NSF splines' domain is ``[-SPLINE_RANGE, SPLINE_RANGE]`` per coordinate (zuko's bound);
+#: outside it they are the identity, so the density there is the standard normal's tail
+SPLINE_RANGE = 5.0
 
 
 class LatentDensity(nn.Module):
@@ -90,6 +94,10 @@ class LatentDensity(nn.Module):
         z, ladj = self.norm(u)
         return self._flow_log_prob(z) + ladj
 
+    def flow_input(self, u: Tensor) -> Tensor:
+        """What the flow sees of latents ``u``: ``u`` standardised by the norm layer, if any."""
+        return u if self.norm is None else self.norm(u)[0]
+
     def _flow_log_prob(self, u: Tensor) -> Tensor:
         if self.kind == "realnvp":
             eps, ladj = self.flow.inverse_and_ladj(u)
@@ -137,7 +145,7 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 def _rqs_tables(
-    phi: Tensor, transforms: int, bound: float = 5.0, slope: float = 1e-3
+    phi: Tensor, transforms: int, bound: float = SPLINE_RANGE, slope: float = 1e-3
 ) -> tuple[Tensor, Tensor]:
     """The knots of ``transforms`` element-wise zuko ``MonotonicRQSTransform``s, in one go.
 

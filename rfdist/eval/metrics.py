@@ -48,6 +48,7 @@ __all__ = [
     "factor_r2",
     "frechet_distance",
     "gaussian_fit",
+    "latent_scale",
     "log_likelihoods",
     "manifold_ood_score",
     "offmanifold_variance",
@@ -357,6 +358,27 @@ def encode_rows(
         z, _ = preprocess_rows(rows, preprocess, model.data_shape, lam=lam, stats=stats, noise=noise)
         parts.append(model.encode(z).double().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.latent_dim))
+
+
+def latent_scale(codes: Tensor, flow_input: Tensor, *, bound: float) -> dict[str, float]:
+    """How the latents sit against the latent density's range.
+
+    ``latent_rms``: the median over coordinates of each coordinate's root mean square (about 0)
+    of the encodings ``codes`` ``(N, d)``; ``latent_rms_flow`` the same of what the density's
+    flow sees (``flow_input``: the codes after its standardising layer, if any);
+    ``latent_beyond_range``: the share of those flow inputs outside ``[-bound, bound]`` (for an
+    NSF density, where its splines cannot shape the density).
+
+    Example:
+        >>> latent_scale(torch.full((4, 2), 10.0), torch.full((4, 2), 1.0), bound=5.0)
+        {'latent_rms': 10.0, 'latent_rms_flow': 1.0, 'latent_beyond_range': 0.0}
+    """
+
+    def rms(x: Tensor) -> float:
+        return float(x.double().pow(2).mean(0).sqrt().median())
+
+    beyond = float((flow_input.abs() > bound).double().mean())
+    return {"latent_rms": rms(codes), "latent_rms_flow": rms(flow_input), "latent_beyond_range": beyond}
 
 
 def factor_r2(

@@ -44,6 +44,7 @@ from rfdist.eval.metrics import (
     encode_rows,
     factor_r2,
     frechet_distance,
+    latent_scale,
     log_likelihoods,
     manifold_ood_score,
     offmanifold_variance,
@@ -228,6 +229,18 @@ def _truth_metrics(
     return metrics
 
 
+def _latent_metrics(model, data: EvalData, opts: EvalOptions, preprocess: str, lam: float) -> dict[str, float]:
+    """The test encodings' scale against the latent density's range (:func:`latent_scale`)."""
+    from rfdist.core.density import SPLINE_RANGE
+
+    codes = encode_rows(
+        model, data.test, preprocess=preprocess, lam=lam, stats=data.stats, batch_size=opts.batch_size
+    )
+    codes = torch.from_numpy(codes).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        return latent_scale(codes, model.density.flow_input(codes), bound=SPLINE_RANGE)
+
+
 def _factor_metrics(
     model, data: EvalData, opts: EvalOptions, preprocess: str, lam: float
 ) -> dict[str, float]:
@@ -271,6 +284,7 @@ def evaluate_model(
     scores = {f"test_{k}": v.numpy() for k, v in test.items()}
     samples, samples_data, fd = _samples(model, data, opts, preprocess, lam)
     metrics.update(fd)
+    metrics.update(_latent_metrics(model, data, opts, preprocess, lam))
     if data.truth is not None:
         metrics.update(_truth_metrics(model, data, samples, metrics["test_nll_data"], scores))
     if data.test_factors is not None and data.train is not None:
