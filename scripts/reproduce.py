@@ -185,6 +185,53 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.4g} ± {float(np.std(values, ddof=1)):.2g}"
 
 
+def welch(a: list[float], b: list[float], *, level: float = 0.95) -> dict[str, float]:
+    """Mean difference ``mean(a) - mean(b)``, its Welch confidence interval and two-sided p-value.
+
+    Welch's t-test (unequal variances, Welch–Satterthwaite degrees of freedom), as
+    ``scipy.stats.ttest_ind(a, b, equal_var=False)``; with fewer than two values on a side, or no
+    spread at all, the interval and p-value are NaN.
+    """
+    from scipy import stats
+
+    a = [v for v in a if v is not None and math.isfinite(v)]
+    b = [v for v in b if v is not None and math.isfinite(v)]
+    diff = float(np.mean(a) - np.mean(b)) if a and b else float("nan")
+    out = {"diff": diff, "low": float("nan"), "high": float("nan"), "p": float("nan"), "n_a": len(a), "n_b": len(b)}
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return out
+    test = stats.ttest_ind(a, b, equal_var=False)
+    interval = test.confidence_interval(level)
+    out.update(low=float(interval.low), high=float(interval.high), p=float(test.pvalue))
+    return out
+
+
+def comparison_lines(exp: dict, runs: dict[str, list[dict]]) -> list[str]:
+    """The plan's ``compare`` pairs as a table: each difference the text claims, with its interval.
+
+    ``compare: {metrics: [...], pairs: [[A, B], ...]}``; a pair is left out where a side has no runs.
+    """
+    spec = exp.get("compare")
+    if not spec:
+        return []
+    lines = [
+        "Differences (A − B: mean over seeds; 95 % Welch interval and two-sided p-value, unequal",
+        "variances; an interval that excludes 0 is a difference at that level):",
+        "",
+        "| A | B | metric | A − B | 95 % interval | p | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a, b in spec["pairs"]:
+        if not runs.get(a) or not runs.get(b):
+            continue
+        for metric in spec["metrics"]:
+            got = welch([r["metrics"].get(metric) for r in runs[a]], [r["metrics"].get(metric) for r in runs[b]])
+            interval = f"[{got['low']:.3g}, {got['high']:.3g}]" if math.isfinite(got["low"]) else "–"
+            p = f"{got['p']:.2g}" if math.isfinite(got["p"]) else "–"
+            lines.append(f"| {a} | {b} | {metric} | {got['diff']:.3g} | {interval} | {p} | {got['n_a']}, {got['n_b']} |")
+    return [*lines, ""]
+
+
 # EvalOptions fields that are `rfdist eval` flags (plots, progress: no effect on the numbers).
 _EVAL_FLAGS = ("ood_data", "features", "max_rows", "ood_train_rows", "fd_samples", "preprocess", "batch_size")
 
@@ -238,14 +285,17 @@ def report(
         lines += [f"## {name}", "", exp.get("description", "").strip(), ""]
         lines.append("| variant | seeds | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 2) + "|")
+        by_variant: dict[str, list[dict]] = {}
         for variant in exp["variants"]:
             runs = sorted((r for r in got if r["variant"] == variant), key=lambda r: int(r["seed"]))
             if not runs:
                 continue
+            by_variant[variant] = runs
             seeds = ",".join(str(r["seed"]) for r in runs)
             cells = [fmt([r["metrics"].get(c) for r in runs]) for c in columns]
             lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += comparison_lines(exp, by_variant)
         ours = [r for r in got if r.get("command", command).startswith("python scripts/reproduce.py")]
         commands = canonical_commands(plan_path, name, exp, ours)
         commands += sorted({portable(r["command"], roots) for r in got if r not in ours})

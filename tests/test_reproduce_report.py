@@ -170,3 +170,44 @@ def test_every_planned_run_is_a_valid_config(reproduce, plan_name) -> None:
             assert cfg.name == name, variant
             loaded += 1
     assert loaded >= len(plan["experiments"])
+
+
+def test_welch_interval_and_p_value_by_the_formula(reproduce) -> None:
+    """Welch–Satterthwaite by hand: the difference, its 95 % interval and the two-sided p."""
+    import math
+
+    from scipy.stats import t as student
+
+    a, b = [1.0, 2.0, 3.5], [0.5, 0.7, 0.2, 0.9]
+    ma, mb = sum(a) / 3, sum(b) / 4
+    va = sum((x - ma) ** 2 for x in a) / 2
+    vb = sum((x - mb) ** 2 for x in b) / 3
+    se2 = va / 3 + vb / 4
+    df = se2**2 / ((va / 3) ** 2 / 2 + (vb / 4) ** 2 / 3)
+    half = student.ppf(0.975, df) * math.sqrt(se2)
+    tstat = (ma - mb) / math.sqrt(se2)
+    got = reproduce.welch(a, b)
+    assert got["diff"] == pytest.approx(ma - mb)
+    assert (got["low"], got["high"]) == pytest.approx((ma - mb - half, ma - mb + half))
+    assert got["p"] == pytest.approx(2 * student.sf(abs(tstat), df))
+    assert math.isnan(reproduce.welch([1.0], b)["low"])  # one seed: no interval
+
+
+def test_report_lists_the_planned_comparisons(reproduce, tmp_path) -> None:
+    import yaml
+
+    plan = {"experiments": {"vm": {
+        "config": "rfdist/presets/von-mises.yaml", "variants": {"exact": [], "two-step": []}, "report": ["kl"],
+        "compare": {"metrics": ["kl"], "pairs": [["exact", "two-step"]]},
+    }}}  # fmt: skip
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    rows = [
+        {"experiment": "vm", "variant": v, "seed": s, "metrics": {"kl": k}, "model_uri": "runs:/x/model"}
+        for v, ks in (("exact", [0.1, 0.2, 0.15]), ("two-step", [1.0, 2.0, 1.6]))
+        for s, k in enumerate(ks)
+    ]
+    text = reproduce.report(plan, rows, tmp_path / "out.md", "python scripts/reproduce.py plan.yaml")
+    line = next(x for x in text.splitlines() if x.startswith("| exact | two-step | kl |"))
+    got = reproduce.welch([0.1, 0.2, 0.15], [1.0, 2.0, 1.6])
+    assert f"| {got['diff']:.3g} | [{got['low']:.3g}, {got['high']:.3g}] | {got['p']:.2g} | 3, 3 |" in line
+    assert got["high"] < 0
