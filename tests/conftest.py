@@ -58,6 +58,45 @@ def _mlflow_defaults() -> Iterator[None]:
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_mlflow_stores(tmp_path_factory) -> Iterator[None]:
+    """A new sqlite MLflow store in this process starts as a copy of one migrated, empty database.
+
+    MLflow creates a store by running its ~50 schema migrations, each committed on its own:
+    ~1 CPU-s and 5-7 s of fsync-bound wall time on this machine per store, and the suite makes
+    about a hundred (one per test that tracks anything). The copy holds no experiment; the store
+    then adds its default experiment with its own artifact root, as on a fresh database.
+    Stores that other processes create (``mlflow server``, a CLI subprocess) migrate as usual.
+    """
+    import shutil
+    import sqlite3
+
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    template = folder / "mlflow.db"
+    TrackingStore(f"sqlite:///{template}", str(folder / "artifacts")).engine.dispose()
+    with sqlite3.connect(template) as db:
+        db.execute("DELETE FROM experiments")
+    db.close()
+
+    def from_template(init):
+        def wrapped(self, db_uri, *args, **kwargs):
+            path = db_uri.removeprefix("sqlite:///") if db_uri.startswith("sqlite:///") else None
+            if path and path != ":memory:" and not os.path.exists(path):
+                shutil.copyfile(template, path)
+            return init(self, db_uri, *args, **kwargs)
+
+        return wrapped
+
+    saved = TrackingStore.__init__, RegistryStore.__init__
+    TrackingStore.__init__ = from_template(saved[0])
+    RegistryStore.__init__ = from_template(saved[1])
+    yield
+    TrackingStore.__init__, RegistryStore.__init__ = saved
+
+
 @pytest.fixture
 def ray_tripwire(monkeypatch) -> None:
     """Starting (or joining) Ray through rfdist fails the test: for input that must be refused first."""
