@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
 
 import torch
@@ -83,19 +86,26 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "variant": name, "batch": batch, "gflop_per_step": flops / 1e9, "timed_batch": args.timing_batch,
             "timed_step_s": seconds, "cpu_step_s": cpu_s, "cpu_gflops": flops / 1e9 / cpu_s,
-            "gpu_step_s": gpu, "max_steps": cfg.train.max_steps,
-            "gpu_run_hours": [g * cfg.train.max_steps / 3600 for g in gpu],
+            "gpu_step_s_low": gpu[0], "gpu_step_s_high": gpu[1], "max_steps": cfg.train.max_steps,
+            "gpu_run_hours_low": gpu[0] * cfg.train.max_steps / 3600,
+            "gpu_run_hours_high": gpu[1] * cfg.train.max_steps / 3600,
         })  # fmt: skip
         print(
             f"{name:14s} {flops / 1e9:9.0f} GFLOP/step  here {cpu_s:8.1f} s/step ({flops / 1e9 / cpu_s:5.0f} GFLOP/s)"
             f"  GPU at {low:g}-{high:g} TFLOP/s: {gpu[0]:.2f}-{gpu[1]:.2f} s/step,"
-            f" {cfg.train.max_steps} steps {rows[-1]['gpu_run_hours'][0]:.1f}-{rows[-1]['gpu_run_hours'][1]:.1f} h",
+            f" {cfg.train.max_steps} steps {rows[-1]['gpu_run_hours_low']:.1f}-{rows[-1]['gpu_run_hours_high']:.1f} h",
             flush=True,
         )
     if args.json:
-        meta = {"preset": args.preset, "set": args.set, "threads": args.threads, "torch": torch.__version__}
+        out = {
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+            "command": "PYTHONPATH=. python bench/step_cost.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "records": rows,
+        }
         with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "rows": rows}, handle, indent=1)
+            json.dump(out, handle, indent=1)
     return 0
 
 
