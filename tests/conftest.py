@@ -67,12 +67,18 @@ def _migrated_mlflow_stores(tmp_path_factory) -> Iterator[None]:
     about a hundred (one per test that tracks anything). The copy holds no experiment; the store
     then adds its default experiment with its own artifact root, as on a fresh database.
     Stores that other processes create (``mlflow server``, a CLI subprocess) migrate as usual.
+    Without MLflow (the GPU kit runs the core's tests with ``import mlflow`` blocked) nothing is
+    installed.
     """
     import shutil
     import sqlite3
 
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    try:
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    except ImportError:
+        yield
+        return
 
     folder = tmp_path_factory.mktemp("mlflow-template")
     template = folder / "mlflow.db"
@@ -84,7 +90,8 @@ def _migrated_mlflow_stores(tmp_path_factory) -> Iterator[None]:
     def from_template(init):
         def wrapped(self, db_uri, *args, **kwargs):
             path = db_uri.removeprefix("sqlite:///") if db_uri.startswith("sqlite:///") else None
-            if path and path != ":memory:" and not os.path.exists(path):
+            fresh = path and path != ":memory:" and not os.path.exists(path)
+            if fresh and os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 shutil.copyfile(template, path)
             return init(self, db_uri, *args, **kwargs)
 
