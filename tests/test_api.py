@@ -76,3 +76,4 @@ def test_fit_trains_on_ray_and_returns_the_result(tmp_path: Path, shared_ray) ->
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "20"
     again = rfdist.fit(path, {"train.max_steps": 20, "train.checkpoint_every": 10})
     assert again.already_finished and again.run_id == result.run_id
+    assert again.model_uri == result.model_uri  # found again, it still names its registered version

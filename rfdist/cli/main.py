@@ -173,7 +173,9 @@ def train(
     if result.already_finished:
         typer.echo(
             f"run {cfg.name!r} already finished at step {int(result.metrics['step'])} "
-            f"(MLflow run {result.run_id}); nothing to do — `--force` trains it again from scratch"
+            f"(MLflow run {result.run_id}"
+            + (f", {result.model_uri}" if result.model_uri else "")
+            + "); nothing to do — `--force` trains it again from scratch"
         )
         return
     metrics = dict(result.metrics)

@@ -31,6 +31,7 @@ from rfdist.runtime.worker import FAULT_TAG, WorkerHook, preprocess_fn, train_lo
 from rfdist.tracking.metric_names import SKIPPED_STEPS, VAL_NLL, report_value
 from rfdist.tracking.runs import (
     closed_on_failure,
+    filter_value,
     finished_step,
     latest_run,
     log_params,
@@ -182,18 +183,30 @@ def _preflight(cfg: RunConfig, address: str | None = None) -> tuple[str, Prepare
 def _finished_result(mlflow: Any, cfg: RunConfig, tracking_uri: str) -> TrainingResult | None:
     """The result of this job's run when it is FINISHED at ``train.max_steps`` or later, else ``None``."""
     _, latest = latest_run(mlflow, cfg, cfg.storage.path)
-    done = finished_step(mlflow.MlflowClient(), latest)
+    client = mlflow.MlflowClient()
+    done = finished_step(client, latest)
     if done is None or done < cfg.train.max_steps:
         return None
+    version = _run_version(client, cfg.registry.name, latest.info.run_id)
     return TrainingResult(
         run_id=latest.info.run_id,
         tracking_uri=tracking_uri,
         checkpoint_path=None,
         metrics={VAL_NLL: float(latest.data.metrics.get("final_val_nll", math.nan)), "step": done},
-        model_version=None,
-        aliases=[],
+        model_version=None if version is None else str(version.version),
+        aliases=[] if version is None else list(version.aliases),
         already_finished=True,
+        registered_model=None if version is None else cfg.registry.name,
     )
+
+
+def _run_version(client: Any, name: str | None, run_id: str) -> Any:
+    """The newest version of registered model ``name`` made from ``run_id`` (``None`` if none):
+    a finished run found again still names the model it registered."""
+    if name is None:
+        return None
+    found = client.search_model_versions(f"name={filter_value(name)} and run_id={filter_value(run_id)}")
+    return max(found, key=lambda v: int(v.version), default=None)
 
 
 def _open_tracked_run(
