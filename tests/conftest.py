@@ -22,12 +22,6 @@ import torch
 
 torch.set_num_threads(1)
 
-# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default)
-# and a run's start and end each wait for polls: ~6 s of every fit, measured with a no-op train
-# loop (15.5 → 9.5 s on a warm local Ray). Set before any Ray starts, so its workers (Tune trials)
-# and the drivers tests run in subprocesses inherit it; Ray Train propagates it to its controller.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-
 SHARED_RAY_CPUS = 4  # logical, as rfdist sizes its own local Ray (Ray prestarts one idle worker per CPU)
 
 
